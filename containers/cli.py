@@ -1,0 +1,68 @@
+"""``python -m containers <command>``: the host toolkit's one entry point.
+
+Commands live in ``containers/cmd_*.py``; each module declares ``COMMANDS = {name: summary}``
+and defines ``configure(parser, name)`` and ``main(args) -> int`` (optionally
+``parse(parser, argv)``). The table is read with ``ast`` and a module is imported only when
+its command runs, so ``--help`` needs no Hydra import and adding a command edits no registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from containers.errors import guard
+
+PKG_DIR = Path(__file__).resolve().parent
+
+
+def discover() -> dict[str, tuple[str, str]]:
+    """command -> (module, summary), from the ``COMMANDS`` literal of each cmd_*.py."""
+    found: dict[str, tuple[str, str]] = {}
+    for path in sorted(PKG_DIR.glob("cmd_*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "COMMANDS"
+                                                    for t in node.targets):
+                for name, summary in ast.literal_eval(node.value).items():
+                    found[name] = (f"containers.{path.stem}", summary)
+    return found
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line and exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"error: {message} (in {self.prog}); fix: see '{self.prog} --help'", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _usage(commands: dict[str, tuple[str, str]]) -> str:
+    width = max(len(n) for n in commands)
+    lines = ["usage: python -m containers <command> [options]", "", "commands:"]
+    lines += [f"  {n.ljust(width)}  {summary}" for n, (_, summary) in sorted(commands.items())]
+    lines += ["", "Run 'python -m containers <command> --help' for a command's options."]
+    return "\n".join(lines)
+
+
+@guard
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = discover()
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage(commands))
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in commands:
+        print(f"error: unknown command '{name}'; fix: choose one of: {', '.join(sorted(commands))}",
+              file=sys.stderr)
+        return 2
+    module = importlib.import_module(commands[name][0])
+    parser = Parser(prog=f"python -m containers {name}", description=commands[name][1])
+    parser.set_defaults(command=name)
+    module.configure(parser, name)
+    args = module.parse(parser, rest) if hasattr(module, "parse") else parser.parse_args(rest)
+    return int(module.main(args) or 0)

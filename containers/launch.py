@@ -1,0 +1,193 @@
+"""Build the exact command that runs an entrypoint: in Apptainer, Singularity, or this Python.
+
+Each flag is here for a reason a user has been burnt by:
+``--cleanenv`` + explicit ``--env``: host variables (a login node's PYTHONPATH, ~/.local)
+leak into containers otherwise; ``--nv`` only for GPU stages on GPU nodes; ``--no-home``:
+user site-packages in $HOME break images; caches on node-local disk: Triton/Inductor/HF caches
+on shared storage race and stall; offline flags: compute nodes have no (reliable) internet.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from containers.errors import UserError
+from containers.runner import quote, which
+
+RUNTIMES = ("apptainer", "singularity", "host")
+
+# Variables copied from the caller when set; SLURM_* and CONTAINERS_* by prefix.
+PASS_THROUGH = (
+    "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "GPU_DEVICE_ORDINAL",
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TOKENIZERS_PARALLELISM",
+    "PYTORCH_CUDA_ALLOC_CONF", "TZ", "LANG", "LC_ALL", "TERM", "USER", "NO_COLOR",
+    "SSL_CERT_FILE",
+)
+PASS_PREFIXES = ("SLURM_", "CONTAINERS_")
+# Variables a host-runtime process needs that a container gets from its image.
+HOST_ONLY = ("PATH", "HOME", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "TMPDIR")
+
+
+@dataclass(frozen=True)
+class Bind:
+    src: str
+    dst: str
+    ro: bool = False
+
+    def spec(self) -> str:
+        for p in (self.src, self.dst):
+            if ":" in p or "," in p:
+                raise UserError(f"bind path '{p}' contains ':' or ','",
+                                fix="Apptainer cannot bind such paths; rename or move the folder")
+        return f"{self.src}:{self.dst}" + (":ro" if self.ro else "")
+
+
+@dataclass
+class Plan:
+    """What to run: argv, the environment of the launched process and its working dir."""
+
+    runtime: str
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str | None
+    container_env: dict[str, str]
+    warnings: list[str] = field(default_factory=list)
+
+    def shell(self) -> str:
+        """Exact shell command (host runtime: with ``env -i`` so the environment is explicit)."""
+        if self.runtime == "host":
+            env = [f"{k}={v}" for k, v in sorted(self.env.items())]
+            cd = ["cd", self.cwd, "&&"] if self.cwd else []
+            return (quote(cd[:2]) + " && " if cd else "") + quote(["env", "-i", *env, *self.argv])
+        return quote(self.argv)
+
+
+def detect_runtime(requested: str, *, path: str | None = None,
+                   dry_run: bool = False) -> tuple[str, list[str]]:
+    """Resolve ``auto`` to apptainer, then singularity, else host (with a warning).
+
+    A dry run may name a runtime this machine lacks: rendering a compute node's command on a
+    login node is what it is for.
+    """
+    requested = (requested or "auto").lower()
+    if requested not in (*RUNTIMES, "auto"):
+        raise UserError(f"unknown runtime '{requested}'",
+                        fix="use runtime=auto, apptainer, singularity or host")
+    if requested == "host":
+        return "host", []
+    if requested in ("apptainer", "singularity"):
+        if not which(requested, path) and not dry_run:
+            raise UserError(f"runtime={requested} but no '{requested}' is on PATH",
+                            fix=f"module load {requested}, or use runtime=host to run in this Python")
+        return requested, []
+    for name in ("apptainer", "singularity"):
+        if which(name, path):
+            return name, []
+    return "host", ["no apptainer or singularity on PATH: running in this Python (runtime=host)"]
+
+
+def nvidia_gpu_present() -> bool:
+    """True where the NVIDIA driver exposes a GPU (what ``--nv`` needs)."""
+    return Path("/dev/nvidiactl").exists() or (Path("/proc/driver/nvidia/gpus").is_dir() and any(
+        Path("/proc/driver/nvidia/gpus").iterdir()))
+
+
+def container_env(cfg: Any, environ: Mapping[str, str]) -> dict[str, str]:
+    """Variables the entrypoint sees, identical for every runtime."""
+    env = {k: environ[k] for k in PASS_THROUGH if k in environ}
+    env.update({k: v for k, v in environ.items() if k.startswith(PASS_PREFIXES)})
+    caches = cfg.paths.caches
+    env.update({
+        "PYTHONNOUSERSITE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": str(cfg.paths.repo),
+        "CONTAINERS_REPO": str(cfg.paths.repo),
+        "HF_HOME": str(caches.hf),
+        "TORCH_HOME": str(caches.torch),
+        "TRITON_CACHE_DIR": str(caches.triton),
+        "TORCHINDUCTOR_CACHE_DIR": str(caches.inductor),
+        "PADDLE_PDX_CACHE_HOME": str(caches.paddlex),
+        "XDG_CACHE_HOME": str(cfg.paths.cache),
+        "MPLCONFIGDIR": str(Path(str(cfg.paths.cache)) / "matplotlib"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK": "True",
+        "PADDLEOCR_DISABLE_AUTO_LOGGING_CONFIG": "1",
+    })
+    if "cluster" in cfg and cfg.cluster.get("name"):
+        env.setdefault("CONTAINERS_CLUSTER", str(cfg.cluster.name))
+    return env
+
+
+def default_binds(cfg: Any, extra: Sequence[str] = ()) -> list[Bind]:
+    """Scratch, node-local root, models (read-only) and the checkout, at the same paths."""
+    p = cfg.paths
+    binds: list[Bind] = []
+    seen: set[str] = set()
+    for src, ro in ((p.scratch, False), (p.node_local, False), (p.models, True),
+                    (p.repo, False), (p.staged_models, True)):
+        s = str(src)
+        if s in seen or not Path(s).exists():
+            continue  # Apptainer refuses a bind whose source does not exist
+        seen.add(s)
+        binds.append(Bind(s, s, ro))
+    for spec in extra:
+        src, _, rest = str(spec).partition(":")
+        dst, _, mode = rest.partition(":")
+        binds.append(Bind(src, dst or src, mode == "ro"))
+    return binds
+
+
+def _csv_field(value: str) -> str:
+    """Apptainer parses each --env value as CSV: quote values holding ',' or '"'."""
+    if any(c in value for c in ',"\n'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+def plan_exec(cfg: Any, *, command: Sequence[str], runtime: str, sif: Path | None,
+              gpu: bool, gpu_present: bool, environ: Mapping[str, str] | None = None,
+              cwd: str | None = None, extra_binds: Sequence[str] = (),
+              subcommand: str = "exec") -> Plan:
+    """Return the Plan for running ``command`` with ``runtime`` (``subcommand`` exec or shell)."""
+    if not command and subcommand == "exec":
+        raise UserError("no command given to run", fix="add one after --, e.g. -- python -m entrypoints doctor")
+    environ = os.environ if environ is None else environ
+    cenv = container_env(cfg, environ)
+    warnings: list[str] = []
+    cwd = cwd or str(cfg.paths.repo)
+    if runtime == "host":
+        argv = list(command) or [environ.get("SHELL", "/bin/bash")]
+        if argv[0] in ("python", "python3"):
+            argv[0] = sys.executable  # the current Python: its venv has the host toolkit
+        env = {k: environ[k] for k in HOST_ONLY if k in environ}
+        env.update(cenv)
+        if gpu and not gpu_present:
+            warnings.append("GPU stage on a machine without an NVIDIA GPU: expect the CPU fallback")
+        return Plan("host", argv, env, cwd, cenv, warnings)
+    if sif is None:
+        raise UserError("no SIF image to run", fix="build one (make build) or pass image_sif=PATH")
+    argv = [runtime, subcommand]
+    if gpu and gpu_present:
+        argv.append("--nv")
+    elif gpu:
+        warnings.append("GPU stage but no NVIDIA GPU on this node: not adding --nv")
+    argv += ["--cleanenv", "--no-home"]
+    for b in default_binds(cfg, extra_binds):
+        argv += ["--bind", b.spec()]
+    argv += ["--cwd" if runtime == "apptainer" else "--pwd", cwd]
+    for k, v in sorted(cenv.items()):
+        argv += ["--env", _csv_field(f"{k}={v}")]
+    argv += [str(sif), *command]
+    env = {k: environ[k] for k in ("PATH", "HOME", "USER", "LANG", "TERM") if k in environ}
+    for var in ("APPTAINER_TMPDIR", "APPTAINER_CACHEDIR", "SINGULARITY_TMPDIR",
+                "SINGULARITY_CACHEDIR", "APPTAINER_CONFIGDIR"):
+        if var in environ:
+            env[var] = environ[var]
+    return Plan(runtime, argv, env, None, cenv, warnings)

@@ -1,0 +1,5 @@
+import sys
+
+from entrypoints.main import main
+
+sys.exit(main())
