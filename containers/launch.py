@@ -157,7 +157,8 @@ def plan_exec(cfg: Any, *, command: Sequence[str], runtime: str, sif: Path | Non
               subcommand: str = "exec") -> Plan:
     """Return the Plan for running ``command`` with ``runtime`` (``subcommand`` exec or shell)."""
     if not command and subcommand == "exec":
-        raise UserError("no command given to run", fix="add one after --, e.g. -- python -m entrypoints doctor")
+        raise UserError("no command given to run",
+                        fix="add one after --, e.g. -- python -m entrypoints doctor")
     environ = os.environ if environ is None else environ
     cenv = container_env(cfg, environ)
     warnings: list[str] = []

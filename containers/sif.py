@@ -65,7 +65,7 @@ def read_sif(path: str | Path, *, with_labels: bool = True) -> SifInfo:
     """Parse ``path``; raise a one-line UserError if it is missing or not a SIF file."""
     path = Path(path)
     try:
-        fh = open(path, "rb")
+        fh = open(path, "rb")  # noqa: SIM115 (closed by the with-block below)
     except FileNotFoundError:
         raise UserError(f"image file {path} does not exist",
                         fix="build it (make build IMAGE=...) or point image.sif at a SIF") from None
@@ -79,6 +79,7 @@ def read_sif(path: str | Path, *, with_labels: bool = True) -> SifInfo:
                             fix="rebuild it with apptainer build, or check the file was copied whole")
         (_launch, _magic, _version, arch_raw, ident, created, _mod, dfree, dtotal, doff, _dlen,
          _dataoff, _datalen) = _HEADER.unpack(head)
+        del dfree
         descriptors: list[Descriptor] = []
         fh.seek(doff)
         for _ in range(dtotal):

@@ -170,7 +170,8 @@ def load_config(app: str, overrides: list[str], config_path: str | None, config_
         cfg = compose([f"app={app}", *overrides])
     if cfg.get("app_name") not in (None, app):
         raise UserError(f"config is for app '{cfg.get('app_name')}', not '{app}'",
-                        where=config_path or "hydra_conf", fix=f"run python -m entrypoints {cfg.get('app_name')}")
+                        where=config_path or "hydra_conf",
+                        fix=f"run python -m entrypoints {cfg.get('app_name')}")
     return cfg
 
 

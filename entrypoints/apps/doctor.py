@@ -201,14 +201,17 @@ def capabilities(r: dict[str, Any]) -> dict[str, tuple[bool, str]]:
     return {
         "gpu": (bool(smi.get("present") or t.get("cuda_available") or onnx_cuda or paddle_cuda),
                 "an NVIDIA GPU is visible" if smi.get("present") else str(smi.get("why"))),
-        "torch": (bool(t.get("present") and "error" not in t), t.get("error") or t.get("version") or "not installed"),
+        "torch": (bool(t.get("present") and "error" not in t),
+                  t.get("error") or t.get("version") or "not installed"),
         "torch-cuda": (torch_cuda, t.get("arch_why") or t.get("error") or
                        ("torch has no CUDA device" if t.get("present") else "torch not installed")),
-        "onnx": (bool(o.get("inference_ok")), o.get("error") or (f"ran on {o.get('provider_used')}" if o.get("present") else "onnxruntime not installed")),
+        "onnx": (bool(o.get("inference_ok")), o.get("error") or (
+            f"ran on {o.get('provider_used')}" if o.get("present") else "onnxruntime not installed")),
         "onnx-cuda": (onnx_cuda, o.get("fallback_why") or (
             "CUDAExecutionProvider ran the test graph" if onnx_cuda else
             "CUDAExecutionProvider not available" if o.get("present") else "onnxruntime not installed")),
-        "paddle": (bool(p.get("present") and "error" not in p), p.get("error") or p.get("version") or "not installed"),
+        "paddle": (bool(p.get("present") and "error" not in p),
+                   p.get("error") or p.get("version") or "not installed"),
         "paddle-cuda": (paddle_cuda, "paddle sees a CUDA device" if paddle_cuda else (
             "paddle built without CUDA" if p.get("present") and not p.get("compiled_with_cuda")
             else "no CUDA device" if p.get("present") else "paddle not installed")),
@@ -225,7 +228,8 @@ def diagnose(cfg: Any, env: dict[str, str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {
         "python": {"version": platform.python_version(), "executable": sys.executable,
                    "machine": platform.machine(), "platform": platform.platform(),
-                   "libc": "-".join(platform.libc_ver()), "user_site_disabled": bool(sys.flags.no_user_site or env.get("PYTHONNOUSERSITE"))},
+                   "libc": "-".join(platform.libc_ver()),
+                   "user_site_disabled": bool(sys.flags.no_user_site or env.get("PYTHONNOUSERSITE"))},
         "nvidia_smi": probe_nvidia_smi(), "torch": probe_torch(), "onnxruntime": probe_onnxruntime(),
         "paddle": probe_paddle(), "video": probe_video(), "caches": probe_caches(env),
         "models": probe_models(cfg),
