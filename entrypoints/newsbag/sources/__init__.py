@@ -1,0 +1,1 @@
+"""Source stages: each adapter turns one detector's output into contract page records."""

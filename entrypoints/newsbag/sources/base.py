@@ -1,0 +1,244 @@
+"""The loop every source app shares: pages x variants -> one contract JSON per page and variant.
+
+A source module only says how to build a detector for one variant (``build(source, variant,
+settings, device) -> Detector``) and how to probe its GPU; this module does the rest: input
+discovery, per-page skip reasons, rerun reuse, atomic page records, progress lines, and a
+``run_report.json`` per variant under ``outputs/sources/<source>/<variant>/``.
+
+Reuse on rerun is exact: a page is reused only when its record validates and the variant's
+settings fingerprint matches the previous run's; changing a threshold redoes the variant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from containers.errors import UserError
+from entrypoints.newsbag.schema import page_record, read_page, source_pages_dir, write_page
+
+
+class Detector(Protocol):
+    source: str
+    variant: str
+    granularity: str
+
+    def detect(self, bgr: Any, width: int, height: int) -> list[dict[str, Any]]: ...
+
+    def facts(self) -> dict[str, Any]: ...
+
+
+Builder = Callable[[str, str, dict[str, Any], str], Detector]
+
+
+def plain(obj: Any) -> Any:
+    """OmegaConf nodes -> plain Python (the rest unchanged)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(obj, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(obj, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is always present with hydra
+        pass
+    return obj
+
+
+def fingerprint(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def missing_model(path: str | Path, what: str, stage_hint: str) -> UserError:
+    """The one error for an absent model: names the path and how to stage it."""
+    return UserError(f"{what} not found at {path}", where="model path",
+                     fix=f"stage it first: python -m containers stage {stage_hint} (models are never "
+                         "downloaded at job time), or set the variant's model path")
+
+
+def variants_for(cfg: Any, source: str) -> dict[str, dict[str, Any]]:
+    """The enabled variants of one source from ``cfg.variants.<source>`` (null entries are off)."""
+    all_variants = plain(cfg.get("variants")) or {}
+    raw = all_variants.get(source) or {}
+    if not isinstance(raw, dict):
+        raise UserError(f"variants.{source} must be a mapping of variant name -> settings",
+                        where="variants", fix=f"e.g. variants.{source}.default={{}}")
+    out = {}
+    for name, settings in raw.items():
+        if settings is None or (isinstance(settings, dict) and settings.get("enabled") is False):
+            continue
+        if not isinstance(settings, dict):
+            raise UserError(f"variants.{source}.{name} must be a mapping of settings",
+                            where="variants", fix=f"variants.{source}.{name}={{conf: 0.25}}")
+        out[str(name)] = {k: v for k, v in settings.items() if k != "enabled"}
+    return out
+
+
+def input_pages(cfg: Any, run: Any) -> list[Any]:
+    """Discover the pages (bundled samples when ``input_dir`` is null), honouring shards/limit."""
+    from entrypoints.newsbag import inputs, samples
+
+    input_dir = cfg.get("input_dir")
+    if input_dir in (None, "", "None"):
+        input_dir = samples.SAMPLES_DIR
+        print(f"input_dir not set: using the bundled sample pages in {input_dir}", file=sys.stderr)
+    pages, skipped = inputs.discover(input_dir, recursive=bool(cfg.get("recursive", False)))
+    for item, reason in skipped:
+        run.skip(item, reason)
+        print(f"skip {item}: {reason}", file=sys.stderr)
+    count, index = int(cfg.get("shard_count") or 1), int(cfg.get("shard_index") or 0)
+    if count < 1 or not 0 <= index < count:
+        raise UserError(f"shard_index={index} is not in [0, shard_count={count})", where="shard settings",
+                        fix="use 0 <= shard_index < shard_count")
+    pages = pages[index::count]
+    if cfg.get("limit"):
+        pages = pages[: int(cfg.limit)]
+    run.report["input"] = {"dir": str(input_dir), "pages": len(pages), "skipped": len(skipped),
+                           "shard": f"{index}/{count}"}
+    return pages
+
+
+class _VariantState:
+    def __init__(self, det: Detector, settings: dict[str, Any], run_dir: Path) -> None:
+        self.det, self.settings = det, settings
+        self.dir = run_dir / "outputs" / "sources" / det.source / det.variant
+        self.pages_dir = source_pages_dir(run_dir, det.source, det.variant)
+        self.fp = fingerprint({"source": det.source, "variant": det.variant, **settings})
+        self.stats = {"written": 0, "reused": 0, "failed": 0, "boxes": 0, "seconds": 0.0}
+        self.trusted = self._previous_fp() == self.fp
+
+    def _previous_fp(self) -> str | None:
+        try:
+            return json.loads((self.dir / "run_report.json").read_text()).get("settings_fingerprint")
+        except (OSError, ValueError):
+            return None
+
+    def done(self, page_id: str) -> bool:
+        if not self.trusted:
+            return False
+        try:
+            rec = read_page(self.pages_dir / f"{page_id}.json")
+        except ValueError:
+            return False
+        return rec["source"] == self.det.source and rec["variant"] == self.det.variant
+
+    def report(self, device: Any, status: str) -> dict[str, Any]:
+        return {"source": self.det.source, "variant": self.det.variant,
+                "granularity": self.det.granularity, "settings": self.settings,
+                "settings_fingerprint": self.fp, "status": status, "device": device,
+                **self.det.facts(), "pages": dict(self.stats, seconds=round(self.stats["seconds"], 3))}
+
+
+def run_source_app(cfg: Any, run: Any, *, sources: dict[str, Builder], probe: Callable[[], tuple[bool, str]],
+                   extra_files: Callable[[Any, Any], None] | None = None) -> int:
+    """Run every enabled variant of ``sources`` over the input pages; 0 when all pages made it."""
+    from dataclasses import asdict
+
+    from entrypoints.framework import select_device
+    from entrypoints.newsbag.inputs import PageSkip, load_bgr
+
+    run_dir = Path(str(cfg.run_dir))
+    with run.step("discover"):
+        pages = input_pages(cfg, run)
+    device = select_device(str(cfg.get("device", "auto")), str(cfg.get("device_fallback", "cpu")), probe)
+    run.set_device(device)
+    states: list[_VariantState] = []
+    with run.step("load_models") as entry:
+        for source, build in sources.items():
+            for variant, settings in variants_for(cfg, source).items():
+                det = build(source, variant, settings, device.used)
+                states.append(_VariantState(det, settings, run_dir))
+        entry["variants"] = [f"{s.det.source}/{s.det.variant}" for s in states]
+    if not states:
+        raise UserError("no variants enabled", where=f"variants.{{{','.join(sources)}}}",
+                        fix="enable at least one variant, e.g. variants.<source>.default={}")
+    max_mp = float(cfg.get("max_megapixels") or 80)
+    bad_pages = 0
+    with run.step("detect", pages=len(pages)) as entry:
+        for i, page in enumerate(pages, 1):
+            todo = [s for s in states if not s.done(page.page_id)]
+            for s in states:
+                if s not in todo:
+                    s.stats["reused"] += 1
+            if not todo:
+                print(f"[{i}/{len(pages)}] {page.page_id}: complete, reused", file=sys.stderr)
+                continue
+            try:
+                bgr = load_bgr(page.path, max_megapixels=max_mp)
+            except PageSkip as exc:
+                bad_pages += 1
+                run.skip(str(page.path), str(exc))
+                print(f"[{i}/{len(pages)}] skip {page.path}: {exc}", file=sys.stderr)
+                continue
+            h, w = bgr.shape[:2]
+            counts = []
+            for s in todo:
+                t0 = time.monotonic()
+                try:
+                    boxes = s.det.detect(bgr, w, h)
+                except UserError:
+                    raise
+                except Exception as exc:  # one bad page must not end the run: record, go on
+                    s.stats["failed"] += 1
+                    reason = f"{s.det.source}/{s.det.variant} failed: {type(exc).__name__}: {exc}"
+                    run.skip(f"{page.page_id}", " ".join(reason.split())[:400])
+                    counts.append(f"{s.det.source}/{s.det.variant}=FAILED")
+                    continue
+                rec = page_record(page_id=page.page_id, image=str(page.path), width=w, height=h,
+                                  source=s.det.source, variant=s.det.variant,
+                                  granularity=s.det.granularity, boxes=boxes)
+                write_page(s.pages_dir / f"{page.page_id}.json", rec)
+                s.stats["seconds"] += time.monotonic() - t0
+                s.stats["written"] += 1
+                s.stats["boxes"] += len(boxes)
+                counts.append(f"{s.det.source}/{s.det.variant}={len(boxes)}")
+            print(f"[{i}/{len(pages)}] {page.page_id}: {' '.join(counts)}", file=sys.stderr)
+            run.save()
+        entry["bad_pages"] = bad_pages
+    from containers.atomic import write_json
+
+    variants_summary = {}
+    for s in states:
+        failed = s.stats["failed"]
+        status = "ok" if not failed and bad_pages < len(pages) else "partial"
+        rep = s.report(asdict(device), status)
+        path = write_json(s.dir / "run_report.json", rep)  # written last: marks the variant done
+        run.output(path)
+        variants_summary[f"{s.det.source}/{s.det.variant}"] = rep
+    run.report["variants"] = variants_summary
+    if extra_files:
+        extra_files(cfg, states)
+    produced = sum(s.stats["written"] + s.stats["reused"] for s in states)
+    written = sum(s.stats["written"] for s in states)
+    reused = sum(s.stats["reused"] for s in states)
+    print(f"wrote {written} page records, reused {reused}, under {run_dir / 'outputs' / 'sources'}",
+          file=sys.stderr)
+    if produced == 0:
+        print("error: no page produced any output; see skipped in the run report", file=sys.stderr)
+        return 1
+    return 1 if any(s.stats["failed"] for s in states) else 0
+
+
+def ort_probe() -> tuple[bool, str]:
+    """Whether ONNX Runtime can run CUDA here (provider listed and a GPU visible)."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        return False, f"onnxruntime not importable: {exc}"
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False, f"CUDAExecutionProvider not in {ort.get_available_providers()}"
+    from containers.launch import nvidia_gpu_present
+
+    if not nvidia_gpu_present():
+        return False, "CUDAExecutionProvider installed but no NVIDIA GPU visible"
+    return True, ""
+
+
+def ort_providers(device: str) -> list[Any]:
+    if device.startswith("cuda"):
+        idx = int(device.split(":")[1]) if ":" in device else 0
+        return [("CUDAExecutionProvider", {"device_id": idx}), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
