@@ -1,0 +1,195 @@
+"""Fusion on hand-made pages: agreement, disjoint, nested, line granularity, ranking, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from entrypoints.newsbag import fusion
+from entrypoints.newsbag.schema import page_record, read_page, source_pages_dir, write_page
+
+REPO = Path(__file__).resolve().parents[3]
+W = H = 1000
+LAYOUT = [(20, 20, 980, 120, "masthead"), (20, 150, 480, 260, "title"), (20, 280, 480, 950, "text"),
+          (520, 150, 980, 600, "figure"), (520, 620, 980, 680, "caption"), (520, 700, 980, 950, "text")]
+
+
+def rec(source: str, variant: str, boxes, page_id: str = "p1", gran: str = "block", score: float = 0.9):
+    return page_record(page_id=page_id, image=f"/nowhere/{page_id}.png", width=W, height=H, source=source,
+                       variant=variant, granularity=gran,
+                       boxes=[{"x0": float(a), "y0": float(b), "x1": float(c), "y1": float(d), "label": lab,
+                               "raw_label": lab, "score": score} for a, b, c, d, lab in boxes])
+
+
+def jitter(boxes, dx: float):
+    return [(a + dx, b + dx, c + dx, d + dx, lab) for a, b, c, d, lab in boxes]
+
+
+def test_iou_matrix_exact():
+    a = np.array([[0, 0, 10, 10], [0, 0, 5, 10]], float)
+    b = np.array([[0, 0, 10, 10], [10, 10, 20, 20]], float)
+    np.testing.assert_allclose(fusion.iou_matrix(a, b), [[1.0, 0.0], [0.5, 0.0]])
+
+
+def test_agreement_gives_the_shared_layout_and_perfect_scores():
+    recs = {f"{s}/v": rec(s, "v", jitter(LAYOUT, d)) for s, d in (("a", 0), ("b", 2), ("c", -2))}
+    res = fusion.fuse_page("p1", recs, fusion.Settings())
+    got = sorted((round(b["x0"]), round(b["y0"]), b["label"]) for b in res.consensus["boxes"])
+    assert got == sorted((a, b, lab) for a, b, _, _, lab in LAYOUT)
+    assert all(b["score"] == 1.0 for b in res.consensus["boxes"])  # every source supports every box
+    for counts in res.scores.values():
+        assert counts["tp"] == counts["pred"] == counts["ref"] == len(LAYOUT)
+        assert counts["coverage"] > 0.95
+    assert res.disagreement is not None and res.disagreement < 0.03
+
+
+def test_disjoint_sources_keep_only_majority_boxes():
+    recs = {"a/v": rec("a", "v", LAYOUT), "b/v": rec("b", "v", LAYOUT), "e/v": rec("e", "v", LAYOUT),
+            "c/v": rec("c", "v", [(600, 960, 700, 990, "page_number")])}
+    res = fusion.fuse_page("p1", recs, fusion.Settings())
+    labels = sorted(b["label"] for b in res.consensus["boxes"])
+    assert labels == sorted(lab for *_, lab in LAYOUT)  # c's lone box lacks support
+    assert res.scores["c/v"]["tp"] == 0 and res.scores["c/v"]["coverage"] == 0.0
+    assert res.scores["a/v"]["tp"] == len(LAYOUT)
+
+
+def test_label_vote_and_label_aware_matching():
+    boxes = [(100, 100, 400, 400, "text")]
+    recs = {"a/v": rec("a", "v", boxes), "b/v": rec("b", "v", boxes),
+            "c/v": rec("c", "v", [(100, 100, 400, 400, "table")])}
+    res = fusion.fuse_page("p1", recs, fusion.Settings())
+    assert [b["label"] for b in res.consensus["boxes"]] == ["text"]
+    c = res.scores["c/v"]
+    assert (c["tp"], c["loc_tp"], c["coverage"]) == (0, 1, 0.0)  # right place, wrong label
+
+
+def test_nested_blocks_score_low_on_boxes_but_high_on_coverage():
+    big = [(100, 100, 900, 900, "text")]
+    split = [(100, 100, 900, 360, "text"), (100, 370, 900, 630, "text"), (100, 640, 900, 900, "text")]
+    recs = {"a/v": rec("a", "v", big), "b/v": rec("b", "v", split)}
+    res = fusion.fuse_page("p1", recs, fusion.Settings())
+    assert res.scores["a/v"]["tp"] == 0
+    assert res.scores["a/v"]["coverage"] > 0.9 and res.scores["b/v"]["coverage"] > 0.9
+
+
+def test_text_lines_are_grouped_into_blocks_before_comparison():
+    # two columns of 10 lines each: the OCR source sees lines, the layout source blocks
+    lines = [(x, y, x + 400, y + 20, "text") for x in (60, 540) for y in range(300, 600, 30)]
+    blocks = [(60, 300, 460, 590, "text"), (540, 300, 940, 590, "text")]
+    recs = {"ocr/det": rec("ocr", "det", lines, gran="line"), "lay/v": rec("lay", "v", blocks)}
+    res = fusion.fuse_page("p1", recs, fusion.Settings())
+    assert res.scores["ocr/det"]["pred"] == 2  # 20 lines -> 2 column blocks, the gutter keeps them apart
+    assert res.scores["ocr/det"]["tp"] == 2 and res.scores["lay/v"]["tp"] == 2
+    grouped = fusion.lines_to_blocks(fusion.Boxes.from_record(recs["ocr/det"]))
+    np.testing.assert_allclose(sorted(grouped.xyxy.tolist()), [[60, 300, 460, 590], [540, 300, 940, 590]])
+
+
+def test_words_on_one_line_join_but_far_columns_do_not():
+    words = fusion.Boxes(np.array([[0, 0, 50, 20], [60, 0, 120, 20], [400, 0, 450, 20]], float),
+                         np.zeros(3, np.int64), np.ones(3))
+    assert len(fusion.lines_to_blocks(words)) == 2
+
+
+def write_sources(run_dir: Path, sources: dict[str, list], pages=("p1", "p2", "p3")):
+    for key, boxes in sources.items():
+        src, var = key.split("/")
+        for pid in pages:
+            write_page(source_pages_dir(run_dir, src, var) / f"{pid}.json", rec(src, var, boxes, page_id=pid))
+
+
+class FakeRun:
+    def __init__(self):
+        self.report = {"skipped": [], "outputs": [], "steps": []}
+
+    def skip(self, item, reason):
+        self.report["skipped"].append({"item": item, "reason": reason})
+
+    def output(self, p):
+        self.report["outputs"].append(str(p))
+
+    def step(self, name, **kw):
+        import contextlib
+
+        @contextlib.contextmanager
+        def cm():
+            yield {}
+        return cm()
+
+
+def read_tsv(path: Path) -> list[dict[str, str]]:
+    lines = [ln for ln in path.read_text().splitlines() if not ln.startswith("#")]
+    cols = lines[0].split("\t")
+    return [dict(zip(cols, ln.split("\t"), strict=True)) for ln in lines[1:]]
+
+
+def test_leaderboard_ranks_a_deliberately_bad_variant_last(tmp_path):
+    bad = [(700, 20, 760, 60, "other"), (30, 700, 90, 760, "other"), (300, 400, 360, 460, "other")]
+    write_sources(tmp_path, {"a/base": LAYOUT, "a/shift": jitter(LAYOUT, 4), "b/base": jitter(LAYOUT, -3),
+                             "c/base": LAYOUT[:-1], "d/bad": bad})
+    summary = fusion.fuse_run(tmp_path, fusion.Settings(), run=FakeRun(), workers=1, progress=False)
+    out = tmp_path / "outputs" / "fusion"
+    rows = read_tsv(out / "variant_leaderboard.tsv")
+    assert [r["rank"] for r in rows] == ["1", "2", "3", "4", "5"]
+    assert rows[-1]["source"] == "d" and rows[-1]["variant"] == "bad" and float(rows[-1]["f1"]) == 0.0
+    assert float(rows[0]["f1"]) > 0.9 and rows[0]["pages"] == "3"
+    srows = read_tsv(out / "source_leaderboard.tsv")
+    assert srows[-1]["source"] == "d" and {r["source"] for r in srows} == {"a", "b", "c", "d"}
+    assert summary["ranking"][-1]["variant"] == "d/bad"
+    cons = read_page(out / "pages" / "p1.json")
+    assert cons["source"] == "consensus" and len(cons["boxes"]) == len(LAYOUT)
+    assert (out / "variant_leaderboard.tsv").read_text().startswith("# newsbag variant leaderboard")
+    assert (out / "fusion_complete.json").is_file()
+    assert len(read_tsv(out / "page_scores.tsv")) == 3
+
+
+def test_bad_inputs_are_skipped_with_reasons_and_the_run_goes_on(tmp_path):
+    write_sources(tmp_path, {"a/v": LAYOUT, "b/v": LAYOUT}, pages=("p1", "p2"))
+    write_sources(tmp_path, {"c/v": LAYOUT}, pages=("p1",))           # covers fewer pages
+    (source_pages_dir(tmp_path, "b", "v") / "p2.json").write_text("{not json")  # corrupt
+    run = FakeRun()
+    summary = fusion.fuse_run(tmp_path, fusion.Settings(), run=run, workers=1, progress=False)
+    reasons = {s["item"]: s["reason"] for s in run.report["skipped"]}
+    assert "no output for this page" in reasons["c/v/p2"]
+    assert "not valid JSON" in reasons["b/v/p2"]
+    assert "only one variant" in reasons["a/v/p2"]
+    assert summary["fused"] == 2
+    rows = {r["source"]: r for r in read_tsv(tmp_path / "outputs" / "fusion" / "variant_leaderboard.tsv")}
+    assert rows["c"]["missing"] == "1" and rows["c"]["pages"] == "1"
+
+
+def test_accuracy_against_ground_truth(tmp_path):
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    gt = rec("ground_truth", "gt", LAYOUT, page_id="p1")
+    gt["image"] = str(pages / "p1.png")
+    write_page(pages / "p1.gt.json", gt)
+    for key, boxes in {"a/v": LAYOUT, "b/v": jitter(LAYOUT, 3), "c/v": LAYOUT[:2]}.items():
+        r = rec(*key.split("/"), boxes)
+        r["image"] = str(pages / "p1.png")
+        write_page(source_pages_dir(tmp_path, *key.split("/")) / "p1.json", r)
+    summary = fusion.fuse_run(tmp_path, fusion.Settings(), run=FakeRun(), progress=False)
+    rows = {r["system"]: r for r in read_tsv(tmp_path / "outputs" / "fusion" / "accuracy.tsv")}
+    assert float(rows["consensus"]["f1"]) == 1.0 and float(rows["a/v"]["f1"]) == 1.0
+    assert float(rows["c/v"]["recall"]) == pytest.approx(2 / 6, abs=1e-4)
+    assert summary["accuracy"]["consensus"]["f1"] == 1.0
+
+
+def test_app_end_to_end_rerun_skips_and_empty_run_dir_is_one_line_error(tmp_path):
+    write_sources(tmp_path, {"a/v": LAYOUT, "b/v": jitter(LAYOUT, 2)})
+    cmd = [sys.executable, "-m", "entrypoints", "fusion", f"run_dir={tmp_path}", "workers=1"]
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert first.returncode == 0, first.stderr
+    report = json.loads((tmp_path / "jobs" / "fusion" / "run_report.json").read_text())
+    assert report["exit_status"] == 0 and report["fusion"]["fused"] == 3
+    second = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert "nothing to do" in second.stdout
+    empty = tmp_path / "empty"
+    bad = subprocess.run([*cmd[:4], f"run_dir={empty}"], capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("error: no source outputs") and "fix:" in bad.stderr
+    assert "Traceback" not in bad.stderr
