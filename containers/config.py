@@ -75,7 +75,8 @@ def compose(overrides: Sequence[str] = (), *, config_dir: Path | None = None,
     if not (config_dir / f"{config_name}.yaml").is_file():
         raise UserError(f"config file {config_name}.yaml not found", where=str(config_dir),
                         fix="pass the job folder that holds config.yaml")
-    overrides = [*_default_overrides(overrides), *overrides]
+    if (config_dir / "cluster").is_dir():  # a job folder's resolved config has no groups to pick
+        overrides = [*_default_overrides(overrides), *overrides]
     if (config_dir / "cluster").is_dir():
         _check_group_overrides(overrides, config_dir)
     try:

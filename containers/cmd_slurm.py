@@ -1,0 +1,177 @@
+"""``stage``, ``submit``, ``preflight`` and ``node-env``: the Slurm layer's commands.
+
+``submit`` composes a pipeline once on the login node, writes every job's resolved config and
+sbatch command into the run directory, submits the chain and returns at once (it never waits
+for jobs). ``node-env`` is what ``slurm/lib/common.sh`` evaluates to put caches on node-local disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+COMMANDS = {
+    "stage": "copy models/SIFs to node-local disk: incremental, locked per node, manifest last",
+    "submit": "submit a pipeline as chained sbatch jobs (afterok), or render it with --dry-run",
+    "preflight": "ask Slurm (sbatch --test-only) whether every job of a pipeline would be accepted",
+    "node-env": "print shell assignments for this node's cache dirs (used by slurm/lib/common.sh)",
+}
+
+
+def configure(parser: argparse.ArgumentParser, name: str) -> None:
+    if name == "stage":
+        parser.add_argument("src", nargs="?", help="file or folder on shared storage")
+        parser.add_argument("dst", nargs="?",
+                            help="destination folder; SRC lands in DST/<basename of SRC>; "
+                                 "a relative DST is taken under the node-local root (paths.node_local)")
+        parser.add_argument("--image", help="stage this image's current SIF (and its pointer) for this arch")
+        parser.add_argument("--checksum", action="store_true", help="record a sha256 per copied file")
+        parser.add_argument("--verify", action="store_true",
+                            help="re-read staged files against the manifest even when stat matches")
+        parser.add_argument("--check", action="store_true", help="only report differences (stat-only)")
+        parser.add_argument("--lock-timeout", type=float, default=None, help="give up waiting after N s")
+        parser.add_argument("--quiet", "-q", action="store_true")
+        parser.add_argument("overrides", nargs="*", default=[], help=argparse.SUPPRESS)
+    elif name in ("submit", "preflight"):
+        parser.add_argument("pipeline", help="name from hydra_conf/pipeline/")
+        parser.add_argument("overrides", nargs="*",
+                            help="cluster=torch, gpu=l40s|h200|split, mode=NAME, other Hydra overrides")
+        parser.add_argument("--only", default="", help="comma list of jobs to submit (others are left out)")
+        parser.add_argument("--run-dir", help="run directory (default: <paths.runs>/<pipeline>/<time>)")
+        if name == "submit":
+            parser.add_argument("--dry-run", action="store_true", help="render everything with fake job ids")
+    else:
+        parser.add_argument("overrides", nargs="*", help="Hydra overrides")
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    return parser.parse_intermixed_args(argv)
+
+
+def main(args: argparse.Namespace) -> int:
+    return {"stage": _stage, "submit": _submit, "preflight": _preflight, "node-env": _node_env}[args.command](args)
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def _stage(args: argparse.Namespace) -> int:
+    from containers.errors import UserError
+    from containers.stage import check, stage
+
+    if args.image:
+        return _stage_image(args)
+    if "=" in (args.dst or "") or not args.src or not args.dst:
+        raise UserError("stage needs SRC and DST", where="python -m containers stage",
+                        fix="python -m containers stage /shared/models/x models (or --image NAME)")
+    dst = Path(args.dst)
+    if not dst.is_absolute():
+        from containers.config import compose
+
+        dst = Path(str(compose(args.overrides).paths.node_local)) / dst
+    if args.check:
+        diffs = check(args.src, dst)
+        for d in diffs:
+            print(d)
+        return 1 if diffs else 0
+    res = stage(args.src, dst, checksum=args.checksum, verify=args.verify, lock_timeout=args.lock_timeout,
+                log=_err)
+    if not args.quiet:
+        print(res.summary())
+    return 0
+
+
+def _stage_image(args: argparse.Namespace) -> int:
+    """Stage the SIF a pointer names, then write the pointer next to it (pointer last)."""
+    from containers.arch import host_arch
+    from containers.atomic import write_text
+    from containers.config import compose
+    from containers.images import pointer_target, resolve_sif
+    from containers.stage import stage
+
+    cfg = compose([f"image={args.image}", *args.overrides])
+    arch = host_arch()
+    shared = Path(str(cfg.paths.images))
+    staged = Path(args.dst) if args.dst else Path(str(cfg.paths.staged_images))
+    resolved = resolve_sif(cfg.image, arch, [shared])
+    res = stage(resolved.sif, staged, checksum=args.checksum, lock_timeout=args.lock_timeout, log=_err)
+    pointer = staged / str(cfg.image.pointer).format(name=cfg.image.name, arch=arch)
+    if pointer_target(staged, cfg.image, arch) != staged / resolved.sif.name:
+        write_text(pointer, resolved.sif.name + "\n")
+    if not args.quiet:
+        print(res.summary())
+    return 0
+
+
+def _plan(args: argparse.Namespace):
+    from containers.submit import build_plan
+
+    only = [o for o in args.only.split(",") if o]
+    return build_plan(args.pipeline, args.overrides, only=only, run_dir=args.run_dir)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from containers.runner import quote
+    from containers.submit import submit, watch_hint, write_job_files
+
+    plan = _plan(args)
+    write_job_files(plan, args.overrides)
+    ids = submit(plan, dry_run=args.dry_run)
+    head = "dry run (fake job ids, nothing submitted)" if args.dry_run else "submitted"
+    print(f"{head}: pipeline {plan.pipeline}, mode {plan.mode}, cluster {plan.cluster}")
+    print(f"run dir: {plan.run_dir}")
+    w = max(len(j.name) for j in plan.jobs)
+    for j in plan.jobs:
+        res = j.gres or "cpu"
+        dep = f"  after {','.join(j.after)}" if j.after else ""
+        arr = f"  array {j.argv[[a.startswith('--array=') for a in j.argv].index(True)][8:]}" \
+            if any(a.startswith("--array=") for a in j.argv) else ""
+        print(f"  {j.name.ljust(w)}  {ids[j.name]:>8}  {j.partition:<14} {res}{dep}{arr}")
+        if args.dry_run:
+            print(f"    {quote(j.argv)}")
+    if not args.dry_run:
+        print(watch_hint(plan, ids))
+    return 0
+
+
+def _preflight(args: argparse.Namespace) -> int:
+    from containers.submit import preflight
+
+    plan = _plan(args)
+    results = preflight(plan)
+    bad = 0
+    for name, ok, said in results:
+        print(f"{'ok  ' if ok else 'FAIL'}  {name}: {said}")
+        bad += not ok
+    if bad:
+        print(f"error: Slurm would refuse {bad} of {len(results)} job(s) of pipeline {plan.pipeline}; "
+              "fix: see Slurm's message above (account, partition, GPU type, limits)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _node_env(args: argparse.Namespace) -> int:
+    """Shell assignments for this node's node-local root and caches; creates the cache dirs."""
+    import shlex
+
+    from containers.config import compose
+
+    cfg = compose(args.overrides)
+    p = cfg.paths
+    values = {"CONTAINERS_NODE_LOCAL_ROOT": p.node_local, "CONTAINERS_STAGED_MODELS": p.staged_models,
+              "CONTAINERS_STAGED_IMAGES": p.staged_images, "HF_HOME": p.caches.hf, "TORCH_HOME": p.caches.torch,
+              "TRITON_CACHE_DIR": p.caches.triton, "TORCHINDUCTOR_CACHE_DIR": p.caches.inductor,
+              "PADDLE_PDX_CACHE_HOME": p.caches.paddlex, "XDG_CACHE_HOME": p.cache}
+    for key, value in values.items():
+        if key not in ("CONTAINERS_NODE_LOCAL_ROOT",):
+            try:
+                Path(str(value)).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                from containers.errors import UserError
+
+                raise UserError(f"cannot create {value}: {exc.strerror}", where="node-local disk",
+                                fix="set CONTAINERS_NODE_LOCAL to a writable local folder") from None
+        print(f"export {key}={shlex.quote(str(value))}")
+    return 0

@@ -1,0 +1,403 @@
+"""Turn a pipeline (``hydra_conf/pipeline/<name>.yaml``) into chained ``sbatch`` calls.
+
+Two-level configuration, as NeMo's launcher does it: this side composes everything once and
+writes, per job, ``<run_dir>/jobs/<job>/`` with each step's resolved ``config.yaml``, the
+``steps.tsv`` the batch script reads, and ``cmd.log`` (the exact sbatch command line). The app in
+the job reads its config back with ``--config-path <stepdir> --config-name config``, so what ran
+is on disk next to its logs and can be rerun by hand.
+
+Rules that come from clusters' policies and users' bad days: GPU jobs ask ``--gres=gpu:<type>:N``
+(never ``--gpus``) in a GPU partition; CPU jobs never ask for a GPU nor land in a GPU partition;
+every dependency is ``afterok`` with ``--kill-on-invalid-dep=yes`` (else dependents of a failed
+job pend forever); submission never waits for jobs; a failure midway cancels what was submitted.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from containers import REPO_ROOT
+from containers.errors import UserError
+
+DEFAULT_SCRIPT = "slurm/run_stage.sbatch"
+FAKE_ID_BASE = 1000
+JOB_KEYS = {"gpu", "partition", "gpus", "cpus_per_task", "mem", "time", "after", "array", "sbatch",
+            "steps", "nodes", "stage", "sbatch_args", "array_manifest"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class Step:
+    app: str
+    image: str
+    overrides: list[str]
+    gpu: bool
+    dir: Path
+
+
+@dataclass
+class Job:
+    name: str
+    gpu: bool
+    partition_key: str
+    partition: str
+    gres: str | None
+    cpus_per_task: int | None
+    mem: str | None
+    time: str | None
+    nodes: int | None
+    array: str | None
+    after: list[str]
+    script: Path
+    steps: list[Step]
+    stage: list[dict[str, Any]]
+    sbatch_args: list[str]
+    dir: Path
+    array_manifest: str | None = None
+    argv: list[str] = field(default_factory=list)
+    job_id: str | None = None
+
+
+@dataclass
+class Plan:
+    pipeline: str
+    mode: str
+    cluster: str
+    account: str | None
+    run_dir: Path
+    jobs: list[Job]
+    exports: dict[str, str]
+
+    def job(self, name: str) -> Job:
+        return next(j for j in self.jobs if j.name == name)
+
+
+def split_args(args: Sequence[str]) -> tuple[str | None, str | None, list[str]]:
+    """Pull ``mode=`` and ``gpu=`` out of the overrides (they are submit options, not config)."""
+    mode = gpu = None
+    rest = []
+    for a in args:
+        key, eq, val = a.partition("=")
+        if eq and key == "mode":
+            mode = val
+        elif eq and key == "gpu":
+            gpu = val
+        else:
+            rest.append(a)
+    return mode, gpu, rest
+
+
+def _timestamp_dir(base: Path) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    cand, n = base / stamp, 1
+    while cand.exists():
+        n += 1
+        cand = base / f"{stamp}-{n}"
+    return cand
+
+
+def _toposort(jobs: dict[str, dict[str, Any]], pipeline: str) -> list[str]:
+    order: list[str] = []
+    state: dict[str, int] = {}
+
+    def visit(n: str, chain: list[str]) -> None:
+        if state.get(n) == 2:
+            return
+        if state.get(n) == 1:
+            raise UserError(f"jobs depend on each other in a cycle: {' -> '.join([*chain, n])}",
+                            where=f"hydra_conf/pipeline/{pipeline}.yaml", fix="remove one 'after' entry")
+        state[n] = 1
+        for dep in jobs[n].get("after") or []:
+            visit(str(dep), [*chain, n])
+        state[n] = 2
+        order.append(n)
+
+    for n in jobs:
+        visit(n, [])
+    return order
+
+
+def build_plan(pipeline: str, args: Sequence[str], *, mode: str | None = None, gpu: str | None = None,
+               only: Sequence[str] = (), run_dir: str | None = None,
+               compose: Callable[..., Any] | None = None) -> Plan:
+    """Compose the pipeline for a cluster and validate every job; writes nothing."""
+    from omegaconf import OmegaConf
+
+    if compose is None:
+        from containers.config import compose
+    m2, g2, overrides = split_args(args)
+    mode, gpu = mode or m2, gpu or g2
+    if gpu == "split":
+        mode, gpu = mode or "split", None
+    if gpu:
+        overrides.append(f"cluster.gpu.type={gpu}")
+    cfg = compose([f"+pipeline={pipeline}", *overrides])
+    cl = cfg.cluster
+    where = f"hydra_conf/pipeline/{pipeline}.yaml"
+    if str(cl.get("scheduler")) != "slurm":
+        raise UserError(f"cluster '{cl.name}' has no Slurm scheduler", where="hydra_conf/cluster/",
+                        fix="pass cluster=torch or cluster=dgx_spark (or set CONTAINERS_CLUSTER)")
+    parts = OmegaConf.to_container(cl.partitions, resolve=True) or {}
+    if gpu and (gpu not in parts or not parts[gpu].get("gpu")):
+        have = [k for k, v in parts.items() if v.get("gpu")]
+        raise UserError(f"cluster '{cl.name}' has no GPU partition of type '{gpu}'",
+                        where=f"hydra_conf/cluster/{cl.name}.yaml",
+                        fix=f"use gpu={' or gpu='.join([*have, 'split'] if len(have) > 1 else have)}")
+    pl = cfg.pipeline
+    modes = OmegaConf.to_container(pl.get("modes") or {}, resolve=True)
+    mode = mode or str(pl.get("default_mode") or next(iter(modes), ""))
+    if mode not in modes:
+        raise UserError(f"pipeline '{pipeline}' has no mode '{mode}'", where=where,
+                        fix=f"choose mode={' or mode='.join(modes) or '(none defined)'}")
+    spec: dict[str, dict[str, Any]] = modes[mode] or {}
+    if not spec:
+        raise UserError(f"mode '{mode}' of pipeline '{pipeline}' has no jobs", where=where, fix="add jobs")
+    for name, job in spec.items():
+        if not _NAME.match(name):
+            raise UserError(f"job name '{name}' is not a plain name", where=where, fix="use letters, digits, _ . -")
+        unknown = set(job or {}) - JOB_KEYS
+        if unknown:
+            raise UserError(f"job '{name}' has unknown key(s) {', '.join(sorted(unknown))}", where=where,
+                            fix=f"use only: {', '.join(sorted(JOB_KEYS))}")
+        for dep in job.get("after") or []:
+            if dep not in spec:
+                raise UserError(f"job '{name}' runs after '{dep}', which mode '{mode}' does not define",
+                                where=where, fix=f"use one of: {', '.join(spec)}")
+    for o in only:
+        if o not in spec:
+            raise UserError(f"unknown stage '{o}' in pipeline '{pipeline}' (mode {mode})", where=where,
+                            fix=f"choose among: {', '.join(spec)}")
+    order = [n for n in _toposort(spec, pipeline) if not only or n in only]
+    runs = Path(str(cfg.paths.runs))
+    rd = Path(run_dir) if run_dir else _timestamp_dir(runs / pipeline)
+    account = cl.get("account")
+    account = None if account in (None, "", "null") else str(account)
+    jobs = [_job(name, spec[name], parts, cl, rd, where, only) for name in order]
+    exports = {"CONTAINERS_REPO": str(REPO_ROOT), "CONTAINERS_CLUSTER": str(cl.name)}
+    for k, v in os.environ.items():  # the roots the user chose must reach the job unchanged
+        if k in ("CONTAINERS_SCRATCH", "CONTAINERS_SHARED_ROOT", "CONTAINERS_NODE_LOCAL", "CONTAINERS_IMAGES",
+                 "CONTAINERS_MODELS", "CONTAINERS_RUNTIME", "CONTAINERS_ACCOUNT"):
+            exports[k] = v
+    return Plan(pipeline, mode, str(cl.name), account, rd, jobs, exports)
+
+
+def _job(name: str, job: dict[str, Any], parts: dict[str, Any], cl: Any, rd: Path, where: str,
+         only: Sequence[str]) -> Job:
+    from entrypoints import discover
+
+    gpu_default = cl.gpu.type if cl.get("gpu") else None
+    key = str(job.get("partition") or (gpu_default if job.get("gpu") else "cpu"))
+    if key not in parts:
+        raise UserError(f"job '{name}' asks for partition '{key}', which cluster '{cl.name}' lacks",
+                        where=f"{where} (cluster {cl.name}: {', '.join(parts) or 'no partitions'})",
+                        fix=f"use one of: {', '.join(parts)}")
+    part = parts[key]
+    gpu = bool(job.get("gpu", part.get("gpu", False)))
+    gpus = job.get("gpus")
+    if not gpu and part.get("gpu"):
+        raise UserError(f"CPU job '{name}' would land in GPU partition '{part['name']}' ({key})", where=where,
+                        fix="put CPU work on partition: cpu, or set gpu: true for this job")
+    if not gpu and gpus:
+        raise UserError(f"CPU job '{name}' asks for {gpus} GPU(s)", where=where,
+                        fix="remove gpus, or set gpu: true and a GPU partition")
+    if gpu and not part.get("gpu"):
+        raise UserError(f"GPU job '{name}' is on partition '{part['name']}' ({key}), which has no GPUs",
+                        where=where, fix=f"use a GPU partition: {', '.join(k for k, v in parts.items() if v.get('gpu'))}")
+    gres = None
+    if gpu:
+        n = int(gpus if gpus is not None else (cl.gpu.count or 1))
+        if n < 1:
+            raise UserError(f"GPU job '{name}' asks for {n} GPUs", where=where, fix="set gpus: 1 or more")
+        gres = f"gpu:{part['gres_type']}:{n}" if part.get("gres_type") else f"gpu:{n}"
+    apps = discover()
+    steps: list[Step] = []
+    jd = rd / "jobs" / name
+    for i, st in enumerate(job.get("steps") or [], 1):
+        if not isinstance(st, dict) or "app" not in st:
+            raise UserError(f"step {i} of job '{name}' has no app", where=where,
+                            fix="write steps: - {app: NAME, image: IMAGE}")
+        if st["app"] not in apps:
+            raise UserError(f"unknown app '{st['app']}' in job '{name}'", where=where,
+                            fix=f"choose one of: {', '.join(apps)}")
+        if not st.get("image"):
+            raise UserError(f"step {i} ({st['app']}) of job '{name}' names no image", where=where,
+                            fix="add image: <name from hydra_conf/image/>")
+        steps.append(Step(str(st["app"]), str(st["image"]), [str(o) for o in st.get("overrides") or []],
+                          gpu, jd / "steps" / f"{i:02d}-{st['app']}"))
+    if not steps:
+        raise UserError(f"job '{name}' has no steps", where=where, fix="add steps: - {app: ..., image: ...}")
+    script = REPO_ROOT / str(job.get("sbatch") or DEFAULT_SCRIPT)
+    if not script.is_file():
+        raise UserError(f"job '{name}' uses batch script {job.get('sbatch')}, which does not exist",
+                        where=where, fix=f"use {DEFAULT_SCRIPT} or add the script under slurm/")
+    after = [str(a) for a in job.get("after") or [] if not only or a in only]
+    return Job(name=name, gpu=gpu, partition_key=key, partition=str(part["name"]), gres=gres,
+               cpus_per_task=job.get("cpus_per_task"), mem=job.get("mem"), time=job.get("time"),
+               nodes=job.get("nodes"), array=None if job.get("array") is None else str(job["array"]),
+               after=after, script=script, steps=steps, stage=list(job.get("stage") or []),
+               sbatch_args=[str(a) for a in job.get("sbatch_args") or []], dir=jd,
+               array_manifest=job.get("array_manifest"))
+
+
+def _check_export(value: str) -> str:
+    if "," in value:
+        raise UserError(f"'{value}' contains ',', which sbatch --export cannot carry",
+                        fix="rename or move the folder")
+    return value
+
+
+def sbatch_argv(plan: Plan, job: Job, ids: dict[str, str], *, test_only: bool = False) -> list[str]:
+    """The exact sbatch command for ``job``; ``ids`` maps already-submitted job names to ids."""
+    argv = ["sbatch", "--test-only" if test_only else "--parsable", f"--job-name={plan.pipeline}.{job.name}",
+            f"--partition={job.partition}"]
+    if plan.account:
+        argv.append(f"--account={plan.account}")
+    if job.gres:
+        argv.append(f"--gres={job.gres}")
+    if job.nodes:
+        argv.append(f"--nodes={job.nodes}")
+    if job.cpus_per_task:
+        argv.append(f"--cpus-per-task={job.cpus_per_task}")
+    if job.mem:
+        argv.append(f"--mem={job.mem}")
+    if job.time:
+        argv.append(f"--time={job.time}")
+    array = job.array
+    if job.array_manifest and array is None:
+        n = len(_manifest_items(Path(job.array_manifest)))
+        array = f"0-{n - 1}"
+    if array is not None:
+        argv.append(f"--array={array}")
+    if job.after and not test_only:
+        argv.append("--dependency=afterok:" + ":".join(ids[a] for a in job.after))
+    argv.append("--kill-on-invalid-dep=yes")
+    out = job.dir / ("slurm-%A_%a.out" if array is not None else "slurm-%j.out")
+    argv.append(f"--output={out}")
+    exports = {**plan.exports, "CONTAINERS_GPU_STAGE": "1" if job.gpu else "0",
+               "CONTAINERS_JOB_DIR": str(job.dir)}
+    if job.array_manifest:
+        exports["CONTAINERS_ARRAY_MANIFEST"] = str(job.array_manifest)
+    argv.append("--export=ALL," + ",".join(f"{k}={_check_export(v)}" for k, v in exports.items()))
+    argv += job.sbatch_args
+    argv += [str(job.script), str(job.dir)]
+    return argv
+
+
+def _manifest_items(path: Path) -> list[str]:
+    try:
+        items = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except OSError as exc:
+        raise UserError(f"array manifest {path} cannot be read: {exc.strerror}",
+                        fix="write one item per line, or set array: instead") from None
+    if not items:
+        raise UserError(f"array manifest {path} is empty", fix="list one item per line")
+    return items
+
+
+def write_job_files(plan: Plan, overrides: Sequence[str], compose: Callable[..., Any] | None = None) -> None:
+    """Resolve and write each step's config and the job's ``steps.tsv`` / ``stage.tsv``."""
+    from omegaconf import open_dict
+
+    from containers.atomic import write_text
+    from containers.config import to_yaml
+
+    if compose is None:
+        from containers.config import compose
+    _, _, base = split_args(overrides)
+    for job in plan.jobs:
+        rows = []
+        for i, st in enumerate(job.steps, 1):
+            cfg = compose([f"app={st.app}", f"image={st.image}", *base, *st.overrides,
+                           f"run_dir={plan.run_dir}"])
+            with open_dict(cfg):
+                cfg.job_name = job.name
+                cfg.report_path = str(st.dir / "run_report.json")
+                cfg.setdefault("array_item", None)
+                cfg.setdefault("stage", job.name)
+            write_text(st.dir / "config.yaml", to_yaml(cfg))
+            rows.append("\t".join([str(i), st.app, st.image, "gpu" if st.gpu else "cpu", str(st.dir)]))
+        write_text(job.dir / "steps.tsv", "\n".join(rows) + "\n")
+        stage_rows = []
+        for s in job.stage:
+            if not isinstance(s, dict) or "src" not in s or "dst" not in s:
+                raise UserError(f"stage entry {s!r} of job '{job.name}' needs src and dst",
+                                where=f"hydra_conf/pipeline/{plan.pipeline}.yaml",
+                                fix="write stage: - {src: ${paths.models}/x, dst: models}")
+            stage_rows.append("\t".join([str(s["src"]), str(s["dst"]), "checksum" if s.get("checksum") else "-"]))
+        write_text(job.dir / "stage.tsv", "".join(r + "\n" for r in stage_rows))
+
+
+def submit(plan: Plan, *, dry_run: bool = False, log: Callable[[str], None] = print) -> dict[str, str]:
+    """Submit every job in dependency order; return name -> job id (fake ids in a dry run)."""
+    from containers.atomic import write_json, write_text
+    from containers.runner import quote, run, which
+
+    if not dry_run and not which("sbatch"):
+        raise UserError("no 'sbatch' on PATH", where=f"cluster {plan.cluster}",
+                        fix="submit from a login node (module load slurm), or add --dry-run to render only")
+    ids: dict[str, str] = {}
+    for n, job in enumerate(plan.jobs, 1):
+        job.argv = sbatch_argv(plan, job, ids)
+        cmd = quote(job.argv)
+        if dry_run:
+            ids[job.name] = str(FAKE_ID_BASE + n)
+        else:
+            res = run(job.argv, cwd=REPO_ROOT, check=False, timeout=120, what="sbatch")
+            jid = res.stdout.strip().split(";")[0] if res.returncode == 0 else ""
+            if not jid.isdigit():
+                said = " ".join(ln.strip() for ln in (res.stderr or res.stdout).splitlines() if ln.strip())
+                cancelled = _cancel(list(ids.values()))
+                raise UserError(
+                    f"sbatch refused job '{job.name}': {said or f'exit code {res.returncode}'}"
+                    + (f"; cancelled the jobs already submitted ({', '.join(cancelled)})" if cancelled else ""),
+                    where=f"{plan.run_dir}/jobs/{job.name}/cmd.log",
+                    fix="correct the account/partition/resources in the cluster profile or pipeline")
+            ids[job.name] = jid
+        job.job_id = ids[job.name]
+        write_text(job.dir / "cmd.log", f"# {'dry run, fake job id' if dry_run else 'job id'} {ids[job.name]}\n"
+                   f"cd {quote([str(REPO_ROOT)])} && {cmd}\n")
+    write_json(plan.run_dir / ("submission.dry-run.json" if dry_run else "submission.json"), {
+        "pipeline": plan.pipeline, "mode": plan.mode, "cluster": plan.cluster, "dry_run": dry_run,
+        "jobs": [{"name": j.name, "job_id": j.job_id, "partition": j.partition, "gres": j.gres,
+                  "after": j.after, "array": j.array, "argv": j.argv} for j in plan.jobs]})
+    return ids
+
+
+def _cancel(ids: list[str]) -> list[str]:
+    from containers.runner import run
+
+    if ids:
+        run(["scancel", *ids], check=False, timeout=60, what="scancel")
+    return ids
+
+
+def preflight(plan: Plan) -> list[tuple[str, bool, str]]:
+    """``sbatch --test-only`` for every job: Slurm's own verdict, without submitting anything."""
+    from containers.runner import run, which
+
+    if not which("sbatch"):
+        raise UserError("no 'sbatch' on PATH", where=f"cluster {plan.cluster}",
+                        fix="run preflight on a login node (module load slurm)")
+    out = []
+    for job in plan.jobs:
+        argv = sbatch_argv(plan, job, {}, test_only=True)
+        res = run(argv, cwd=REPO_ROOT, check=False, timeout=60, what="sbatch --test-only")
+        said = " ".join(ln.strip() for ln in (res.stderr + res.stdout).splitlines() if ln.strip())
+        out.append((job.name, res.returncode == 0, said))
+    return out
+
+
+def watch_hint(plan: Plan, ids: dict[str, str]) -> str:
+    joined = ",".join(ids.values())
+    return "\n".join([
+        f"watch:  squeue -j {joined}",
+        f"        sacct -j {joined} --format=JobID,JobName%30,Partition,State,Elapsed,ExitCode",
+        f"logs:   tail -f {plan.run_dir}/jobs/*/slurm-*.out",
+        f"cancel: scancel {' '.join(ids.values())}",
+    ])
