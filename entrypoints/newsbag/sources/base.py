@@ -52,11 +52,14 @@ def fingerprint(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def missing_model(path: str | Path, what: str, stage_hint: str) -> UserError:
-    """The one error for an absent model: names the path and how to stage it."""
+def missing_model(path: str | Path, what: str, stage_src: str | None) -> UserError:
+    """The one error for an absent model: names the path and the command that stages it."""
+    dst = Path(str(path))
+    dst_dir = dst if not dst.suffix else dst.parent
+    src = stage_src or f"<shared models dir>/{dst_dir.name}"
     return UserError(f"{what} not found at {path}", where="model path",
-                     fix=f"stage it first: python -m containers stage {stage_hint} (models are never "
-                         "downloaded at job time), or set the variant's model path")
+                     fix=f"stage it first: python -m containers stage {src} {dst_dir} (models are never "
+                         "downloaded at job time), or point the variant's model setting elsewhere")
 
 
 def variants_for(cfg: Any, source: str) -> dict[str, dict[str, Any]]:

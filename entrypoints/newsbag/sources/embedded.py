@@ -27,7 +27,7 @@ class CdlaDetector:
         self.source, self.variant = source, variant
         model = settings.get("model_path")
         if model and not Path(str(model)).is_file():
-            raise missing_model(model, "CDLA layout model", f"{model} <dst>")
+            raise missing_model(model, "CDLA layout model", settings.get("stage_src"))
         cfg = RapidLayoutInput(model_type=ModelType.PP_LAYOUT_CDLA, model_dir_or_path=model or None,
                                conf_thresh=float(settings.get("conf", 0.5)),
                                iou_thresh=float(settings.get("iou", 0.5)),
