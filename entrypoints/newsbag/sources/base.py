@@ -56,7 +56,9 @@ def missing_model(path: str | Path, what: str, stage_src: str | None) -> UserErr
     """The one error for an absent model: names the path and the command that stages it."""
     dst = Path(str(path))
     dst_dir = dst if not dst.suffix else dst.parent
-    src = stage_src or f"<shared models dir>/{dst_dir.name}"
+    src = str(stage_src or "<shared models dir>")
+    if Path(src).name != dst_dir.name:  # a models root: the model sits under it by its own name
+        src = f"{src.rstrip('/')}/{dst_dir.name}"
     return UserError(f"{what} not found at {path}", where="model path",
                      fix=f"stage it first: python -m containers stage {src} {dst_dir} (models are never "
                          "downloaded at job time), or point the variant's model setting elsewhere")
