@@ -1,0 +1,300 @@
+"""Recipe and image commands: lint, lock, build, publish, images, check-images.
+
+``lint`` is offline and fast (``make test`` runs it); ``lock`` needs the package index; ``build``
+needs Apptainer on this machine, or routes a foreign-arch build to a native node through Slurm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from containers.errors import UserError
+
+COMMANDS = {
+    "lint": "check recipes/*.def and their locks offline (sections, pins, CUDA majors, arch traps)",
+    "lock": "regenerate recipes/locks/ with uv for each image's Python and arch (needs the index)",
+    "build": "build an image's SIF for an arch (native, emulated or via Slurm) and publish it",
+    "publish": "copy a built SIF into the images dir (resumable, verified) and update its pointer",
+    "images": "list the SIFs in the images dir: arch, labels, size, which one is current",
+    "check-images": "run each current image's %test with Apptainer (apptainer test)",
+}
+
+
+def configure(parser: argparse.ArgumentParser, name: str) -> None:
+    if name == "lint":
+        parser.add_argument("images", nargs="*", help="image names (default: all)")
+        parser.add_argument("--strict", action="store_true", help="warnings fail too")
+    elif name == "lock":
+        parser.add_argument("images", nargs="*", help="image names (default: all)")
+        parser.add_argument("--arch", help="only this arch")
+        parser.add_argument("--check", action="store_true",
+                            help="re-resolve into a temp dir and compare pins (does not write)")
+    elif name == "build":
+        parser.add_argument("image", help="image name (hydra_conf/image/)")
+        parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. cluster=dgx_spark")
+        parser.add_argument("--arch", help="target arch (default: this machine's)")
+        parser.add_argument("--emulate", action="store_true",
+                            default=os.environ.get("EMULATE", "") not in ("", "0"),
+                            help="foreign arch via binfmt emulation (also EMULATE=1)")
+        parser.add_argument("--no-publish", action="store_true", help="leave the SIF in the build dir")
+        parser.add_argument("--dry-run", action="store_true", help="print the commands only")
+    elif name == "publish":
+        parser.add_argument("sif", help="the built .sif")
+        parser.add_argument("image", help="image name")
+        parser.add_argument("--arch", help="default: read from the SIF")
+        parser.add_argument("--lockhash", help="default: the hash of the image's lock for that arch")
+        parser.add_argument("--dir", help="images directory (default: paths.images)")
+        parser.add_argument("overrides", nargs="*", help="Hydra overrides")
+    elif name in ("images", "check-images"):
+        parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. cluster=torch")
+        parser.add_argument("--dir", help="images directory (default: paths.images)")
+        if name == "images":
+            parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def main(args: argparse.Namespace) -> int:
+    return {"lint": _lint, "lock": _lock, "build": _build, "publish": _publish, "images": _images,
+            "check-images": _check_images}[args.command](args)
+
+
+def _lint(args: argparse.Namespace) -> int:
+    from containers.lint import lint_repo
+    from containers.locks import get_image
+
+    for name in args.images:
+        get_image(name)  # unknown image -> one line
+    findings = lint_repo(images=args.images or None)
+    for f in findings:
+        print(f.render(), file=sys.stderr)
+    errors = [f for f in findings if f.severity == "error" or args.strict]
+    if errors:
+        print(f"error: {len(errors)} problem(s) in recipes/locks (listed above); fix: edit the files "
+              "named, or run make lock for stale locks", file=sys.stderr)
+        return 1
+    print(f"lint: recipes and locks OK ({len(findings)} warning(s))")
+    return 0
+
+
+def _lock(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from containers.locks import get_image, load_images, make_lock, read_lock, require_arch
+
+    specs = [get_image(n) for n in args.images] if args.images else list(load_images().values())
+    drift = 0
+    for spec in specs:
+        arches = [require_arch(spec, args.arch)] if args.arch else list(spec.arches)
+        for arch in arches:
+            if not args.check:
+                path = make_lock(spec, arch)
+                print(f"locked {spec.name} {arch}: {path} ({len(read_lock(path).requirements)} packages)")
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                tmp_repo = Path(tmp)
+                from containers import REPO_ROOT
+
+                (tmp_repo / "recipes" / "locks").mkdir(parents=True)
+                (tmp_repo / spec.lock_input).parent.mkdir(parents=True, exist_ok=True)
+                (tmp_repo / spec.lock_input).write_bytes((REPO_ROOT / spec.lock_input).read_bytes())
+                fresh = read_lock(make_lock(spec, arch, repo=tmp_repo)).pins()
+                have = read_lock(spec.lock_path(arch)).pins() if spec.lock_path(arch).is_file() else {}
+                if fresh != have:
+                    drift += 1
+                    changed = sorted(k for k in set(fresh) | set(have) if fresh.get(k) != have.get(k))
+                    print(f"{spec.name} {arch}: resolves differently now: {', '.join(changed[:8])}")
+                else:
+                    print(f"{spec.name} {arch}: resolves to the locked pins")
+    if drift:
+        print(f"error: {drift} lock(s) differ from a fresh resolution; fix: make lock", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _git_rev() -> str:
+    from containers import REPO_ROOT
+    from containers.runner import run, which
+
+    if not which("git"):
+        return "unknown"
+    res = run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short=12", "HEAD"], check=False)
+    if res.returncode != 0:
+        return "unknown"
+    dirty = run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "recipes", "containers",
+                 "entrypoints", "hydra_conf"], check=False).stdout.strip()
+    return res.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def _build(args: argparse.Namespace) -> int:
+    from containers import REPO_ROOT
+    from containers.arch import host_arch
+    from containers.build import (
+        binfmt_registered,
+        build_argv,
+        build_env,
+        decide_route,
+        sbatch_argv,
+    )
+    from containers.config import compose
+    from containers.lint import lint_repo
+    from containers.locks import get_image, lock_hash, require_arch
+    from containers.runner import quote, run, which
+
+    spec = get_image(args.image)
+    host = host_arch()
+    arch = require_arch(spec, args.arch or host)
+    problems = [f for f in lint_repo(images=[spec.name]) if f.severity == "error"
+                and (f.path.endswith(".def") or f.path.endswith(f"-{arch}.txt"))]
+    if problems:
+        raise UserError(f"{spec.name} does not lint: {problems[0].render()}"
+                        + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
+                        fix=f"python -m containers lint {spec.name}; make lock for stale locks")
+    cfg = compose(list(args.overrides))
+    cluster = cfg.cluster
+    bcfg = (cluster.get("build") or {}).get(arch) or {}
+    route = decide_route(arch, host=host, sbatch_available=bool(which("sbatch")),
+                         build_partition=bcfg.get("partition"), binfmt_registered=binfmt_registered(arch),
+                         emulate=args.emulate, cluster=str(cluster.name))
+    print(f"build {spec.name} {arch}: {route.kind} ({route.why})")
+    if route.kind == "slurm":
+        log_dir = Path(str(cfg.paths.scratch)) / "builds"
+        argv = sbatch_argv(image=spec.name, arch=arch, partition=route.partition or "",
+                           account=cluster.get("account"), repo=str(REPO_ROOT), log_dir=str(log_dir),
+                           time=str(bcfg.get("time", "04:00:00")), cpus=int(bcfg.get("cpus", 16)),
+                           mem=str(bcfg.get("mem", "64G")),
+                           extra_export={"CONTAINERS_CLUSTER": str(cluster.name)})
+        print(quote(argv))
+        if args.dry_run:
+            return 0
+        log_dir.mkdir(parents=True, exist_ok=True)
+        job = run(argv, what="sbatch").stdout.strip()
+        print(f"submitted job {job}; log: {log_dir}/build-{spec.name}-{arch}_{job}.out")
+        return 0
+    build_args = {"ARCH": arch, "LOCK_HASH": lock_hash(spec.lock_path(arch)), "GIT_REV": _git_rev()}
+    for key, var in spec.build_env_args.items():
+        if not os.environ.get(var):
+            raise UserError(f"image {spec.name} needs build argument {key} from ${var}, which is unset",
+                            fix=f"export {var}=... (see docs/images.md: {spec.name})")
+        build_args[key] = os.environ[var]
+    node_local = str(cfg.paths.node_local)
+    env = build_env(os.environ, node_local)
+    out_dir = Path(node_local) / "builds"
+    sif = out_dir / f"{spec.name}-{arch}-{build_args['LOCK_HASH']}.sif"
+    apptainer = which("apptainer") or ("apptainer" if args.dry_run else None)
+    if apptainer is None:
+        raise UserError("no apptainer on PATH: cannot build here",
+                        fix="module load apptainer (or install Apptainer >= 1.3), or build on a node "
+                            "that has it; lint and lock work without it")
+    argv = build_argv(apptainer=apptainer, deffile=spec.recipe, sif=str(sif), arch=arch, host=host,
+                      is_root=os.geteuid() == 0, build_args=build_args)
+    print(f"APPTAINER_TMPDIR={env['APPTAINER_TMPDIR']} APPTAINER_CACHEDIR={env['APPTAINER_CACHEDIR']} "
+          + quote(argv))
+    if args.dry_run:
+        return 0
+    for var in ("APPTAINER_TMPDIR", "APPTAINER_CACHEDIR"):
+        Path(env[var]).mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run(argv, env=env, cwd=REPO_ROOT, capture=False, what=f"apptainer build {spec.name} {arch}")
+    if args.no_publish:
+        print(f"built {sif}")
+        return 0
+    from containers.publish import publish
+
+    pointer, copied = publish(sif, Path(str(cfg.paths.images)), name=spec.name, arch=arch,
+                              lockhash=build_args["LOCK_HASH"])
+    print(f"published {copied.dst} (sha256 {copied.sha256[:16]}...); {pointer.name} -> {copied.dst.name}")
+    return 0
+
+
+def _images_dir(args: argparse.Namespace) -> Path:
+    if args.dir:
+        return Path(args.dir)
+    from containers.config import compose
+
+    return Path(str(compose(list(args.overrides)).paths.images))
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from containers.locks import get_image, lock_hash, require_arch
+    from containers.publish import publish
+    from containers.sif import read_sif
+
+    spec = get_image(args.image)
+    arch = require_arch(spec, args.arch or read_sif(args.sif, with_labels=False).arch)
+    lockhash = args.lockhash or lock_hash(spec.lock_path(arch))
+    pointer, copied = publish(Path(args.sif), _images_dir(args), name=spec.name, arch=arch,
+                              lockhash=lockhash)
+    state = "already there" if copied.skipped else (
+        f"copied {copied.bytes_copied} bytes" + (f", resumed at {copied.resumed_from}" if copied.resumed_from
+                                                 else ""))
+    print(f"{copied.dst}: {state}; {pointer.name} -> {copied.dst.name}")
+    return 0
+
+
+def list_images(directory: Path) -> list[dict]:
+    """Every *.sif in ``directory`` with arch, labels, size, and whether a pointer names it."""
+    from containers.sif import read_sif
+
+    current = {}
+    for p in sorted(directory.glob("*.current")):
+        current[p.read_text(encoding="utf-8").strip()] = p.name
+    rows = []
+    for sif in sorted(directory.glob("*.sif")):
+        try:
+            info = read_sif(sif)
+        except UserError as exc:
+            rows.append({"file": sif.name, "error": exc.line(), "size": sif.stat().st_size})
+            continue
+        rows.append({"file": sif.name, "arch": info.arch, "size": sif.stat().st_size,
+                     "current": current.get(sif.name), "labels": info.labels})
+    return rows
+
+
+def _images(args: argparse.Namespace) -> int:
+    directory = _images_dir(args)
+    rows = list_images(directory) if directory.is_dir() else []
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no images in {directory} (build one: make build IMAGE=<name>)")
+        return 0
+    print(f"images in {directory}:")
+    for r in rows:
+        if "error" in r:
+            print(f"  {r['file']}  UNREADABLE: {r['error']}")
+            continue
+        lab = r["labels"]
+        keys = ("recipe", "lock_hash", "cuda", "torch", "paddle", "git_revision")
+        shown = " ".join(f"{k}={lab[k]}" for k in keys if k in lab)
+        mark = f"  <- {r['current']}" if r["current"] else ""
+        print(f"  {r['file']}  {r['arch']}  {r['size'] / 2**30:.2f} GiB  {shown}{mark}")
+    return 0
+
+
+def _check_images(args: argparse.Namespace) -> int:
+    from containers.runner import run, which
+
+    apptainer = which("apptainer") or which("singularity")
+    if not apptainer:
+        raise UserError("cannot run the images' %test here: no apptainer (or singularity) on PATH",
+                        fix="run make check-images on a node with Apptainer (lint checked the %test "
+                            "sections statically)")
+    directory = _images_dir(args)
+    rows = [r for r in (list_images(directory) if directory.is_dir() else []) if r.get("current")]
+    if not rows:
+        raise UserError(f"no current images in {directory}", fix="make build IMAGE=<name>")
+    from containers.arch import host_arch
+
+    failed = 0
+    for r in rows:
+        if r["arch"] != host_arch():
+            print(f"{r['file']}: skipped ({r['arch']} image on a {host_arch()} node)")
+            continue
+        res = run([apptainer, "test", "--nv", str(directory / r["file"])], check=False, capture=False)
+        print(f"{r['file']}: {'ok' if res.returncode == 0 else f'FAILED (exit {res.returncode})'}")
+        failed += res.returncode != 0
+    return 1 if failed else 0

@@ -1,0 +1,114 @@
+"""Publish a built SIF into the shared image directory: chunked, resumable, verified, atomic.
+
+Why not ``cp``: multi-GB copies to SMB shares stall and get killed, and a half-copied SIF under
+its final name is read by the next job as a corrupt image. Here the copy goes to a hidden
+``.<name>.partial`` in the destination directory, continues from where a killed copy stopped,
+is verified by size and sha256 against the source, fsynced, renamed into place, and only then
+is the ``<env>-<arch>.current`` pointer (a plain file naming the SIF: SMB has no symlinks)
+written, atomically, last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from containers.atomic import write_text
+from containers.errors import UserError
+
+CHUNK = 64 << 20
+
+
+def sha256_file(path: Path, chunk: int = CHUNK) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def partial_path(dst: Path) -> Path:
+    return dst.with_name(f".{dst.name}.partial")
+
+
+@dataclass(frozen=True)
+class Copied:
+    dst: Path
+    bytes_copied: int
+    resumed_from: int
+    skipped: bool
+    sha256: str
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist the rename; some network filesystems refuse a directory fsync, which is fine."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def copy_resumable(src: Path, dst: Path, *, chunk: int = CHUNK,
+                   on_chunk: Callable[[int], None] | None = None) -> Copied:
+    """Copy ``src`` to ``dst`` so that ``dst`` exists only complete and verified.
+
+    A leftover partial copy is continued (its size is the resume offset); the final size and
+    sha256 decide, so a partial that does not match the source is discarded and the copy redone
+    once. ``on_chunk(bytes_so_far)`` is called after each chunk (progress; tests inject failures).
+    """
+    src, dst = Path(src), Path(dst)
+    size = src.stat().st_size
+    src_sha = sha256_file(src)
+    if dst.is_file() and dst.stat().st_size == size and sha256_file(dst) == src_sha:
+        return Copied(dst, 0, 0, True, src_sha)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    part = partial_path(dst)
+    for attempt in (1, 2):
+        offset = part.stat().st_size if part.is_file() else 0
+        if offset > size:
+            part.unlink()
+            offset = 0
+        resumed = offset
+        with open(src, "rb") as fin, open(part, "ab") as fout:
+            fin.seek(offset)
+            while block := fin.read(chunk):
+                fout.write(block)
+                offset += len(block)
+                if on_chunk:
+                    on_chunk(offset)
+            fout.flush()
+            os.fsync(fout.fileno())
+        if part.stat().st_size == size and sha256_file(part) == src_sha:
+            with contextlib.suppress(OSError):  # SMB may refuse chmod; other users must read it
+                os.chmod(part, 0o644)
+            os.replace(part, dst)
+            _fsync_dir(dst.parent)
+            return Copied(dst, size - resumed, resumed, False, src_sha)
+        part.unlink()  # the partial was not a prefix of this source: start over once
+        if attempt == 2:
+            break
+    raise UserError(f"copy of {src} to {dst} does not verify (size/sha256 differ twice)",
+                    fix="check the destination filesystem (space, quota, a flaky mount) and rerun")
+
+
+def publish(sif: Path, images_dir: Path, *, name: str, arch: str, lockhash: str,
+            chunk: int = CHUNK, on_chunk: Callable[[int], None] | None = None) -> tuple[Path, Copied]:
+    """Copy ``sif`` to ``<images_dir>/<name>-<arch>-<lockhash>.sif``, then point the pointer at it."""
+    from containers.sif import read_sif
+
+    info = read_sif(sif, with_labels=False)
+    if info.arch != arch:
+        raise UserError(f"{sif} is a {info.arch} image, not {arch}", fix="publish it under its own arch")
+    dst = Path(images_dir) / f"{name}-{arch}-{lockhash}.sif"
+    copied = copy_resumable(Path(sif), dst, chunk=chunk, on_chunk=on_chunk)
+    pointer = Path(images_dir) / f"{name}-{arch}.current"
+    write_text(pointer, dst.name + "\n")
+    with contextlib.suppress(OSError):
+        os.chmod(pointer, 0o644)
+    return pointer, copied
