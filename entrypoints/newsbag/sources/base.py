@@ -205,6 +205,8 @@ def run_source_app(cfg: Any, run: Any, *, sources: dict[str, Builder], probe: Ca
         entry["bad_pages"] = bad_pages
     from containers.atomic import write_json
 
+    if extra_files:  # side files first; each variant's run_report.json is its completion marker
+        extra_files(cfg, states)
     variants_summary = {}
     for s in states:
         failed = s.stats["failed"]
@@ -214,8 +216,6 @@ def run_source_app(cfg: Any, run: Any, *, sources: dict[str, Builder], probe: Ca
         run.output(path)
         variants_summary[f"{s.det.source}/{s.det.variant}"] = rep
     run.report["variants"] = variants_summary
-    if extra_files:
-        extra_files(cfg, states)
     produced = sum(s.stats["written"] + s.stats["reused"] for s in states)
     written = sum(s.stats["written"] for s in states)
     reused = sum(s.stats["reused"] for s in states)
