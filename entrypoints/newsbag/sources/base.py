@@ -55,7 +55,8 @@ def fingerprint(settings: dict[str, Any]) -> str:
 def missing_model(path: str | Path, what: str, stage_src: str | None) -> UserError:
     """The one error for an absent model: names the path and the command that stages it."""
     dst = Path(str(path))
-    dst_dir = dst if not dst.suffix else dst.parent
+    model_file = dst.suffix.lower() in (".onnx", ".pt", ".pth", ".bin", ".safetensors", ".pdiparams")
+    dst_dir = dst.parent if model_file else dst
     src = str(stage_src or "<shared models dir>")
     if Path(src).name != dst_dir.name:  # a models root: the model sits under it by its own name
         src = f"{src.rstrip('/')}/{dst_dir.name}"
