@@ -53,7 +53,10 @@ def fingerprint(settings: dict[str, Any]) -> str:
 
 
 def missing_model(path: str | Path, what: str, stage_src: str | None) -> UserError:
-    """The one error for an absent model: names the path and the command that stages it."""
+    """The one error for an absent model: names the path and the command that stages it.
+
+    ``containers stage SRC DST`` puts SRC at ``DST/<basename of SRC>``, hence the parent here.
+    """
     dst = Path(str(path))
     model_file = dst.suffix.lower() in (".onnx", ".pt", ".pth", ".bin", ".safetensors", ".pdiparams")
     dst_dir = dst.parent if model_file else dst
@@ -61,7 +64,7 @@ def missing_model(path: str | Path, what: str, stage_src: str | None) -> UserErr
     if Path(src).name != dst_dir.name:  # a models root: the model sits under it by its own name
         src = f"{src.rstrip('/')}/{dst_dir.name}"
     return UserError(f"{what} not found at {path}", where="model path",
-                     fix=f"stage it first: python -m containers stage {src} {dst_dir} (models are never "
+                     fix=f"stage it first: python -m containers stage {src} {dst_dir.parent} (models are never "
                          "downloaded at job time), or point the variant's model setting elsewhere")
 
 
