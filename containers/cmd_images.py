@@ -34,7 +34,7 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
         parser.add_argument("--check", action="store_true",
                             help="re-resolve into a temp dir and compare pins (does not write)")
     elif name == "build":
-        parser.add_argument("image", help="image name (hydra_conf/image/)")
+        parser.add_argument("image", help="image name (hydra_conf/image/), or 'all' (every image and arch)")
         parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. cluster=dgx_spark")
         parser.add_argument("--arch", help="target arch (default: this machine's)")
         parser.add_argument("--emulate", action="store_true",
@@ -129,6 +129,27 @@ def _git_rev() -> str:
 
 
 def _build(args: argparse.Namespace) -> int:
+    """One image, or ``all``: every image on every arch it supports (or on ``--arch``)."""
+    if args.image != "all":
+        return _build_one(args, args.image, args.arch)
+    from containers.locks import load_images
+
+    jobs = [(n, a) for n, spec in sorted(load_images().items()) for a in spec.arches
+            if not args.arch or a == args.arch]
+    failed = []
+    for name, arch in jobs:
+        try:
+            _build_one(args, name, arch)
+        except UserError as exc:
+            print(f"error: {exc.line()}", file=sys.stderr)
+            failed.append(f"{name}/{arch}")
+    if failed:
+        print(f"error: {len(failed)} of {len(jobs)} builds failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _build_one(args: argparse.Namespace, image: str, arch_arg: str | None) -> int:
     from containers import REPO_ROOT
     from containers.arch import host_arch
     from containers.build import (
@@ -143,9 +164,9 @@ def _build(args: argparse.Namespace) -> int:
     from containers.locks import get_image, lock_hash, require_arch
     from containers.runner import quote, run, which
 
-    spec = get_image(args.image)
+    spec = get_image(image)
     host = host_arch()
-    arch = require_arch(spec, args.arch or host)
+    arch = require_arch(spec, arch_arg or host)
     problems = [f for f in lint_repo(images=[spec.name]) if f.severity == "error"
                 and (f.path.endswith(".def") or f.path.endswith(f"-{arch}.txt"))]
     if problems:

@@ -1,0 +1,38 @@
+# Recipes and images (issue 3): locks, lint, builds, the images list. See docs/images.md.
+# IMAGE=<name> picks an image (hydra_conf/image/); CLUSTER_ARGS passes Hydra overrides such as
+# cluster=dgx_spark; EMULATE=1 allows a foreign-arch build under qemu binfmt emulation.
+.PHONY: lock lock-check lint-recipes build build-arm64 build-amd64 build-all images check-images
+CLUSTER_ARGS ?=
+EMULATE ?=
+_BUILD_FLAGS = $(if $(filter-out 0,$(EMULATE)),--emulate) $(CLUSTER_ARGS)
+_NEED_IMAGE = @test -n "$(IMAGE)" || { echo "error: IMAGE is not set; fix: make $@ IMAGE=<name> (see hydra_conf/image/)" >&2; exit 2; }
+
+lock: $(STAMP) ## regenerate recipes/locks/ with uv (needs the package index): make lock [IMAGE=x]
+	UV_PYTHON_DOWNLOADS=never PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m containers lock $(IMAGE)
+
+lock-check: $(STAMP) ## re-resolve every lock for each declared arch and compare pins (network)
+	UV_PYTHON_DOWNLOADS=never PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m containers lock --check $(IMAGE)
+
+lint-recipes: $(STAMP) ## offline checks of recipes/*.def and their locks (also run by make test)
+	$(PY) -m containers lint $(IMAGE)
+
+build: $(STAMP) ## build IMAGE for this machine's arch and publish it: make build IMAGE=x
+	$(_NEED_IMAGE)
+	$(PY) -m containers build $(IMAGE) $(_BUILD_FLAGS)
+
+build-arm64: $(STAMP) ## build IMAGE for arm64: native, via Slurm on an aarch64 node, or EMULATE=1
+	$(_NEED_IMAGE)
+	$(PY) -m containers build $(IMAGE) --arch arm64 $(_BUILD_FLAGS)
+
+build-amd64: $(STAMP) ## build IMAGE for amd64 (native on x86_64; elsewhere via Slurm or EMULATE=1)
+	$(_NEED_IMAGE)
+	$(PY) -m containers build $(IMAGE) --arch amd64 $(_BUILD_FLAGS)
+
+build-all: $(STAMP) ## build every image for every arch it supports
+	$(PY) -m containers build all $(_BUILD_FLAGS)
+
+images: $(STAMP) ## list built SIFs: arch, labels, size, which one is current
+	$(PY) -m containers images $(CLUSTER_ARGS)
+
+check-images: $(STAMP) ## run each current image's %test (needs Apptainer)
+	$(PY) -m containers check-images $(CLUSTER_ARGS)
