@@ -236,6 +236,8 @@ def _job(name: str, job: dict[str, Any], parts: dict[str, Any], cl: Any, rd: Pat
     if not script.is_file():
         raise UserError(f"job '{name}' uses batch script {job.get('sbatch')}, which does not exist",
                         where=where, fix=f"use {DEFAULT_SCRIPT} or add the script under slurm/")
+    if not gpu:
+        _refuse_gpu_directives(name, script, where)
     after = [str(a) for a in job.get("after") or [] if not only or a in only]
     return Job(name=name, gpu=gpu, partition_key=key, partition=str(part["name"]), gres=gres,
                cpus_per_task=job.get("cpus_per_task"), mem=job.get("mem"), time=job.get("time"),
@@ -243,6 +245,21 @@ def _job(name: str, job: dict[str, Any], parts: dict[str, Any], cl: Any, rd: Pat
                after=after, script=script, steps=steps, stage=list(job.get("stage") or []),
                sbatch_args=[str(a) for a in job.get("sbatch_args") or []], dir=jd,
                array_manifest=job.get("array_manifest"))
+
+
+_GPU_DIRECTIVE = re.compile(r"^#SBATCH\s+(--gres|--gpus\S*|-G|--gpu-\S+|--partition|-p)\b(.*)$")
+
+
+def _refuse_gpu_directives(name: str, script: Path, where: str) -> None:
+    """A script's own ``#SBATCH --gres`` cannot be undone from the command line: refuse it for CPU jobs."""
+    for ln in script.read_text(encoding="utf-8", errors="replace").splitlines():
+        m = _GPU_DIRECTIVE.match(ln.strip())
+        if m and (m[1] not in ("--partition", "-p") or "gpu" in m[2] or "l40s" in m[2] or "h200" in m[2]):
+            raise UserError(f"CPU job '{name}' uses {script.name}, whose '{ln.strip()}' asks for a GPU",
+                            where=where, fix="use a script without GPU #SBATCH lines for CPU jobs "
+                            "(slurm/run_stage.sbatch); GPU requests come from the cluster profile")
+        if not ln.startswith("#") and ln.strip():
+            break  # sbatch stops reading directives at the first command
 
 
 def _check_export(value: str) -> str:

@@ -1,0 +1,321 @@
+"""A private, real Slurm cluster on loopback for tests (and ``make slurm-up`` / ``slurm-down``).
+
+Debian's slurmctld/slurmd/munge are installed when missing (root + apt). One slurmctld, one
+munged on a private socket and one slurmd per node (``MULTIPLE_SLURMD``) mimic both clusters:
+``l40s_public`` (gpu:l40s), ``h200_public`` (gpu:h200), ``spark`` (gpu:gb10) and the torch
+profile's CPU partition ``cpu_short``. Fake GPUs are symlinks to /dev/null (Slurm wants a
+character device). Everything lives under one root folder; stopping cancels the jobs and kills
+only the daemons whose pid files are there, so nothing is left running.
+
+Skipped with a loud reason where it cannot install; with ``CI`` set that is a failure instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
+BINARIES = ("slurmctld", "slurmd", "sbatch", "munged")
+CPU_PARTITION = "cpu_short"  # the torch profile's default CPU partition name
+# name, partition, gres type, GPU count
+NODES = (("l40s1", "l40s_public", "l40s", 4), ("h200n1", "h200_public", "h200", 4),
+         ("spark1", "spark", "gb10", 1), ("cpu1", CPU_PARTITION, None, 0), ("cpu2", CPU_PARTITION, None, 0))
+DEFAULT_ROOT = Path(os.environ.get("CONTAINERS_SLURM_ROOT", f"/tmp/containers-slurm-{os.getuid()}"))
+
+
+def _sbin(name: str) -> str:
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin") or name
+
+
+def _run(argv: list[str], env: dict[str, str] | None = None, timeout: float = 60,
+         check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(argv, env=env, text=True, capture_output=True, timeout=timeout, check=False)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc
+
+
+def why_unavailable() -> str | None:
+    """None when a cluster can be started here, else the reason (after trying to install)."""
+    if os.name != "posix" or os.getuid() != 0:
+        return "the local Slurm cluster needs root (to run slurmd and munged)"
+    missing = [b for b in BINARIES if not shutil.which(_sbin(b))]
+    if not missing:
+        return None
+    if not shutil.which("apt-get"):
+        return f"{', '.join(missing)} missing and no apt-get to install {' '.join(PACKAGES)}"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    argv = ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES]
+    proc = _run(argv, env=env, timeout=600, check=False)
+    if proc.returncode != 0:
+        _run(["apt-get", "update"], env=env, timeout=600, check=False)
+        proc = _run(argv, env=env, timeout=600, check=False)
+    missing = [b for b in BINARIES if not shutil.which(_sbin(b))]
+    if missing:
+        return f"could not install {' '.join(PACKAGES)} with apt-get: {proc.stderr.strip()[-300:]}"
+    return None
+
+
+def _free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+@dataclass
+class LocalSlurm:
+    """One private cluster under ``root``; ``env`` is what clients (sbatch, squeue) need."""
+
+    root: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def conf(self) -> Path:
+        return self.root / "etc" / "slurm.conf"
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
+
+    # ---------------------------------------------------------------- set-up
+    def write_config(self) -> None:
+        r = self.root
+        for sub in ("etc", "state", "spool", "log", "dev", "munge", "run"):
+            (r / sub).mkdir(parents=True, exist_ok=True)
+        os.chmod(r / "munge", 0o700)
+        key = r / "munge" / "munge.key"
+        if not key.exists():
+            key.write_bytes(os.urandom(1024))
+            os.chmod(key, 0o400)
+        ctl_port, *node_ports = _free_ports(1 + len(NODES))
+        host = socket.gethostname().split(".")[0]
+        lines = [
+            "ClusterName=suite", f"SlurmctldHost={host}(127.0.0.1)", f"SlurmctldPort={ctl_port}",
+            "SlurmUser=root", "SlurmdUser=root", "AuthType=auth/munge", "CredType=cred/munge",
+            f"AuthInfo=socket={r}/munge/munge.socket",
+            f"StateSaveLocation={r}/state", f"SlurmdSpoolDir={r}/spool/%n",
+            f"SlurmctldPidFile={r}/run/slurmctld.pid", f"SlurmdPidFile={r}/run/slurmd-%n.pid",
+            f"SlurmctldLogFile={r}/log/slurmctld.log", f"SlurmdLogFile={r}/log/slurmd-%n.log",
+            "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "MpiDefault=none",
+            "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core_Memory", "GresTypes=gpu",
+            "SchedulerType=sched/backfill",
+            "SchedulerParameters=sched_interval=2,sched_min_interval=0,bf_interval=1,batch_sched_delay=0",
+            "KillWait=2", "ReturnToService=2", "SlurmdParameters=config_overrides", "EnforcePartLimits=ALL",
+            "JobCompType=jobcomp/filetxt", f"JobCompLoc={r}/log/jobcomp.txt", "MaxArraySize=1001",
+            "SlurmdTimeout=300", "InactiveLimit=0", "DefMemPerCPU=1000",
+        ]
+        gres = ["AutoDetect=off"]
+        parts: dict[str, list[str]] = {}
+        for (name, part, gtype, count), port in zip(NODES, node_ports, strict=True):
+            node = (f"NodeName={name} NodeHostname={host} NodeAddr=127.0.0.1 Port={port} CPUs=8 "
+                    f"RealMemory=32000 State=UNKNOWN")
+            if count:
+                node += f" Gres=gpu:{gtype}:{count}"
+                for i in range(count):
+                    dev = r / "dev" / f"{name}-gpu{i}"
+                    if not dev.is_symlink():
+                        dev.symlink_to("/dev/null")
+                files = f"{r}/dev/{name}-gpu[0-{count - 1}]" if count > 1 else f"{r}/dev/{name}-gpu0"
+                gres.append(f"NodeName={name} Name=gpu Type={gtype} File={files}")
+            lines.append(node)
+            (r / "spool" / name).mkdir(exist_ok=True)
+            parts.setdefault(part, []).append(name)
+        for part, names in parts.items():
+            default = " Default=YES" if part == CPU_PARTITION else ""
+            lines.append(f"PartitionName={part} Nodes={','.join(names)} MaxTime=INFINITE State=UP{default}")
+        self.conf.write_text("\n".join(lines) + "\n")
+        (r / "etc" / "gres.conf").write_text("\n".join(gres) + "\n")
+
+    def start(self, timeout: float = 60) -> LocalSlurm:
+        """Start munged, slurmctld and every slurmd; return when all nodes are idle."""
+        if self.running():
+            return self
+        self.stop()
+        self.write_config()
+        r = self.root
+        _run([_sbin("munged"), "--force", f"--socket={r}/munge/munge.socket", f"--key-file={r}/munge/munge.key",
+              f"--pid-file={r}/run/munged.pid", f"--log-file={r}/log/munged.log",
+              f"--seed-file={r}/munge/munge.seed"], env=self.env)
+        _run([_sbin("slurmctld"), "-f", str(self.conf), "-c", "-i"], env=self.env)
+        for name, *_ in NODES:
+            _run([_sbin("slurmd"), "-f", str(self.conf), "-N", name], env=self.env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = _run(["sinfo", "-h", "-N", "-o", "%N %t"], env=self.env, check=False).stdout.split("\n")
+            states = dict(ln.split() for ln in out if ln.strip())
+            if len(states) == len(NODES) and all(s in ("idle", "mix", "alloc") for s in states.values()):
+                return self
+            time.sleep(0.3)
+        log = (r / "log" / "slurmctld.log").read_text(errors="replace")[-1500:] if (
+            r / "log" / "slurmctld.log").exists() else ""
+        self.stop()
+        raise RuntimeError(f"local Slurm did not become ready in {timeout:g} s; slurmctld log tail:\n{log}")
+
+    def _pids(self) -> list[tuple[str, int]]:
+        out = []
+        for pid_file in sorted((self.root / "run").glob("*.pid")):
+            with contextlib.suppress(OSError, ValueError):
+                out.append((pid_file.name, int(pid_file.read_text().split()[0])))
+        return out
+
+    def running(self) -> bool:
+        if not self.conf.exists():
+            return False
+        alive = [p for _, p in self._pids() if _alive(p)]
+        return len(alive) == len(NODES) + 2
+
+    def stop(self) -> None:
+        """Cancel every job, then stop only the daemons this root started (pid files)."""
+        if self.conf.exists() and shutil.which("squeue"):
+            ids = _run(["squeue", "-h", "-o", "%A"], env=self.env, check=False, timeout=10).stdout.split()
+            if ids:
+                _run(["scancel", *sorted(set(ids))], env=self.env, check=False, timeout=10)
+                deadline = time.monotonic() + 15
+                while time.monotonic() < deadline and _run(
+                        ["squeue", "-h", "-o", "%A"], env=self.env, check=False, timeout=10).stdout.split():
+                    time.sleep(0.3)
+        pids = self._pids()
+        # slurmd first (it reaps its slurmstepds), then slurmctld, munged last (the others need it).
+        order = sorted(pids, key=lambda kv: (not kv[0].startswith("slurmd"), kv[0].startswith("munged")))
+        for _, pid in order:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(p) for _, p in pids):
+            time.sleep(0.1)
+        for _, pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                if _alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+        for pid_file in (self.root / "run").glob("*.pid") if (self.root / "run").is_dir() else ():
+            pid_file.unlink()
+
+    # ---------------------------------------------------------------- helpers for tests
+    def sbatch(self, argv: list[str], env: dict[str, str] | None = None, cwd: Path | str | None = None) -> str:
+        proc = subprocess.run(["sbatch", "--parsable", *argv], env={**(env or os.environ), **self._client_env()},
+                              cwd=cwd or REPO, text=True, capture_output=True, timeout=60, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"sbatch failed: {proc.stderr.strip()}")
+        return proc.stdout.strip().split(";")[0]
+
+    def _client_env(self) -> dict[str, str]:
+        return {"SLURM_CONF": str(self.conf)}
+
+    def show_job(self, job_id: str) -> dict[str, str]:
+        """``scontrol show job`` as a dict (first record; arrays: the first task)."""
+        out = _run(["scontrol", "-o", "show", "job", str(job_id)], env=self.env, check=False).stdout
+        line = out.splitlines()[0] if out.strip() else ""
+        fields: dict[str, str] = {}
+        for tok in line.split():
+            k, eq, v = tok.partition("=")
+            if eq:
+                fields[k] = v
+        return fields
+
+    def states(self, job_id: str) -> list[str]:
+        """JobState of a job or of every task of an array job."""
+        out = _run(["scontrol", "-o", "show", "job", str(job_id)], env=self.env, check=False).stdout
+        return [tok.split("=", 1)[1] for ln in out.splitlines() for tok in ln.split()
+                if tok.startswith("JobState=")]
+
+    def wait(self, job_ids: list[str] | str, *, timeout: float = 60, poll: float = 0.25) -> dict[str, list[str]]:
+        """Poll until every job (and array task) reached a final state; return their states."""
+        ids = [job_ids] if isinstance(job_ids, str) else list(job_ids)
+        final = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
+                 "DEADLINE", "PREEMPTED"}
+        deadline = time.monotonic() + timeout
+        while True:
+            got = {i: self.states(i) for i in ids}
+            if all(s and all(x in final for x in s) for s in got.values()):
+                return got
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"jobs not finished after {timeout:g} s: {got}")
+            time.sleep(poll)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):  # a zombie is not alive
+        if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+            return False
+    return True
+
+
+# -------------------------------------------------------------------- pytest
+try:
+    import pytest
+except ImportError:  # the up/down CLI runs without pytest
+    pytest = None  # type: ignore[assignment]
+
+if pytest is not None:
+
+    @pytest.fixture(scope="session")
+    def slurm_cluster(tmp_path_factory):
+        """A started private cluster for the whole session; stopped (no processes left) at the end."""
+        reason = why_unavailable()
+        if reason:
+            msg = f"LOCAL SLURM UNAVAILABLE, Slurm tests not run: {reason}"
+            if os.environ.get("CI"):
+                pytest.fail(msg + " (CI is set: these tests must run)")
+            pytest.skip(msg)
+        cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"))
+        try:
+            cluster.start()
+        except Exception as exc:
+            if os.environ.get("CI"):
+                raise
+            pytest.skip(f"LOCAL SLURM DID NOT START: {exc}")
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tests.plugins.slurm_cluster",
+                                 description="start/stop a private local Slurm cluster")
+    ap.add_argument("action", choices=("up", "down", "status"))
+    ap.add_argument("--root", type=Path, default=DEFAULT_ROOT)
+    a = ap.parse_args(argv)
+    cluster = LocalSlurm(a.root)
+    if a.action == "up":
+        reason = why_unavailable()
+        if reason:
+            print(f"error: {reason}; fix: run as root on a Debian/Ubuntu machine", file=sys.stderr)
+            return 2
+        cluster.start()
+        print(f"local Slurm up: export SLURM_CONF={cluster.conf}")
+        print(_run(["sinfo"], env=cluster.env, check=False).stdout, end="")
+    elif a.action == "down":
+        cluster.stop()
+        print("local Slurm stopped")
+    else:
+        print("running" if cluster.running() else "stopped")
+        return 0 if cluster.running() else 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
