@@ -64,8 +64,9 @@ def missing_model(path: str | Path, what: str, stage_src: str | None) -> UserErr
     if Path(src).name != dst_dir.name:  # a models root: the model sits under it by its own name
         src = f"{src.rstrip('/')}/{dst_dir.name}"
     return UserError(f"{what} not found at {path}", where="model path",
-                     fix=f"stage it first: python -m containers stage {src} {dst_dir.parent} (models are never "
-                         "downloaded at job time), or point the variant's model setting elsewhere")
+                     fix=f"stage it first: python -m containers stage {src} {dst_dir.parent} "
+                         "(models are never downloaded at job time), or point the variant's model "
+                         "setting elsewhere")
 
 
 def variants_for(cfg: Any, source: str) -> dict[str, dict[str, Any]]:
