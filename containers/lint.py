@@ -141,7 +141,8 @@ def _install_tokens(post: str) -> list[tuple[str, int]]:
     for no, line in enumerate(joined.split("\n"), 1):
         for cmd in re.split(r"&&|;|\|\|", line.split("#", 1)[0]):
             words = cmd.split()
-            if "install" not in words or "pip" not in words:
+            names = [w.rsplit("/", 1)[-1] for w in words]
+            if "install" not in words or not {"pip", "pip3"} & set(names[:words.index("install")]):
                 continue
             args = words[words.index("install") + 1:]
             skip = False

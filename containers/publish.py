@@ -104,7 +104,7 @@ def publish(sif: Path, images_dir: Path, *, name: str, arch: str, lockhash: str,
 
     info = read_sif(sif, with_labels=False)
     if info.arch != arch:
-        raise UserError(f"{sif} is a {info.arch} image, not {arch}", fix="publish it under its own arch")
+        raise UserError(f"{sif} is an image for {info.arch}, not {arch}", fix="publish it under its own arch")
     dst = Path(images_dir) / f"{name}-{arch}-{lockhash}.sif"
     copied = copy_resumable(Path(sif), dst, chunk=chunk, on_chunk=on_chunk)
     pointer = Path(images_dir) / f"{name}-{arch}.current"

@@ -1,0 +1,149 @@
+"""Build commands (golden argv, real Apptainer flags), filesystem checks, the arm64 decision matrix."""
+
+from __future__ import annotations
+
+import pytest
+
+from containers.build import (
+    build_argv,
+    build_env,
+    check_local_dir,
+    decide_route,
+    fs_type,
+    sbatch_argv,
+)
+from containers.errors import UserError
+from containers.runner import quote
+from tests.helpers import APPTAINER_FACTS, assert_golden, assert_one_line_error, cli
+
+ARGS = {"ARCH": "arm64", "LOCK_HASH": "0123456789ab", "GIT_REV": "abcdef012345"}
+MOUNTINFO = """\
+22 1 0:21 / / rw,relatime shared:1 - overlay overlay rw,lowerdir=/x
+30 22 259:2 / /tmp rw,relatime shared:2 - ext4 /dev/nvme0n1p2 rw
+31 22 0:40 / /scratch rw,relatime shared:3 - nfs4 filer:/scratch rw,vers=4.2
+32 31 259:3 / /scratch/local rw,relatime shared:4 - xfs /dev/nvme1n1 rw
+33 22 0:41 / /mnt/shared rw,relatime shared:5 - cifs //nas/share rw
+34 22 0:42 / /lustre rw,relatime shared:6 - lustre 10.0.0.1@o2ib:/fs rw
+35 22 0:43 / /mnt/my\\040disk rw,relatime shared:7 - ext4 /dev/sdb1 rw
+"""
+
+
+def _check_flags(argv: list[str]) -> None:
+    flags = {f["name"] for f in APPTAINER_FACTS["commands"]["build"]}
+    for a in argv[2:]:
+        if a.startswith("--"):
+            assert a[2:].split("=", 1)[0] in flags, a
+
+
+@pytest.mark.parametrize("case, kwargs", [
+    ("native_fakeroot", dict(arch="amd64", host="amd64", is_root=False)),
+    ("native_root", dict(arch="amd64", host="amd64", is_root=True)),
+    ("emulated_arm64", dict(arch="arm64", host="amd64", is_root=False)),
+])
+def test_build_argv_golden(case, kwargs):
+    argv = build_argv(apptainer="apptainer", deffile="recipes/flowportal-cu130.def",
+                      sif="/nvme/builds/flowportal-cu130-x-0123456789ab.sif",
+                      build_args={**ARGS, "ARCH": kwargs["arch"]}, **kwargs)
+    _check_flags(argv)
+    assert ("--fakeroot" in argv) is (not kwargs["is_root"])
+    assert_golden(f"recipes/build_{case}.txt", quote(argv) + "\n")
+
+
+def test_sbatch_argv_golden():
+    argv = sbatch_argv(image="flowportal-cu130", arch="arm64", partition="spark", account="acct",
+                       repo="/home/u/suite", log_dir="/home/u/scratch/builds",
+                       extra_export={"CONTAINERS_CLUSTER": "dgx_spark"})
+    assert_golden("recipes/sbatch_build_arm64.txt", quote(argv) + "\n")
+
+
+@pytest.mark.parametrize("path, want", [
+    ("/tmp/apptainer", ("ext4", "/tmp")),
+    ("/scratch/u/x", ("nfs4", "/scratch")),
+    ("/scratch/local/u", ("xfs", "/scratch/local")),       # the longest mount point wins
+    ("/scratch/localx", ("nfs4", "/scratch")),            # a prefix that is not a path component
+    ("/mnt/shared/u/images", ("cifs", "/mnt/shared")),
+    ("/lustre/proj/tmp", ("lustre", "/lustre")),
+    ("/mnt/my disk/tmp", ("ext4", "/mnt/my disk")),       # octal-escaped space
+    ("/home/u", ("overlay", "/")),
+])
+def test_fs_type(path, want):
+    assert fs_type(path, MOUNTINFO) == want
+
+
+@pytest.mark.parametrize("path", ["/scratch/u/tmp", "/mnt/shared/tmp", "/lustre/tmp"])
+def test_network_tmpdir_refused(path):
+    with pytest.raises(UserError) as exc:
+        check_local_dir("APPTAINER_TMPDIR", path, MOUNTINFO)
+    line = exc.value.line()
+    assert "APPTAINER_TMPDIR" in line and "\n" not in line and "fix:" in line
+
+
+def test_build_env_defaults_to_node_local_and_respects_the_user():
+    env = build_env({"PATH": "/bin"}, "/tmp/nvme", mountinfo=MOUNTINFO)
+    assert env["APPTAINER_TMPDIR"] == "/tmp/nvme/apptainer/tmp"
+    assert env["APPTAINER_CACHEDIR"] == "/tmp/nvme/apptainer/cache"
+    with pytest.raises(UserError, match="APPTAINER_CACHEDIR=/scratch/c is on nfs4"):
+        build_env({"APPTAINER_CACHEDIR": "/scratch/c"}, "/tmp/nvme", mountinfo=MOUNTINFO)
+
+
+# the build-arm64 decision matrix
+def test_route_aarch64_host_builds_natively():
+    r = decide_route("arm64", host="arm64", sbatch_available=True, build_partition="spark",
+                     binfmt_registered=False, emulate=False)
+    assert r.kind == "native"
+
+
+def test_route_x86_with_slurm_submits_to_the_aarch64_partition():
+    r = decide_route("arm64", host="amd64", sbatch_available=True, build_partition="spark",
+                     binfmt_registered=True, emulate=False)
+    assert (r.kind, r.partition) == ("slurm", "spark")
+
+
+def test_route_x86_with_binfmt_emulates_only_when_asked():
+    r = decide_route("arm64", host="amd64", sbatch_available=False, build_partition=None,
+                     binfmt_registered=True, emulate=True)
+    assert r.kind == "emulate"
+    with pytest.raises(UserError, match="pass EMULATE=1"):
+        decide_route("arm64", host="amd64", sbatch_available=False, build_partition=None,
+                     binfmt_registered=True, emulate=False)
+
+
+def test_route_neither_explains_the_options():
+    with pytest.raises(UserError) as exc:
+        decide_route("arm64", host="amd64", sbatch_available=False, build_partition=None,
+                     binfmt_registered=False, emulate=True)
+    line = exc.value.line()
+    assert "no sbatch here" in line and "qemu" in line and "aarch64 machine" in line
+    with pytest.raises(UserError, match="has no arm64 build partition"):
+        decide_route("arm64", host="amd64", sbatch_available=True, build_partition=None,
+                     binfmt_registered=False, emulate=False, cluster="torch")
+
+
+def test_build_command_bad_input():
+    assert_one_line_error(cli("build", "nope"), "unknown image 'nope'")
+    assert_one_line_error(cli("build", "paddle-py312", "--arch", "arm64"),
+                          "no Paddle GPU build for aarch64")
+
+
+def test_build_dry_run_routes_arm64_to_slurm():
+    """On an x86 host with Slurm's sbatch: dgx_spark sends build-arm64 to its aarch64 partition."""
+    import shutil
+
+    if not shutil.which("sbatch"):
+        pytest.skip("no sbatch on this machine")
+    proc = cli("build", "flowportal-cu130", "cluster=dgx_spark", "--arch", "arm64", "--dry-run")
+    if proc.returncode == 0 and "native" in proc.stdout:
+        pytest.skip("this host is aarch64")
+    assert proc.returncode == 0, proc.stderr
+    assert "slurm" in proc.stdout and "--partition=spark" in proc.stdout
+    assert "slurm/build_image.sbatch" in proc.stdout
+
+
+def test_build_without_apptainer_is_one_line(tmp_path):
+    proc = cli("build", "mineru-dell-py310", "--arch", "amd64",
+               env={"PATH": "/usr/bin:/bin", "CONTAINERS_NODE_LOCAL": str(tmp_path)})
+    if proc.returncode == 0:
+        pytest.skip("an apptainer binary exists here")
+    if "native" not in proc.stdout:
+        pytest.skip("this host is not x86_64")
+    assert_one_line_error(proc, "no apptainer on PATH")
