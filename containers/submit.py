@@ -28,7 +28,7 @@ from containers.errors import UserError
 DEFAULT_SCRIPT = "slurm/run_stage.sbatch"
 FAKE_ID_BASE = 1000
 JOB_KEYS = {"gpu", "partition", "gpus", "cpus_per_task", "mem", "time", "after", "array", "sbatch",
-            "steps", "nodes", "stage", "sbatch_args", "array_manifest"}
+            "steps", "nodes", "stage", "sbatch_args", "array_manifest", "gpu_guard"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -60,6 +60,7 @@ class Job:
     sbatch_args: list[str]
     dir: Path
     array_manifest: str | None = None
+    gpu_guard: str | None = None
     argv: list[str] = field(default_factory=list)
     job_id: str | None = None
 
@@ -244,7 +245,7 @@ def _job(name: str, job: dict[str, Any], parts: dict[str, Any], cl: Any, rd: Pat
                nodes=job.get("nodes"), array=None if job.get("array") is None else str(job["array"]),
                after=after, script=script, steps=steps, stage=list(job.get("stage") or []),
                sbatch_args=[str(a) for a in job.get("sbatch_args") or []], dir=jd,
-               array_manifest=job.get("array_manifest"))
+               array_manifest=job.get("array_manifest"), gpu_guard=job.get("gpu_guard"))
 
 
 _GPU_DIRECTIVE = re.compile(r"^#SBATCH\s+(--gres|--gpus\S*|-G|--gpu-\S+|--partition|-p)\b(.*)$")
@@ -298,6 +299,8 @@ def sbatch_argv(plan: Plan, job: Job, ids: dict[str, str], *, test_only: bool = 
     argv.append(f"--output={out}")
     exports = {**plan.exports, "CONTAINERS_GPU_STAGE": "1" if job.gpu else "0",
                "CONTAINERS_JOB_DIR": str(job.dir)}
+    if job.gpu_guard:
+        exports["CONTAINERS_GPU_GUARD"] = str(job.gpu_guard)
     if job.array_manifest:
         exports["CONTAINERS_ARRAY_MANIFEST"] = str(job.array_manifest)
     argv.append("--export=ALL," + ",".join(f"{k}={_check_export(v)}" for k, v in exports.items()))

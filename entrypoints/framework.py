@@ -116,6 +116,9 @@ class Run:
     def set_device(self, device: Device) -> None:
         self.report["device"] = asdict(device)
         self.save()
+        from entrypoints.gpu_guard import check_device  # a GPU stage that fell back to the CPU stops here
+
+        check_device(device, self.cfg, self)
 
     def skip(self, item: str, reason: str) -> None:
         self.report["skipped"].append({"item": item, "reason": reason})
@@ -209,7 +212,9 @@ def launch(app: str, module_name: str, overrides: list[str], *, config_path: str
         print(f"error: {exc.line()}", file=sys.stderr)
         return exc.code
     try:
-        status = int(module.run(cfg, run) or 0)
+        from entrypoints.gpu_guard import guarded  # GPU check first; GPU utilisation sampled around the run
+
+        status = int(guarded(module.run, cfg, run) or 0)
     except UserError as exc:
         run.finish(exc.code, exc.line())
         print(f"error: {exc.line()}", file=sys.stderr)
