@@ -8,12 +8,26 @@ Neither is newspaper-trained; they are the stand-in bag for the demo, not a Dell
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 from entrypoints.newsbag.schema import make_box, map_label
 from entrypoints.newsbag.sources.base import missing_model, ort_probe, run_source_app
 
 FLAGS = {"--input-dir": "input_dir", "--recursive": "recursive"}
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The wheels log every model load at INFO on stderr (resetting their own levels each time);
+    mute INFO while they load so the progress lines stay readable."""
+    logging.disable(logging.INFO)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 class CdlaDetector:
@@ -32,7 +46,8 @@ class CdlaDetector:
                                conf_thresh=float(settings.get("conf", 0.5)),
                                iou_thresh=float(settings.get("iou", 0.5)),
                                engine_cfg={"use_cuda": device.startswith("cuda")})
-        self.engine = RapidLayout(cfg=cfg)
+        with _quiet():
+            self.engine = RapidLayout(cfg=cfg)
         self.providers = list(self.engine.session.session.get_providers())
 
     def detect(self, bgr: Any, width: int, height: int) -> list[dict[str, Any]]:
@@ -59,7 +74,8 @@ class PPOCRDetDetector:
         self.source, self.variant = source, variant
         kwargs = {f"det_{k}": v for k, v in settings.items()
                   if k in ("box_thresh", "unclip_ratio", "thresh", "limit_side_len", "limit_type")}
-        self.engine = RapidOCR(det_use_cuda=device.startswith("cuda"), **kwargs)
+        with _quiet():
+            self.engine = RapidOCR(det_use_cuda=device.startswith("cuda"), **kwargs)
         self.providers = list(self.engine.text_det.infer.session.get_providers())
         self.min_height = float(settings.get("min_height", 4))
 
