@@ -21,7 +21,7 @@ from entrypoints.flowportal.checkout import Checkout
 from entrypoints.flowportal.stages import Stage, Video, build, model_paths, teacache_active
 
 STAGE_HOWTO = ("stage the model set to node-local disk first: python -m containers stage "
-               "{src} {dst} (slurm/flowportal_*.sbatch do this before the first stage)")
+               "{src} {dst} (it lands in {dst}/<basename>; slurm/flowportal_*.sbatch do this first)")
 
 
 def required_models(cfg: Any) -> list[tuple[str, Path]]:
@@ -51,7 +51,7 @@ def preflight(cfg: Any) -> None:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         src = Path(str(cfg.paths.models)) / "flowportal"
         raise UserError(f"missing model file: {what} at {path}{more}", where="flowportal.models",
-                        fix=STAGE_HOWTO.format(src=src, dst=cfg.flowportal.models))
+                        fix=STAGE_HOWTO.format(src=src, dst=Path(str(cfg.flowportal.models)).parent))
 
 
 def stage_env(cfg: Any, environ: dict[str, str] | None = None) -> dict[str, str]:

@@ -39,7 +39,10 @@ def stage_models(root: Path) -> Path:
     for f in WAN_FILES:
         (m / "Wan2.1-Fun-V1.1-1.3B-Control" / f).write_text("{}")
     for f in ("IC-Light/models/iclight_sd15_fc.safetensors", "IC-Light/models/iclight_sd15_fbc.safetensors",
-              "MatAnyone/matanyone.pth"):
+              "MatAnyone/matanyone.pth", "Annotators/ControlNetHED.pth",
+              "hf/hub/models--stablediffusionapi--realistic-vision-v51/refs/main",
+              "hf/hub/models--zhengpeng7--BiRefNet/refs/main", "torch/hub/checkpoints/resnet50-0676ba61.pth"):
+        (m / f).parent.mkdir(parents=True, exist_ok=True)
         (m / f).write_text("w")
     return m
 
