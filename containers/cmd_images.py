@@ -196,6 +196,9 @@ def _build_one(args: argparse.Namespace, image: str, arch_arg: str | None) -> in
         return 0
     build_args = {"ARCH": arch, "LOCK_HASH": lock_hash(spec.lock_path(arch)), "GIT_REV": _git_rev()}
     for key, var in spec.build_env_args.items():
+        if not os.environ.get(var) and args.dry_run:
+            build_args[key] = f"${var}"  # a dry run shows where the value will come from
+            continue
         if not os.environ.get(var):
             raise UserError(f"image {spec.name} needs build argument {key} from ${var}, which is unset",
                             fix=f"export {var}=... (see docs/images.md: {spec.name})")
