@@ -181,7 +181,7 @@ def build_plan(pipeline: str, args: Sequence[str], *, mode: str | None = None, g
     account = None if account in (None, "", "null") else str(account)
     jobs = [_job(name, spec[name], parts, cl, rd, where, only) for name in order]
     exports = {"CONTAINERS_REPO": str(REPO_ROOT), "CONTAINERS_CLUSTER": str(cl.name)}
-    for k, v in os.environ.items():  # the roots the user chose must reach the job unchanged
+    for k, v in sorted(os.environ.items()):  # the roots the user chose must reach the job unchanged
         if k in ("CONTAINERS_SCRATCH", "CONTAINERS_SHARED_ROOT", "CONTAINERS_NODE_LOCAL", "CONTAINERS_IMAGES",
                  "CONTAINERS_MODELS", "CONTAINERS_RUNTIME", "CONTAINERS_ACCOUNT"):
             exports[k] = v

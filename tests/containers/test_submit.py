@@ -1,0 +1,139 @@
+"""Submission planning without Slurm: resources from the profile, GPU/CPU routing, dry run, errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from containers.errors import UserError
+from containers.submit import build_plan, sbatch_argv, submit, write_job_files
+
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = REPO / "tests" / "golden" / "slurm"
+
+
+def _render(plan) -> str:
+    ids: dict[str, str] = {}
+    lines = []
+    for n, job in enumerate(plan.jobs, 1):
+        argv = sbatch_argv(plan, job, ids)
+        ids[job.name] = str(1000 + n)
+        lines.append(" ".join(argv))
+    text = "\n".join(lines) + "\n"
+    return text.replace(str(plan.run_dir), "<RUN>").replace(str(REPO), "<REPO>")
+
+
+def _plan(*args, **kw):
+    return build_plan("selftest", list(args), run_dir=kw.pop("run_dir", "/runs/x"), **kw)
+
+
+@pytest.mark.parametrize("name,args", [
+    ("torch_split", ["cluster=torch", "gpu=split"]),
+    ("torch_h200_single", ["cluster=torch", "gpu=h200"]),
+    ("spark_single", ["cluster=dgx_spark"]),
+])
+def test_sbatch_lines_match_golden(name, args, monkeypatch):
+    monkeypatch.delenv("CONTAINERS_ACCOUNT", raising=False)
+    for var in ("CONTAINERS_SCRATCH", "CONTAINERS_SHARED_ROOT", "CONTAINERS_NODE_LOCAL"):
+        monkeypatch.setenv(var, f"/{var.lower()}")
+    got = _render(_plan(*args))
+    golden = GOLDEN / f"{name}.txt"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(got)
+    assert got == golden.read_text()
+
+
+def test_gpu_and_cpu_routing():
+    plan = _plan("cluster=torch", "gpu=split")
+    by = {j.name: j for j in plan.jobs}
+    assert (by["layout"].partition, by["layout"].gres) == ("l40s_public", "gpu:l40s:1")
+    assert (by["vlm"].partition, by["vlm"].gres) == ("h200_public", "gpu:h200:1")
+    assert (by["post"].partition, by["post"].gres) == ("cpu_short", None)
+    post = sbatch_argv(plan, by["post"], {"layout": "1", "vlm": "2"})
+    assert "--dependency=afterok:1:2" in post and "--kill-on-invalid-dep=yes" in post
+    assert not any(a.startswith(("--gres", "--gpus")) for a in post)
+    assert [j.name for j in plan.jobs][-1] == "post"  # dependencies are submitted first
+
+
+def test_untyped_gres_on_spark():
+    plan = _plan("cluster=dgx_spark")
+    assert plan.job("infer").gres == "gpu:1" and plan.job("post").partition == "spark"
+    assert plan.account is None
+
+
+@pytest.mark.parametrize("args,kw,needle", [
+    (["cluster=torch"], {"pipeline": "nope"}, "unknown pipeline 'nope'"),
+    (["cluster=nope"], {}, "unknown cluster 'nope'"),
+    (["cluster=laptop"], {}, "has no Slurm scheduler"),
+    (["cluster=torch", "gpu=a100"], {}, "no GPU partition of type 'a100'"),
+    (["cluster=torch", "mode=nope"], {}, "has no mode 'nope'"),
+    (["cluster=torch"], {"only": ["nope"]}, "unknown stage 'nope'"),
+])
+def test_bad_input_is_one_line(args, kw, needle):
+    pipeline = kw.pop("pipeline", "selftest")
+    with pytest.raises(UserError) as exc:
+        build_plan(pipeline, args, run_dir="/runs/x", **kw)
+    assert needle in exc.value.line() and "\n" not in exc.value.line()
+
+
+def _pipeline_dir(tmp_path, body: str) -> Path:
+    """A copy of hydra_conf with one extra pipeline, to exercise refusals."""
+    import shutil
+
+    conf = tmp_path / "conf"
+    shutil.copytree(REPO / "hydra_conf", conf)
+    (conf / "pipeline" / "bad.yaml").write_text(body)
+    return conf
+
+
+@pytest.mark.parametrize("job,needle", [
+    ("{gpu: false, partition: l40s, steps: [{app: doctor, image: paddle-py312}]}", "would land in GPU partition"),
+    ("{partition: cpu, gpus: 2, steps: [{app: doctor, image: paddle-py312}]}", "asks for 2 GPU(s)"),
+    ("{gpu: true, partition: cpu, steps: [{app: doctor, image: paddle-py312}]}", "has no GPUs"),
+    ("{partition: cpu, after: [ghost], steps: [{app: doctor, image: paddle-py312}]}", "runs after 'ghost'"),
+    ("{partition: cpu, steps: [{app: ghost, image: paddle-py312}]}", "unknown app 'ghost'"),
+    ("{partition: cpu, sbatch: tests/golden/slurm/gpu_script.sbatch, steps: [{app: doctor, image: paddle-py312}]}",
+     "asks for a GPU"),
+])
+def test_refused_job_configs(tmp_path, job, needle):
+    from containers.config import compose
+
+    conf = _pipeline_dir(tmp_path, f"name: bad\ndefault_mode: m\nmodes:\n  m:\n    j: {job}\n")
+    with pytest.raises(UserError) as exc:
+        build_plan("bad", ["cluster=torch"], run_dir="/runs/x",
+                   compose=lambda ov: compose(ov, config_dir=conf))
+    assert needle in exc.value.line()
+
+
+def test_dry_run_writes_job_folders_with_fake_ids(tmp_path):
+    plan = _plan("cluster=torch", run_dir=str(tmp_path / "run"))
+    write_job_files(plan, ["cluster=torch"])
+    ids = submit(plan, dry_run=True, log=lambda s: None)
+    assert ids == {"infer": "1001", "post": "1002"}
+    job = tmp_path / "run" / "jobs" / "post"
+    assert "--dependency=afterok:1001" in (job / "cmd.log").read_text()
+    step = (job / "steps.tsv").read_text().split("\t")
+    assert step[1:4] == ["doctor", "mineru-dell-py310", "cpu"]
+    cfg = (Path(step[4].strip()) / "config.yaml").read_text()
+    assert "app_name: doctor" in cfg and "job_name: post" in cfg and f"run_dir: {tmp_path / 'run'}" in cfg
+    assert (tmp_path / "run" / "submission.dry-run.json").is_file()
+
+
+def test_no_sbatch_on_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(UserError, match="no 'sbatch' on PATH"):
+        submit(_plan("cluster=torch", run_dir=str(tmp_path / "r")))
+
+
+def test_cli_dry_run(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "containers", "submit", "selftest", "cluster=torch", "gpu=split",
+                          "--dry-run", "--run-dir", str(tmp_path / "r")], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "fake job ids" in out.stdout and "--gres=gpu:h200:1" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "containers", "submit", "nope", "cluster=torch", "--dry-run"],
+                         cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown pipeline" in bad.stderr
