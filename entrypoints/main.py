@@ -35,7 +35,8 @@ def _app_help(name: str) -> str:
                  *("  " + ln for ln in conf.read_text().splitlines() if ln.strip())]
     flags = _flags(module_name)
     if flags:
-        text += ["", "flags:", *(f"  {f} VALUE  ->  {k.removesuffix('[]')}=..." for f, k in flags.items())]
+        text += ["", "flags:", *(f"  {f}  ->  {k[:-1]}=true" if k.endswith("?") else
+                                  f"  {f} VALUE  ->  {k.removesuffix('[]')}=..." for f, k in flags.items())]
     return "\n".join(text)
 
 
@@ -59,7 +60,9 @@ def _split(argv: list[str], flags: dict[str, str]) -> tuple[list[str], str | Non
     it = iter(argv)
     for arg in it:
         key, eq, val = arg.partition("=")
-        if key in ("--config-path", "--config-name", *flags):
+        if key in flags and flags[key].endswith("?"):  # "name?" marks a boolean switch
+            overrides.append(f"{flags[key][:-1]}={val.lower() if eq else 'true'}")
+        elif key in ("--config-path", "--config-name", *flags):
             if not eq:
                 val = next(it, None)
                 if val is None:

@@ -67,3 +67,13 @@ def test_tiny_onnx_model_is_valid():
     model = onnx.load_from_string(add_model())
     onnx.checker.check_model(model, full_check=True)
     assert [n.op_type for n in model.graph.node] == ["Add"]
+
+
+def test_flags_map_to_overrides():
+    from entrypoints.main import _split
+
+    flags = {"--require": "require[]", "--input-dir": "input_dir", "--recursive": "recursive?"}
+    ov, *_ = _split(["--require", "gpu, onnx", "--input-dir=/a b", "--recursive", "x=1"], flags)
+    assert ov == ["require=[gpu,onnx]", "input_dir=/a b", "recursive=true", "x=1"]
+    ov, *_ = _split(["--recursive=False"], flags)
+    assert ov == ["recursive=false"]

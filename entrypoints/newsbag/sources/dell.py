@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from entrypoints.newsbag.schema import DELL_CLASSES, DELL_RAW_NAMES, make_box
 from entrypoints.newsbag.sources.base import missing_model, ort_probe, ort_providers, run_source_app
 
-FLAGS = {"--input-dir": "input_dir", "--recursive": "recursive"}
+FLAGS = {"--input-dir": "input_dir", "--recursive": "recursive?"}
 MAX_NMS = 30000  # candidates kept (by score) before NMS, as YOLOv8 does
 
 

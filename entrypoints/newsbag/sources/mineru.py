@@ -16,7 +16,7 @@ from typing import Any
 from entrypoints.newsbag.schema import make_box, map_label
 from entrypoints.newsbag.sources.base import missing_model, run_source_app
 
-FLAGS = {"--input-dir": "input_dir", "--recursive": "recursive"}
+FLAGS = {"--input-dir": "input_dir", "--recursive": "recursive?"}
 MODES = ("layout", "two_step")
 
 

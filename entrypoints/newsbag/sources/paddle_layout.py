@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-FLAGS = {"--input-dir": "input_dir", "--recursive": "recursive"}
+FLAGS = {"--input-dir": "input_dir", "--recursive": "recursive?"}
 
 
 def run(cfg: Any, run: Any) -> int:
