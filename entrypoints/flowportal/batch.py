@@ -122,7 +122,8 @@ def run(cfg: Any, run: Any) -> int:
     log = batch_dir / "progress" / f"chunk{i}.log"
     state = load_state(spath)
     video_dir = Path(str(cfg.video_dir))
-    deadline = float(cfg.deadline) if cfg.get("deadline") else None
+    raw = cfg.get("deadline") or os.environ.get("FLOWPORTAL_DEADLINE")   # env: resolved configs keep null
+    deadline = float(raw) if raw else None
     stop_file = batch_dir / "control" / f"chunk{i}.stop"
     durations = [s["seconds"] for s in state.values() if s.get("status") == "OK" and s.get("seconds")]
     counts = {"OK": 0, "SKIPPED": 0, "FAILED": 0}
