@@ -54,6 +54,15 @@ def _flags(module_name: str) -> dict[str, str]:
     return {}
 
 
+def _hydra_quote(value: str) -> str:
+    """Quote a flag's value for Hydra's override grammar (commas, spaces, quotes in paths)."""
+    import re
+
+    if re.fullmatch(r"[\w./:@+-]+", value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def _split(argv: list[str], flags: dict[str, str]) -> tuple[list[str], str | None, str, bool]:
     overrides: list[str] = []
     config_path, config_name, show_cfg = None, "config", False
@@ -75,9 +84,9 @@ def _split(argv: list[str], flags: dict[str, str]) -> tuple[list[str], str | Non
                 target = flags[key]  # "name[]" marks a list setting
                 if target.endswith("[]"):
                     items = [v.strip() for v in val.split(",") if v.strip()]
-                    overrides.append(f"{target[:-2]}=[{','.join(items)}]")
+                    overrides.append(f"{target[:-2]}=[{','.join(map(_hydra_quote, items))}]")
                 else:
-                    overrides.append(f"{target}={val}")
+                    overrides.append(f"{target}={_hydra_quote(val)}")
         elif arg == "--cfg":
             show_cfg = True
         elif arg.startswith("--"):

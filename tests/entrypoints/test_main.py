@@ -74,6 +74,9 @@ def test_flags_map_to_overrides():
 
     flags = {"--require": "require[]", "--input-dir": "input_dir", "--recursive": "recursive?"}
     ov, *_ = _split(["--require", "gpu, onnx", "--input-dir=/a b", "--recursive", "x=1"], flags)
-    assert ov == ["require=[gpu,onnx]", "input_dir=/a b", "recursive=true", "x=1"]
+    assert ov == ["require=[gpu,onnx]", "input_dir='/a b'", "recursive=true", "x=1"]
+    ov, *_ = _split(["--input-dir", "/scans/it's,2026"], flags)
+    cfg = compose(["app=doctor", f"+{ov[0]}"])
+    assert cfg.input_dir == "/scans/it's,2026"
     ov, *_ = _split(["--recursive=False"], flags)
     assert ov == ["recursive=false"]
