@@ -85,6 +85,7 @@ class LocalSlurm:
 
     root: Path
     env: dict[str, str] = field(default_factory=dict)
+    _children: dict[int, subprocess.Popen] = field(default_factory=dict, repr=False)
 
     @property
     def conf(self) -> Path:
@@ -124,8 +125,8 @@ class LocalSlurm:
         gres = ["AutoDetect=off"]
         parts: dict[str, list[str]] = {}
         for (name, part, gtype, count), port in zip(NODES, node_ports, strict=True):
-            node = (f"NodeName={name} NodeHostname={host} NodeAddr=127.0.0.1 Port={port} CPUs=8 "
-                    f"RealMemory=32000 State=UNKNOWN")
+            node = (f"NodeName={name} NodeHostname={host} NodeAddr=127.0.0.1 Port={port} CPUs=32 "
+                    f"RealMemory=256000 State=UNKNOWN")
             if count:
                 node += f" Gres=gpu:{gtype}:{count}"
                 for i in range(count):
@@ -150,12 +151,17 @@ class LocalSlurm:
         self.stop()
         self.write_config()
         r = self.root
-        _run([_sbin("munged"), "--force", f"--socket={r}/munge/munge.socket", f"--key-file={r}/munge/munge.key",
-              f"--pid-file={r}/run/munged.pid", f"--log-file={r}/log/munged.log",
-              f"--seed-file={r}/munge/munge.seed"], env=self.env)
-        _run([_sbin("slurmctld"), "-f", str(self.conf), "-c", "-i"], env=self.env)
+        # Foreground daemons, children of this process: stop() can reap them, so none is left as a zombie.
+        self._spawn("munged", [_sbin("munged"), "-F", "--force", f"--socket={r}/munge/munge.socket",
+                               f"--key-file={r}/munge/munge.key", f"--log-file={r}/log/munged.log",
+                               f"--pid-file={r}/munge/munged.pid", f"--seed-file={r}/munge/munge.seed"])
+        for _ in range(50):
+            if (r / "munge" / "munge.socket").exists():
+                break
+            time.sleep(0.05)
+        self._spawn("slurmctld", [_sbin("slurmctld"), "-D", "-f", str(self.conf), "-c", "-i"])
         for name, *_ in NODES:
-            _run([_sbin("slurmd"), "-f", str(self.conf), "-N", name], env=self.env)
+            self._spawn(f"slurmd-{name}", [_sbin("slurmd"), "-D", "-f", str(self.conf), "-N", name])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             out = _run(["sinfo", "-h", "-N", "-o", "%N %t"], env=self.env, check=False).stdout.split("\n")
@@ -168,6 +174,13 @@ class LocalSlurm:
         self.stop()
         raise RuntimeError(f"local Slurm did not become ready in {timeout:g} s; slurmctld log tail:\n{log}")
 
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = open(self.root / "log" / f"{name}.stdout", "ab")  # noqa: SIM115 (the daemon keeps it)
+        proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        self._children[proc.pid] = proc
+        (self.root / "run" / f"{name}.pid").write_text(f"{proc.pid}\n")
+
     def _pids(self) -> list[tuple[str, int]]:
         out = []
         for pid_file in sorted((self.root / "run").glob("*.pid")):
@@ -175,17 +188,23 @@ class LocalSlurm:
                 out.append((pid_file.name, int(pid_file.read_text().split()[0])))
         return out
 
+    def _alive(self, pid: int) -> bool:
+        proc = self._children.get(pid)
+        if proc is not None:
+            return proc.poll() is None
+        return _alive(pid)
+
     def running(self) -> bool:
         if not self.conf.exists():
             return False
-        alive = [p for _, p in self._pids() if _alive(p)]
+        alive = [p for _, p in self._pids() if self._alive(p)]
         return len(alive) == len(NODES) + 2
 
     def stop(self) -> None:
         """Cancel every job, then stop only the daemons this root started (pid files)."""
         if self.conf.exists() and shutil.which("squeue"):
             ids = _run(["squeue", "-h", "-o", "%A"], env=self.env, check=False, timeout=10).stdout.split()
-            if ids:
+            if ids and self.running():
                 _run(["scancel", *sorted(set(ids))], env=self.env, check=False, timeout=10)
                 deadline = time.monotonic() + 15
                 while time.monotonic() < deadline and _run(
@@ -193,17 +212,22 @@ class LocalSlurm:
                     time.sleep(0.3)
         pids = self._pids()
         # slurmd first (it reaps its slurmstepds), then slurmctld, munged last (the others need it).
-        order = sorted(pids, key=lambda kv: (not kv[0].startswith("slurmd"), kv[0].startswith("munged")))
-        for _, pid in order:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_alive(p) for _, p in pids):
-            time.sleep(0.1)
+        for group in ("slurmd", "slurmctld", "munged"):
+            members = [p for n, p in pids if n.startswith(group + ("-" if group == "slurmd" else ""))]
+            for pid in members:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and any(self._alive(p) for p in members):
+                time.sleep(0.05)
         for _, pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 if _alive(pid):
                     os.kill(pid, signal.SIGKILL)
+        for proc in self._children.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+        self._children.clear()
         for pid_file in (self.root / "run").glob("*.pid") if (self.root / "run").is_dir() else ():
             pid_file.unlink()
 

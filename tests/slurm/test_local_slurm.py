@@ -1,0 +1,163 @@
+"""The Slurm layer on a real (private, local) Slurm: chains, failures, partitions, arrays, staging.
+
+Jobs run with CONTAINERS_RUNTIME=host, so every step is ``python -m entrypoints doctor`` in the
+repository's Python; the fake GPUs are /dev/null symlinks, so GPU jobs run with the GPU guard set
+to ``warn`` except where the guard itself is under test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slurm
+N_FILES = 1500  # enough per-file work that the second task finds the lock held
+
+
+@pytest.fixture
+def env(slurm_cluster, isolated_roots):
+    e = {**os.environ, **slurm_cluster.env, "CONTAINERS_RUNTIME": "host", "CONTAINERS_GPU_GUARD": "warn",
+         "CONTAINERS_ACCOUNT": "suite_test"}
+    e.pop("CI", None)
+    return e
+
+
+def submit(env, *args, check=True):
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "containers", "submit", "selftest", *args], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=60)
+    if check:
+        assert out.returncode == 0, out.stderr
+    return out, time.monotonic() - t0
+
+
+def job_ids(out) -> dict[str, str]:
+    ids = {}
+    for ln in out.stdout.splitlines():
+        parts = ln.split()
+        if len(parts) >= 3 and ln.startswith("  ") and parts[1].isdigit():
+            ids[parts[0]] = parts[1]
+    return ids
+
+
+def run_dir(out) -> Path:
+    return Path(next(ln.split(": ", 1)[1] for ln in out.stdout.splitlines() if ln.startswith("run dir: ")))
+
+
+def test_three_job_chain_succeeds_without_blocking(slurm_cluster, env):
+    out, seconds = submit(env, "cluster=torch", "mode=chain")
+    ids = job_ids(out)
+    assert list(ids) == ["first", "middle", "last"]
+    assert seconds < 15 and "squeue -j" in out.stdout
+    assert slurm_cluster.states(ids["last"]) == ["PENDING"]  # submit returned before the chain ran
+    assert f"afterok:{ids['middle']}" in slurm_cluster.show_job(ids["last"])["Dependency"]
+    states = slurm_cluster.wait(list(ids.values()), timeout=90)
+    assert all(s == ["COMPLETED"] for s in states.values()), states
+    rd = run_dir(out)
+    for job in ids:
+        report = json.loads((rd / "jobs" / job / "steps" / "01-doctor" / "run_report.json").read_text())
+        assert report["exit_status"] == 0 and report["slurm"]["job_id"] == ids[job]
+        assert (rd / "jobs" / job / f"slurm-{ids[job]}.out").is_file()
+        assert "sbatch --parsable" in (rd / "jobs" / job / "cmd.log").read_text()
+    mid = json.loads((rd / "jobs" / "middle" / "steps" / "01-doctor" / "run_report.json").read_text())
+    assert "gpu_util_mean" in mid and mid["gpu_guard"][0]["mode"] == "warn"
+
+
+def test_gpu_guard_fails_the_middle_job_and_cancels_its_dependents(slurm_cluster, env):
+    out, _ = submit({**env, "CONTAINERS_GPU_GUARD": "error"}, "cluster=torch", "mode=chain")
+    ids = job_ids(out)
+    states = slurm_cluster.wait(list(ids.values()), timeout=90)
+    assert states[ids["first"]] == ["COMPLETED"]
+    assert states[ids["middle"]] == ["FAILED"]
+    assert states[ids["last"]] == ["CANCELLED"]  # --kill-on-invalid-dep, not pending forever
+    log = (run_dir(out) / "jobs" / "middle" / f"slurm-{ids['middle']}.out").read_text()
+    assert "error: GPU stage without a usable GPU: Slurm granted GPU(s)" in log
+
+
+def test_split_mode_places_jobs_on_their_partitions(slurm_cluster, env):
+    out, _ = submit(env, "cluster=torch", "gpu=split")
+    ids = job_ids(out)
+    shown = {name: slurm_cluster.show_job(i) for name, i in ids.items()}
+    assert shown["layout"]["Partition"] == "l40s_public"
+    assert "gpu:l40s:1" in shown["layout"]["TresPerNode"]
+    assert shown["vlm"]["Partition"] == "h200_public" and "gpu:h200:1" in shown["vlm"]["TresPerNode"]
+    assert shown["post"]["Partition"] == "cpu_short" and "gpu" not in shown["post"].get("TresPerNode", "")
+    states = slurm_cluster.wait(list(ids.values()), timeout=90)
+    assert all(s == ["COMPLETED"] for s in states.values()), states
+    node = slurm_cluster.show_job(ids["post"])["NodeList"]
+    assert node in ("cpu1", "cpu2")  # CPU post-processing ran on a CPU node
+
+
+def test_single_mode_on_spark_and_preflight(slurm_cluster, env):
+    pre = subprocess.run([sys.executable, "-m", "containers", "preflight", "selftest", "cluster=dgx_spark"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert pre.returncode == 0, pre.stderr + pre.stdout
+    assert pre.stdout.count("ok  ") == 2 and "partition spark" in pre.stdout
+
+
+def test_rejected_partition_shows_slurms_message_and_cancels_submitted(slurm_cluster, env):
+    bad = {**env, "CONTAINERS_CPU_PARTITION": "no_such_partition"}
+    pre = subprocess.run([sys.executable, "-m", "containers", "preflight", "selftest", "cluster=torch"],
+                         cwd=REPO, env=bad, capture_output=True, text=True, timeout=60)
+    assert pre.returncode == 1 and "FAIL  post" in pre.stdout and "ok    infer" in pre.stdout
+    out, _ = submit(bad, "cluster=torch", check=False)
+    assert out.returncode == 2
+    assert "Invalid partition name specified" in out.stderr and "cancelled the jobs already submitted" in out.stderr
+    first = out.stderr.split("submitted (")[1].split(")")[0]
+    assert slurm_cluster.wait(first, timeout=30)[first] == ["CANCELLED"]
+
+
+def test_array_over_a_manifest(slurm_cluster, env, tmp_path):
+    manifest = tmp_path / "items.txt"
+    manifest.write_text("video_a.mp4\nvideo_b.mp4\n\nvideo_c.mp4\n")
+    out, _ = submit({**env, "SELFTEST_MANIFEST": str(manifest)}, "cluster=torch", "mode=array")
+    ids = job_ids(out)
+    assert "array 0-2" in out.stdout
+    states = slurm_cluster.wait(ids["items"], timeout=90)
+    assert states[ids["items"]] == ["COMPLETED"] * 3
+    job = run_dir(out) / "jobs" / "items"
+    logs = {p.name: p.read_text() for p in job.glob("slurm-*_*.out")}
+    assert len(logs) == 3
+    for task, item in enumerate(("video_a.mp4", "video_b.mp4", "video_c.mp4")):
+        assert f"item: {item}" in logs[f"slurm-{ids['items']}_{task}.out"]
+        report = json.loads((job / "steps" / "01-doctor" / f"run_report.{task}.json").read_text())
+        assert report["slurm"]["array_task_id"] == str(task) and report["exit_status"] == 0
+
+
+def test_two_tasks_staging_to_one_node(slurm_cluster, env, tmp_path):
+    src = tmp_path / "shared" / "models" / "official_models"
+    (src / "PP-DocLayoutV3").mkdir(parents=True)
+    blob = os.urandom(64 << 10)
+    for i in range(N_FILES):
+        (src / "PP-DocLayoutV3" / f"part{i:04d}.bin").write_bytes(blob)
+    dst = tmp_path / "nvme" / "models"
+    script = tmp_path / "stage.sbatch"
+    script.write_text(f"""#!/usr/bin/env bash
+set -euo pipefail
+source "$CONTAINERS_REPO/slurm/lib/common.sh"
+suite_init
+# a barrier, so both tasks really stage at the same moment
+touch {tmp_path}/ready-$SLURM_ARRAY_TASK_ID
+for _ in $(seq 300); do [[ -e {tmp_path}/ready-0 && -e {tmp_path}/ready-1 ]] && break; sleep 0.1; done
+suite_stage {src} {dst}
+""")
+    jid = slurm_cluster.sbatch(["--array=0-1", "-w", "cpu1", "-p", "cpu_short", "-c", "1",
+                                f"--output={tmp_path}/stage-%a.out", f"--export=ALL,CONTAINERS_REPO={REPO}",
+                                str(script)], env=env)
+    states = slurm_cluster.wait(jid, timeout=90)
+    assert states[jid] == ["COMPLETED", "COMPLETED"]
+    logs = [(tmp_path / f"stage-{i}.out").read_text() for i in (0, 1)]
+    copied = sorted(int(ln.split("copied ")[1].split()[0]) for log in logs for ln in log.splitlines()
+                    if ln.startswith("staged "))
+    assert copied == [0, N_FILES]  # one task copied, the other waited and found it complete
+    assert sum("waiting for" in log for log in logs) == 1
+    man = json.loads((dst / ".official_models.stage.json").read_text())
+    assert len(man["files"]) == N_FILES
+    assert not list(dst.rglob("*.part"))
