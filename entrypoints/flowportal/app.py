@@ -20,17 +20,25 @@ from entrypoints.flowportal.stages import Video, build, model_paths, teacache_ac
 def video_from_cfg(cfg: Any, root: Path) -> Video:
     v = cfg.video
     src = Path(str(v.input)) if v.get("input") else root / "datasets" / "cat.mp4"
-    return Video(name=str(v.name), input=str(src), k_frames=int(v.k_frames), prompt_tar=str(v.prompt_tar),
-                 prompt_src=str(v.prompt_src), negative_prompt=str(v.negative_prompt))
+    return Video(
+        name=str(v.name),
+        input=str(src),
+        k_frames=int(v.k_frames),
+        prompt_tar=str(v.prompt_tar),
+        prompt_src=str(v.prompt_src),
+        negative_prompt=str(v.negative_prompt),
+    )
 
 
 def plan_text(cfg: Any, checkout: co.Checkout, video: Video, work: Path) -> str:
     """The dry-run text: preset, checkout, TeaCache verdict, five commands, layout."""
     stages = build(cfg, checkout, video)
     active, why = teacache_active(model_paths(cfg)["wan"], bool(cfg.preset.flowportal.enable_teacache))
-    lines = [f"# preset {cfg.preset.name}; {checkout.flavor} checkout {checkout.root}",
-             f"# TeaCache {'active' if active else 'inactive'}: {why}",
-             f"# working directory (cwd of every stage): {work}"]
+    lines = [
+        f"# preset {cfg.preset.name}; {checkout.flavor} checkout {checkout.root}",
+        f"# TeaCache {'active' if active else 'inactive'}: {why}",
+        f"# working directory (cwd of every stage): {work}",
+    ]
     for i, s in enumerate(stages, 1):
         lines += [f"# stage {i}/5 {s.name} ({'GPU' if s.gpu else 'CPU'})", s.shell()]
     lines.append("# working-directory layout")
@@ -39,14 +47,20 @@ def plan_text(cfg: Any, checkout: co.Checkout, video: Video, work: Path) -> str:
 
 
 def run(cfg: Any, run: Any) -> int:
-    checkout = co.load(cfg.flowportal.checkout, flavor=str(cfg.flowportal.flavor),
-                       need_fbc=bool(cfg.video.get("bg_path")))
+    checkout = co.load(
+        cfg.flowportal.checkout, flavor=str(cfg.flowportal.flavor), need_fbc=bool(cfg.video.get("bg_path"))
+    )
     video = video_from_cfg(cfg, checkout.root)
     work = Path(str(cfg.flowportal.workdir_root)) / Path(str(cfg.run_dir)).name / video.name
     active, why = teacache_active(model_paths(cfg)["wan"], bool(cfg.preset.flowportal.enable_teacache))
-    run.report["flowportal"] = {"preset": str(cfg.preset.name), "checkout": str(checkout.root),
-                                "flavor": checkout.flavor, "teacache_active": active, "teacache_why": why,
-                                "workdir": str(work)}
+    run.report["flowportal"] = {
+        "preset": str(cfg.preset.name),
+        "checkout": str(checkout.root),
+        "flavor": checkout.flavor,
+        "teacache_active": active,
+        "teacache_why": why,
+        "workdir": str(work),
+    }
     if bool(cfg.dry_run):
         print(plan_text(cfg, checkout, video, work))
         missing = execute.missing_models(cfg)
@@ -54,13 +68,18 @@ def run(cfg: Any, run: Any) -> int:
             print(f"# note: not staged yet: {what} at {path}", file=sys.stderr)
         return 0
     if not Path(video.input).is_file():
-        raise UserError(f"input video {video.input} does not exist", where="video.input",
-                        fix="pass video.input=/path/to/video.mp4")
+        raise UserError(
+            f"input video {video.input} does not exist",
+            where="video.input",
+            fix="pass video.input=/path/to/video.mp4",
+        )
     execute.preflight(cfg)
     run.report["flowportal"]["links"] = wd.prepare(cfg, checkout.root, work)
     run.save()
     out_dir = Path(str(cfg.run_dir)) / "outputs" / video.name
-    outcome = execute.run_video(cfg, checkout, video, work, out_dir, env=execute.stage_env(cfg), step=run.step)
+    outcome = execute.run_video(
+        cfg, checkout, video, work, out_dir, env=execute.stage_env(cfg), step=run.step
+    )
     run.report["flowportal"]["outcome"] = outcome.__dict__
     if outcome.status == "OK":
         for f in sorted(out_dir.iterdir()):

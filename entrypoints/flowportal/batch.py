@@ -26,7 +26,7 @@ from entrypoints.flowportal import workdir as wd
 from entrypoints.flowportal.manifest import frame_count, k_frames_for, read_manifest, read_prompts
 from entrypoints.flowportal.stages import Video
 
-EXIT_CONTINUE = 75   # EX_TEMPFAIL: time is up, work remains; the sbatch script chains a continuation
+EXIT_CONTINUE = 75  # EX_TEMPFAIL: time is up, work remains; the sbatch script chains a continuation
 
 
 def chunk_files(batch_dir: Path) -> list[Path]:
@@ -39,14 +39,23 @@ def chunk_path(batch_dir: Path, index: Any) -> Path:
     try:
         i = int(index)
     except (TypeError, ValueError):
-        raise UserError(f"chunk index {index!r} is not a number", where="chunk",
-                        fix="pass chunk=N (an array task sets it from SLURM_ARRAY_TASK_ID)") from None
+        raise UserError(
+            f"chunk index {index!r} is not a number",
+            where="chunk",
+            fix="pass chunk=N (an array task sets it from SLURM_ARRAY_TASK_ID)",
+        ) from None
     if not files:
-        raise UserError(f"no chunk*.csv under {batch_dir / 'manifest'}", where="batch_dir",
-                        fix="generate the manifest first: python -m entrypoints flowportal_manifest ...")
+        raise UserError(
+            f"no chunk*.csv under {batch_dir / 'manifest'}",
+            where="batch_dir",
+            fix="generate the manifest first: python -m entrypoints flowportal_manifest ...",
+        )
     if not 0 <= i < len(files):
-        raise UserError(f"chunk {i} is out of range: the manifest has {len(files)} chunks (0-{len(files) - 1})",
-                        where=str(batch_dir / "manifest"), fix=f"use chunk=0..{len(files) - 1} (--array=0-{len(files) - 1})")
+        raise UserError(
+            f"chunk {i} is out of range: the manifest has {len(files)} chunks (0-{len(files) - 1})",
+            where=str(batch_dir / "manifest"),
+            fix=f"use chunk=0..{len(files) - 1} (--array=0-{len(files) - 1})",
+        )
     return batch_dir / "manifest" / f"chunk{i}.csv"
 
 
@@ -115,14 +124,19 @@ def run(cfg: Any, run: Any) -> int:
     checkout = co.load(cfg.flowportal.checkout, flavor=str(cfg.flowportal.flavor))
     execute.preflight(cfg)
     work = Path(str(cfg.flowportal.workdir_root)) / f"chunk{i}-{os.environ.get('SLURM_JOB_ID', os.getpid())}"
-    run.report["flowportal"] = {"chunk": i, "videos": len(rows), "workdir": str(work),
-                                "links": wd.prepare(cfg, checkout.root, work), "flavor": checkout.flavor}
+    run.report["flowportal"] = {
+        "chunk": i,
+        "videos": len(rows),
+        "workdir": str(work),
+        "links": wd.prepare(cfg, checkout.root, work),
+        "flavor": checkout.flavor,
+    }
     env = execute.stage_env(cfg)
     spath = state_path(batch_dir, i)
     log = batch_dir / "progress" / f"chunk{i}.log"
     state = load_state(spath)
     video_dir = Path(str(cfg.video_dir))
-    raw = cfg.get("deadline") or os.environ.get("FLOWPORTAL_DEADLINE")   # env: resolved configs keep null
+    raw = cfg.get("deadline") or os.environ.get("FLOWPORTAL_DEADLINE")  # env: resolved configs keep null
     deadline = float(raw) if raw else None
     stop_file = batch_dir / "control" / f"chunk{i}.stop"
     durations = [s["seconds"] for s in state.values() if s.get("status") == "OK" and s.get("seconds")]
@@ -140,7 +154,9 @@ def run(cfg: Any, run: Any) -> int:
             stopped = f"stop requested ({stop_file})"
             break
         if deadline is not None:
-            need = (sum(durations) / len(durations) if durations else 0.0) * 1.2 + float(cfg.deadline_margin_s)
+            need = (sum(durations) / len(durations) if durations else 0.0) * 1.2 + float(
+                cfg.deadline_margin_s
+            )
             if time.time() + need > deadline:
                 stopped = f"{deadline - time.time():.0f} s left, a video needs ~{need:.0f} s"
                 break
@@ -148,34 +164,56 @@ def run(cfg: Any, run: Any) -> int:
         if reason:
             outcome = execute.Outcome(name, "FAILED", "input", reason)
         else:
-            video = Video(name=name, input=str(video_dir / f"{name}.mp4"), k_frames=int(r["k_frames"]),
-                          prompt_tar=prompts[str(r["prompt_id"])], prompt_src=src_prompt,
-                          negative_prompt=str(cfg.video.negative_prompt))
+            video = Video(
+                name=name,
+                input=str(video_dir / f"{name}.mp4"),
+                k_frames=int(r["k_frames"]),
+                prompt_tar=prompts[str(r["prompt_id"])],
+                prompt_src=src_prompt,
+                negative_prompt=str(cfg.video.negative_prompt),
+            )
             print(f"[{n}/{len(rows)}] {name} k_frames={r['k_frames']} prompt_id={r['prompt_id']}", flush=True)
             outcome = execute.run_video(cfg, checkout, video, work, out_dir, env=env)
         counts[outcome.status] = counts.get(outcome.status, 0) + 1
-        state[name] = {"status": outcome.status, "stage": outcome.stage, "reason": outcome.reason,
-                       "seconds": outcome.seconds, "at": now()}
+        state[name] = {
+            "status": outcome.status,
+            "stage": outcome.stage,
+            "reason": outcome.reason,
+            "seconds": outcome.seconds,
+            "at": now(),
+        }
         if outcome.status == "OK":
             durations.append(outcome.seconds)
             for st in outcome.stages:
-                run.report["steps"].append({"name": st["name"], "status": st["status"],
-                                            "seconds": st["seconds"], "video": name})
+                run.report["steps"].append(
+                    {"name": st["name"], "status": st["status"], "seconds": st["seconds"], "video": name}
+                )
         else:
             run.skip(name, f"FAILED at {outcome.stage}: {outcome.reason}")
-        print(f"  {outcome.status} {name}" + (f" at {outcome.stage}: {outcome.reason}" if outcome.reason else "")
-              + f" ({outcome.seconds:.1f} s)", flush=True)
+        print(
+            f"  {outcome.status} {name}"
+            + (f" at {outcome.stage}: {outcome.reason}" if outcome.reason else "")
+            + f" ({outcome.seconds:.1f} s)",
+            flush=True,
+        )
         write_json(spath, state)
         write_text(log, render_log(rows, state))
     write_json(spath, state)
     write_text(log, render_log(rows, state))
     pending = len(rows) - sum(counts.values())
-    summary = {"chunk": i, "total": len(rows), **{k.lower(): v for k, v in counts.items()}, "pending": pending,
-               "stopped": stopped}
+    summary = {
+        "chunk": i,
+        "total": len(rows),
+        **{k.lower(): v for k, v in counts.items()},
+        "pending": pending,
+        "stopped": stopped,
+    }
     run.report["flowportal"]["summary"] = summary
     run.save()
-    print(f"chunk {i}: {len(rows)} videos: {counts['OK']} OK, {counts['SKIPPED']} skipped (done before), "
-          f"{counts['FAILED']} failed, {pending} pending" + (f"; stopped: {stopped}" if stopped else ""))
+    print(
+        f"chunk {i}: {len(rows)} videos: {counts['OK']} OK, {counts['SKIPPED']} skipped (done before), "
+        f"{counts['FAILED']} failed, {pending} pending" + (f"; stopped: {stopped}" if stopped else "")
+    )
     if stopped:
         return EXIT_CONTINUE
     if counts["FAILED"]:

@@ -27,8 +27,13 @@ SCRIPTS = {
 FORK_ONLY = {
     "preprocess": {"edge_mode": "combined"},
     "iclight_fc": {"highres_denoise": 0.5},
-    "flowportal": {"num_inference_steps": 50, "sampler_name": "Flow", "enable_teacache": False,
-                   "teacache_threshold": None, "cfg_skip_ratio": 0.0},
+    "flowportal": {
+        "num_inference_steps": 50,
+        "sampler_name": "Flow",
+        "enable_teacache": False,
+        "teacache_threshold": None,
+        "cfg_skip_ratio": 0.0,
+    },
 }
 
 
@@ -37,12 +42,18 @@ def argparse_flags(path: Path) -> set[str]:
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     except SyntaxError as exc:
-        raise UserError(f"cannot parse {path.name}: {exc.msg} at line {exc.lineno}", where=str(path),
-                        fix="point flowportal.checkout at an intact FlowPortal checkout") from None
+        raise UserError(
+            f"cannot parse {path.name}: {exc.msg} at line {exc.lineno}",
+            where=str(path),
+            fix="point flowportal.checkout at an intact FlowPortal checkout",
+        ) from None
     names: set[str] = set()
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                and node.func.attr == "add_argument"):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "add_argument"
+        ):
             for arg in node.args:
                 if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and arg.value.startswith("-"):
                     names.add(arg.value.lstrip("-"))
@@ -78,29 +89,40 @@ def load(root: str | Path, *, flavor: str = "auto", need_fbc: bool = False) -> C
     """Read the checkout; refuse a missing one, a missing script, or a flavor other than configured."""
     root = Path(str(root))
     if not root.is_dir():
-        raise UserError(f"FlowPortal checkout {root} does not exist", where="flowportal.checkout",
-                        fix="pass flowportal.checkout=/path/to/MyFlowPortal (or the image's pinned copy)")
+        raise UserError(
+            f"FlowPortal checkout {root} does not exist",
+            where="flowportal.checkout",
+            fix="pass flowportal.checkout=/path/to/MyFlowPortal (or the image's pinned copy)",
+        )
     flags: dict[str, set[str]] = {}
     for key, rel in SCRIPTS.items():
         path = root / rel
         if not path.is_file():
             if key == "iclight_fbc" and not need_fbc:
                 continue
-            raise UserError(f"FlowPortal checkout {root} has no {rel}", where="flowportal.checkout",
-                            fix="use a complete FlowPortal checkout (clone with its MatAnyone folder)")
+            raise UserError(
+                f"FlowPortal checkout {root} has no {rel}",
+                where="flowportal.checkout",
+                fix="use a complete FlowPortal checkout (clone with its MatAnyone folder)",
+            )
         flags[key] = argparse_flags(path)
     found = detect_flavor(flags)
     wanted = str(flavor or "auto")
     if wanted not in ("auto", "fork", "upstream"):
         raise UserError(f"unknown flowportal.flavor '{wanted}'", fix="use auto, fork or upstream")
     if found == "mixed":
-        missing = sorted(f"{k}:--{f}" for k, fs in FORK_ONLY.items() for f in fs
-                         if f not in flags.get(k, set()))
-        raise UserError(f"FlowPortal checkout {root} is neither the fork nor upstream "
-                        f"(lacks {', '.join(missing[:4])})", where="flowportal.checkout",
-                        fix="update the checkout to the fork's HEAD or use upstream as released")
+        missing = sorted(
+            f"{k}:--{f}" for k, fs in FORK_ONLY.items() for f in fs if f not in flags.get(k, set())
+        )
+        raise UserError(
+            f"FlowPortal checkout {root} is neither the fork nor upstream (lacks {', '.join(missing[:4])})",
+            where="flowportal.checkout",
+            fix="update the checkout to the fork's HEAD or use upstream as released",
+        )
     if wanted != "auto" and wanted != found:
-        raise UserError(f"flowportal.flavor={wanted} but the checkout at {root} is {found}",
-                        where="flowportal.checkout",
-                        fix=f"set flowportal.flavor={found}, or point flowportal.checkout at a {wanted} checkout")
+        raise UserError(
+            f"flowportal.flavor={wanted} but the checkout at {root} is {found}",
+            where="flowportal.checkout",
+            fix=f"set flowportal.flavor={found}, or point flowportal.checkout at a {wanted} checkout",
+        )
     return Checkout(root, found, flags)

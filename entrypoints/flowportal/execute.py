@@ -20,16 +20,22 @@ from entrypoints.flowportal import workdir as wd
 from entrypoints.flowportal.checkout import Checkout
 from entrypoints.flowportal.stages import Stage, Video, build, model_paths, teacache_active
 
-STAGE_HOWTO = ("stage the model set to node-local disk first: python -m containers stage "
-               "{src} {dst} (it lands in {dst}/<basename>; slurm/flowportal_*.sbatch do this first)")
+STAGE_HOWTO = (
+    "stage the model set to node-local disk first: python -m containers stage "
+    "{src} {dst} (it lands in {dst}/<basename>; slurm/flowportal_*.sbatch do this first)"
+)
 
 
 def required_models(cfg: Any) -> list[tuple[str, Path]]:
     """(what, path) for every model file the configured stages load."""
     m = {k: Path(v) for k, v in model_paths(cfg).items()}
     need = [(f"Wan2.1 file {f}", m["wan"] / str(f)) for f in cfg.flowportal.wan_files]
-    need.append(("IC-Light fbc" if cfg.video.get("bg_path") else "IC-Light fc",
-                 m["iclight_fbc"] if cfg.video.get("bg_path") else m["iclight_fc"]))
+    need.append(
+        (
+            "IC-Light fbc" if cfg.video.get("bg_path") else "IC-Light fc",
+            m["iclight_fbc"] if cfg.video.get("bg_path") else m["iclight_fc"],
+        )
+    )
     need.append(("MatAnyone checkpoint", m["matanyone"]))
     if str(cfg.preset.edge_mode) != "canny":
         need.append(("HED/Midas Annotators", m["annotators"]))
@@ -50,18 +56,30 @@ def preflight(cfg: Any) -> None:
         what, path = missing[0]
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         src = Path(str(cfg.paths.models)) / "flowportal"
-        raise UserError(f"missing model file: {what} at {path}{more}", where="flowportal.models",
-                        fix=STAGE_HOWTO.format(src=src, dst=Path(str(cfg.flowportal.models)).parent))
+        raise UserError(
+            f"missing model file: {what} at {path}{more}",
+            where="flowportal.models",
+            fix=STAGE_HOWTO.format(src=src, dst=Path(str(cfg.flowportal.models)).parent),
+        )
 
 
 def stage_env(cfg: Any, environ: dict[str, str] | None = None) -> dict[str, str]:
     """The scripts' environment: offline, caches on node-local disk, staged HF/torch hub."""
     env = dict(os.environ if environ is None else environ)
     m = model_paths(cfg)
-    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                "DIFFUSERS_OFFLINE": "1", "HF_HUB_CACHE": m["hf_hub"], "TORCH_HOME": m["torch_home"],
-                "PYTHONNOUSERSITE": "1", "PYTHONUNBUFFERED": "1"})
-    env.setdefault("HF_HOME", str(cfg.paths.caches.hf))   # writable: remote-code modules go here
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "DIFFUSERS_OFFLINE": "1",
+            "HF_HUB_CACHE": m["hf_hub"],
+            "TORCH_HOME": m["torch_home"],
+            "PYTHONNOUSERSITE": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.setdefault("HF_HOME", str(cfg.paths.caches.hf))  # writable: remote-code modules go here
     return env
 
 
@@ -70,15 +88,24 @@ class Outcome:
     """What happened to one video."""
 
     video: str
-    status: str                      # OK | SKIPPED | FAILED
+    status: str  # OK | SKIPPED | FAILED
     stage: str | None = None
     reason: str | None = None
     seconds: float = 0.0
     stages: list[dict[str, Any]] = field(default_factory=list)
 
 
-def run_video(cfg: Any, checkout: Checkout, video: Video, work: Path, out_dir: Path, *,
-              env: dict[str, str], step: Any = None, log_tail: int = 15) -> Outcome:
+def run_video(
+    cfg: Any,
+    checkout: Checkout,
+    video: Video,
+    work: Path,
+    out_dir: Path,
+    *,
+    env: dict[str, str],
+    step: Any = None,
+    log_tail: int = 15,
+) -> Outcome:
     """Run the five stages for ``video`` in ``work``; publish to ``out_dir`` on success.
 
     ``step`` is a context-manager factory (``Run.step``) used to time each stage in the report.
@@ -87,7 +114,7 @@ def run_video(cfg: Any, checkout: Checkout, video: Video, work: Path, out_dir: P
     if wd.is_complete(out_dir):
         return Outcome(video.name, "SKIPPED", reason="complete marker present")
     stages = build(cfg, checkout, video)
-    wd.clean_video(work, video.name)          # leftovers of a killed attempt are never reused
+    wd.clean_video(work, video.name)  # leftovers of a killed attempt are never reused
     (work / "datasets" / video.name).mkdir(parents=True, exist_ok=True)
     logs = work / "logs" / video.name
     logs.mkdir(parents=True, exist_ok=True)
@@ -106,11 +133,22 @@ def run_video(cfg: Any, checkout: Checkout, video: Video, work: Path, out_dir: P
             break
         out.stages.append({"name": s.name, "seconds": round(time.monotonic() - t, 3), "status": "ok"})
     if out.status == "OK":
-        active, why = teacache_active(str(model_paths(cfg)["wan"]), bool(cfg.preset.flowportal.enable_teacache))
+        active, why = teacache_active(
+            str(model_paths(cfg)["wan"]), bool(cfg.preset.flowportal.enable_teacache)
+        )
         try:
-            wd.publish(work, video.name, out_dir, {
-                "preset": str(cfg.preset.name), "teacache_active": active, "teacache_why": why,
-                "stages": out.stages, "seconds": round(time.monotonic() - t0, 3)})
+            wd.publish(
+                work,
+                video.name,
+                out_dir,
+                {
+                    "preset": str(cfg.preset.name),
+                    "teacache_active": active,
+                    "teacache_why": why,
+                    "stages": out.stages,
+                    "seconds": round(time.monotonic() - t0, 3),
+                },
+            )
         except UserError as exc:
             out.status, out.stage, out.reason = "FAILED", "publish", exc.what
     if out.status == "OK" or not bool(cfg.flowportal.keep_failed):
@@ -127,8 +165,10 @@ def _run_stage(s: Stage, work: Path, env: dict[str, str], logs: Path, log_tail: 
         lines = [ln for ln in (res.stderr or res.stdout).strip().splitlines() if ln.strip()]
         for ln in lines[-log_tail:]:
             print(f"  | {ln}")
-        raise UserError(f"exit {res.returncode}: {lines[-1].strip()[:200] if lines else 'no output'}",
-                        where=str(logs / f"{s.name}.log"))
+        raise UserError(
+            f"exit {res.returncode}: {lines[-1].strip()[:200] if lines else 'no output'}",
+            where=str(logs / f"{s.name}.log"),
+        )
     missing = [e for e in s.expects if not (work / e).is_file() or (work / e).stat().st_size == 0]
     if missing:
         raise UserError(f"exit 0 but it did not write {missing[0]}", where=str(logs / f"{s.name}.log"))

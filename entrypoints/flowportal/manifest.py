@@ -60,12 +60,18 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
             if reader.fieldnames != HEADER:
-                raise UserError(f"{path.name} has header {reader.fieldnames}, expected {','.join(HEADER)}",
-                                where=str(path), fix="regenerate it with python -m entrypoints flowportal_manifest")
+                raise UserError(
+                    f"{path.name} has header {reader.fieldnames}, expected {','.join(HEADER)}",
+                    where=str(path),
+                    fix="regenerate it with python -m entrypoints flowportal_manifest",
+                )
             return list(reader)
     except FileNotFoundError:
-        raise UserError(f"manifest {path} does not exist", where=str(path.parent),
-                        fix="generate it first: python -m entrypoints flowportal_manifest") from None
+        raise UserError(
+            f"manifest {path} does not exist",
+            where=str(path.parent),
+            fix="generate it first: python -m entrypoints flowportal_manifest",
+        ) from None
 
 
 def read_prompts(path: Path) -> tuple[str, dict[str, str]]:
@@ -113,16 +119,25 @@ def build(videos: dict[str, int], *, cfg: Any) -> dict[str, Any]:
     if n_chunks < 1:
         raise UserError(f"num_chunks={n_chunks}", fix="use num_chunks >= 1")
     size = max(1, math.ceil(len(rows) / n_chunks))
-    chunks = [rows[i * size:(i + 1) * size] for i in range(n_chunks)]
-    return {"valid": valid, "short": short, "selected": selected, "unselected": unselected,
-            "rows": rows, "chunks": chunks}
+    chunks = [rows[i * size : (i + 1) * size] for i in range(n_chunks)]
+    return {
+        "valid": valid,
+        "short": short,
+        "selected": selected,
+        "unselected": unselected,
+        "rows": rows,
+        "chunks": chunks,
+    }
 
 
 def run(cfg: Any, run: Any) -> int:
     src = Path(str(cfg.video_dir))
     if not src.is_dir():
-        raise UserError(f"video directory {src} does not exist", where="video_dir",
-                        fix="pass video_dir=/path/to/raw_videos")
+        raise UserError(
+            f"video directory {src} does not exist",
+            where="video_dir",
+            fix="pass video_dir=/path/to/raw_videos",
+        )
     out = Path(str(cfg.batch_dir))
     with run.step("probe") as entry:
         files = sorted(p for p in src.iterdir() if p.suffix.lower() == ".mp4")
@@ -149,13 +164,23 @@ def run(cfg: Any, run: Any) -> int:
             idx = stale.stem.removeprefix("chunk")
             if idx.isdigit() and int(idx) >= len(res["chunks"]):
                 stale.unlink()
-        summary = {"mode": name, "videos": len(files), "unreadable": len(unreadable), "too_short": len(res["short"]),
-                   "valid": len(res["valid"]), "selected": len(res["selected"]),
-                   "unselected": len(res["unselected"]), "rows": len(res["rows"]),
-                   "chunks": [len(c) for c in res["chunks"]], "video_dir": str(src)}
-        write_json(mdir / "manifest.json", summary)   # written last: the manifest is complete
+        summary = {
+            "mode": name,
+            "videos": len(files),
+            "unreadable": len(unreadable),
+            "too_short": len(res["short"]),
+            "valid": len(res["valid"]),
+            "selected": len(res["selected"]),
+            "unselected": len(res["unselected"]),
+            "rows": len(res["rows"]),
+            "chunks": [len(c) for c in res["chunks"]],
+            "video_dir": str(src),
+        }
+        write_json(mdir / "manifest.json", summary)  # written last: the manifest is complete
     run.report["manifest"] = summary
-    print(f"{len(files)} videos: {len(res['valid'])} long enough, {len(res['short'])} too short, "
-          f"{len(unreadable)} unreadable; {name}: {len(res['rows'])} in {len(res['chunks'])} chunks "
-          f"of <= {max((len(c) for c in res['chunks']), default=0)} -> {mdir}")
+    print(
+        f"{len(files)} videos: {len(res['valid'])} long enough, {len(res['short'])} too short, "
+        f"{len(unreadable)} unreadable; {name}: {len(res['rows'])} in {len(res['chunks'])} chunks "
+        f"of <= {max((len(c) for c in res['chunks']), default=0)} -> {mdir}"
+    )
     return 0

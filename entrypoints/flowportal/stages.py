@@ -21,8 +21,16 @@ from entrypoints.flowportal.checkout import FORK_ONLY, Checkout
 
 # The fork matches these (lower-cased) substrings of --model_name to choose TeaCache
 # coefficients (videox_fun/models/cache_utils.py); anything else silently disables TeaCache.
-TEACACHE_MODELS = ("wan2.1-t2v-1.3b", "wan2.1-fun-1.3b", "wan2.1-fun-v1.1-1.3b", "wan2.1-t2v-14b",
-                   "wan2.1-i2v-14b-480p", "wan2.1-i2v-14b-720p", "wan2.1-fun-14b", "wan2.1-fun-v1.1-14b")
+TEACACHE_MODELS = (
+    "wan2.1-t2v-1.3b",
+    "wan2.1-fun-1.3b",
+    "wan2.1-fun-v1.1-1.3b",
+    "wan2.1-t2v-14b",
+    "wan2.1-i2v-14b-480p",
+    "wan2.1-i2v-14b-720p",
+    "wan2.1-fun-14b",
+    "wan2.1-fun-v1.1-14b",
+)
 EDGE_MODES = ("combined", "canny", "hed", "depth")
 
 
@@ -46,7 +54,7 @@ class Stage:
     script: str
     argv: list[str]
     gpu: bool
-    expects: list[str] = field(default_factory=list)   # files (relative to workdir) it must produce
+    expects: list[str] = field(default_factory=list)  # files (relative to workdir) it must produce
 
     def shell(self) -> str:
         return quote(self.argv)
@@ -60,8 +68,10 @@ def teacache_active(model_dir: str, enabled: bool) -> tuple[bool, str]:
     hit = next((s for s in TEACACHE_MODELS if s in low), None)
     if hit:
         return True, f"model_name contains '{hit}'"
-    return False, (f"model_name {Path(model_dir).name!r} contains none of the TeaCache model names "
-                   "(the fork then prints 'not supported by TeaCache' and runs without it)")
+    return False, (
+        f"model_name {Path(model_dir).name!r} contains none of the TeaCache model names "
+        "(the fork then prints 'not supported by TeaCache' and runs without it)"
+    )
 
 
 class Builder:
@@ -83,7 +93,8 @@ class Builder:
                     f"--{flag} {value} is not accepted by {self.checkout.script(key).name} of the "
                     f"{self.checkout.flavor} checkout at {self.checkout.root}",
                     where="preset / flowportal settings",
-                    fix=f"drop it (set it to null) or use a checkout that has --{flag} (the MyFlowPortal fork)")
+                    fix=f"drop it (set it to null) or use a checkout with --{flag} (the MyFlowPortal fork)",
+                )
             if value is True and flag in ("skip_edge_detection", "skip_frame_extraction"):
                 out.append(f"--{flag}")
             elif isinstance(value, bool):
@@ -125,16 +136,27 @@ def build(cfg: Any, checkout: Checkout, video: Video) -> list[Stage]:
     if edge not in EDGE_MODES:
         raise UserError(f"unknown preset.edge_mode '{edge}'", fix=f"choose one of: {', '.join(EDGE_MODES)}")
     if int(v.k_frames) < 1 or (int(v.k_frames) - 1) % 4:
-        raise UserError(f"k_frames={v.k_frames} is not 4n+1", where=f"video {v.name}",
-                        fix="use one of 49, 41, 21, 13, 9 (Wan needs 4n+1 frames)")
+        raise UserError(
+            f"k_frames={v.k_frames} is not 4n+1",
+            where=f"video {v.name}",
+            fix="use one of 49, 41, 21, 13, 9 (Wan needs 4n+1 frames)",
+        )
     models = model_paths(cfg)
     wan = models["wan"]
     if Path(wan).name != Path(str(fp.wan)).name:
-        raise UserError("the Wan model directory was renamed", where=wan,
-                        fix="stage it under its original basename (Wan2.1-Fun-V1.1-1.3B-Control)")
+        raise UserError(
+            "the Wan model directory was renamed",
+            where=wan,
+            fix="stage it under its original basename (Wan2.1-Fun-V1.1-1.3B-Control)",
+        )
     b = Builder(checkout)
-    common = [("video_name", v.name), ("k_frames", int(v.k_frames)), ("fps", int(cfg.video.fps)),
-              ("height", int(cfg.video.height)), ("width", int(cfg.video.width))]
+    common = [
+        ("video_name", v.name),
+        ("k_frames", int(v.k_frames)),
+        ("fps", int(cfg.video.fps)),
+        ("height", int(cfg.video.height)),
+        ("width", int(cfg.video.width)),
+    ]
     annotators = None
     if edge != "canny":
         if checkout.accepts("preprocess", "annotators_path"):
@@ -143,25 +165,73 @@ def build(cfg: Any, checkout: Checkout, video: Video) -> list[Stage]:
             raise UserError(
                 f"edge_mode={edge} needs the HED/Midas Annotators but this checkout's preprocess has no "
                 "--annotators_path and no pretrained_models/Annotators next to the script",
-                where=str(checkout.root), fix="use preset.edge_mode=canny or the fork checkout")
+                where=str(checkout.root),
+                fix="use preset.edge_mode=canny or the fork checkout",
+            )
     pre = checkout.script("preprocess")
     d = f"datasets/{v.name}"
-    s1 = Stage("preprocess", "preprocess", [py, str(pre), *b.flags("preprocess", [
-        ("video_input", v.input), *common, ("batch_size", int(p.batch_size)), ("edge_mode", edge),
-        ("annotators_path", annotators)])], gpu=True,
-        expects=[f"{d}/{v.name}.mp4", f"{d}/masks/mask_0000.png", f"{d}/video_frames/frame_0000.png"])
-    s2 = Stage("matanyone", "matanyone", [py, str(checkout.script("matanyone")),
-                                          "-i", f"{d}/{v.name}.mp4", "-m", f"{d}/masks/mask_0000.png",
-                                          "-o", f"{d}/matanyone"], gpu=True,
-               expects=[f"{d}/matanyone/{v.name}_pha.mp4"])
+    s1 = Stage(
+        "preprocess",
+        "preprocess",
+        [
+            py,
+            str(pre),
+            *b.flags(
+                "preprocess",
+                [
+                    ("video_input", v.input),
+                    *common,
+                    ("batch_size", int(p.batch_size)),
+                    ("edge_mode", edge),
+                    ("annotators_path", annotators),
+                ],
+            ),
+        ],
+        gpu=True,
+        expects=[f"{d}/{v.name}.mp4", f"{d}/masks/mask_0000.png", f"{d}/video_frames/frame_0000.png"],
+    )
+    s2 = Stage(
+        "matanyone",
+        "matanyone",
+        [
+            py,
+            str(checkout.script("matanyone")),
+            "-i",
+            f"{d}/{v.name}.mp4",
+            "-m",
+            f"{d}/masks/mask_0000.png",
+            "-o",
+            f"{d}/matanyone",
+        ],
+        gpu=True,
+        expects=[f"{d}/matanyone/{v.name}_pha.mp4"],
+    )
     skip = checkout.accepts("preprocess", "skip_edge_detection")
-    s3 = Stage("preprocess_masks", "preprocess", [py, str(pre), *b.flags("preprocess", [
-        ("video_input", v.input), *common, ("batch_size", int(p.batch_size)),
-        ("using_existing_masks", f"{d}/matanyone/{v.name}_pha.mp4"),
-        ("skip_edge_detection", True if skip else None),
-        ("skip_frame_extraction", True if checkout.accepts("preprocess", "skip_frame_extraction") else None),
-        *([] if skip else [("edge_mode", edge), ("annotators_path", annotators)])])], gpu=False,
-        expects=[f"{d}/masks/mask_video.mp4", f"{d}/masked_canny/masked_canny_video.mp4"])
+    s3 = Stage(
+        "preprocess_masks",
+        "preprocess",
+        [
+            py,
+            str(pre),
+            *b.flags(
+                "preprocess",
+                [
+                    ("video_input", v.input),
+                    *common,
+                    ("batch_size", int(p.batch_size)),
+                    ("using_existing_masks", f"{d}/matanyone/{v.name}_pha.mp4"),
+                    ("skip_edge_detection", True if skip else None),
+                    (
+                        "skip_frame_extraction",
+                        True if checkout.accepts("preprocess", "skip_frame_extraction") else None,
+                    ),
+                    *([] if skip else [("edge_mode", edge), ("annotators_path", annotators)]),
+                ],
+            ),
+        ],
+        gpu=False,
+        expects=[f"{d}/masks/mask_video.mp4", f"{d}/masked_canny/masked_canny_video.mp4"],
+    )
     partial = True if bool(cfg.video.partial_edit) else None
     ic = p.iclight
     bg = cfg.video.get("bg_path")
@@ -173,21 +243,67 @@ def build(cfg: Any, checkout: Checkout, video: Video) -> list[Stage]:
         key, model = "iclight_fc", models["iclight_fc"]
         extra = []
         hires = [("highres_scale", ic.highres_scale), ("highres_denoise", ic.highres_denoise)]
-    s4 = Stage("iclight", key, [py, str(checkout.script(key)), *b.flags(key, [
-        ("model_path", model), ("base_path", "."), *extra, ("video_name", v.name), ("prompt", v.prompt_tar),
-        ("height", int(cfg.video.height)), ("width", int(cfg.video.width)), ("seed", int(ic.seed)),
-        ("steps", int(ic.steps)), *hires, ("partial_edit", partial)])], gpu=True,
-        expects=[f"{d}/{v.name}_reference.png"])
+    s4 = Stage(
+        "iclight",
+        key,
+        [
+            py,
+            str(checkout.script(key)),
+            *b.flags(
+                key,
+                [
+                    ("model_path", model),
+                    ("base_path", "."),
+                    *extra,
+                    ("video_name", v.name),
+                    ("prompt", v.prompt_tar),
+                    ("height", int(cfg.video.height)),
+                    ("width", int(cfg.video.width)),
+                    ("seed", int(ic.seed)),
+                    ("steps", int(ic.steps)),
+                    *hires,
+                    ("partial_edit", partial),
+                ],
+            ),
+        ],
+        gpu=True,
+        expects=[f"{d}/{v.name}_reference.png"],
+    )
     f = p.flowportal
-    s5 = Stage("flowportal", "flowportal", [py, str(checkout.script("flowportal")), *b.flags("flowportal", [
-        *common, ("prompt_tar", v.prompt_tar), ("prompt_src", v.prompt_src),
-        ("negative_prompt", v.negative_prompt), ("src_guidance_scale", float(f.src_guidance_scale)),
-        ("tar_guidance_scale", float(f.tar_guidance_scale)), ("gpu_memory_mode", f.gpu_memory_mode),
-        ("seed", int(f.seed)), ("edit_amplifier", float(f.edit_amplifier)), ("cache_times", int(f.cache_times)),
-        ("n_avg", int(f.n_avg)), ("partial_edit", partial), ("accuracy", int(f.accuracy)),
-        ("src_blurring", float(f.src_blurring)), ("transfer_blurring", float(cfg.video.transfer_blurring)),
-        ("model_name", wan), ("num_inference_steps", f.num_inference_steps), ("sampler_name", f.sampler_name),
-        ("enable_teacache", None if f.enable_teacache is None else bool(f.enable_teacache)),
-        ("teacache_threshold", f.teacache_threshold), ("cfg_skip_ratio", f.cfg_skip_ratio)])], gpu=True,
-        expects=[f"results/flow-edit-{v.name}/output_video.mp4"])
+    s5 = Stage(
+        "flowportal",
+        "flowportal",
+        [
+            py,
+            str(checkout.script("flowportal")),
+            *b.flags(
+                "flowportal",
+                [
+                    *common,
+                    ("prompt_tar", v.prompt_tar),
+                    ("prompt_src", v.prompt_src),
+                    ("negative_prompt", v.negative_prompt),
+                    ("src_guidance_scale", float(f.src_guidance_scale)),
+                    ("tar_guidance_scale", float(f.tar_guidance_scale)),
+                    ("gpu_memory_mode", f.gpu_memory_mode),
+                    ("seed", int(f.seed)),
+                    ("edit_amplifier", float(f.edit_amplifier)),
+                    ("cache_times", int(f.cache_times)),
+                    ("n_avg", int(f.n_avg)),
+                    ("partial_edit", partial),
+                    ("accuracy", int(f.accuracy)),
+                    ("src_blurring", float(f.src_blurring)),
+                    ("transfer_blurring", float(cfg.video.transfer_blurring)),
+                    ("model_name", wan),
+                    ("num_inference_steps", f.num_inference_steps),
+                    ("sampler_name", f.sampler_name),
+                    ("enable_teacache", None if f.enable_teacache is None else bool(f.enable_teacache)),
+                    ("teacache_threshold", f.teacache_threshold),
+                    ("cfg_skip_ratio", f.cfg_skip_ratio),
+                ],
+            ),
+        ],
+        gpu=True,
+        expects=[f"results/flow-edit-{v.name}/output_video.mp4"],
+    )
     return [s1, s2, s3, s4, s5]

@@ -20,7 +20,7 @@ from entrypoints.flowportal import workdir as wd
 from entrypoints.flowportal.batch import chunk_files, load_state, state_path
 from entrypoints.flowportal.manifest import read_manifest
 
-DEFAULT_MAX_ARRAY = 1001   # Slurm's default MaxArraySize
+DEFAULT_MAX_ARRAY = 1001  # Slurm's default MaxArraySize
 
 
 def summarize(batch_dir: Path) -> dict[str, Any]:
@@ -45,8 +45,17 @@ def summarize(batch_dir: Path) -> dict[str, Any]:
                 reasons[name] = f"{state[name].get('stage')}: {state[name].get('reason')}"
         pending = len(rows) - ok - failed
         label = "OK" if ok == len(rows) else ("FAILED" if pending == 0 else "pending")
-        chunks.append({"chunk": i, "total": len(rows), "ok": ok, "failed": failed, "pending": pending,
-                       "state": label, "failures": reasons})
+        chunks.append(
+            {
+                "chunk": i,
+                "total": len(rows),
+                "ok": ok,
+                "failed": failed,
+                "pending": pending,
+                "state": label,
+                "failures": reasons,
+            }
+        )
     mean = sum(durations) / len(durations) if durations else None
     return {"chunks": chunks, "mean_seconds": mean, "measured": len(durations)}
 
@@ -69,11 +78,18 @@ def _hms(seconds: float | None) -> str:
 def render(summary: dict[str, Any], parallel: int) -> str:
     lines = ["chunk   total      OK  FAILED  pending  state"]
     for c in summary["chunks"]:
-        lines.append(f"{c['chunk']:>5}  {c['total']:>6}  {c['ok']:>6}  {c['failed']:>6}  {c['pending']:>7}  {c['state']}")
+        lines.append(
+            f"{c['chunk']:>5}  {c['total']:>6}  {c['ok']:>6}  {c['failed']:>6}  {c['pending']:>7}  "
+            f"{c['state']}"
+        )
     tot = {k: sum(c[k] for c in summary["chunks"]) for k in ("total", "ok", "failed", "pending")}
     lines.append(f"{'all':>5}  {tot['total']:>6}  {tot['ok']:>6}  {tot['failed']:>6}  {tot['pending']:>7}")
     mean = summary["mean_seconds"]
-    rate = f"{3600 / mean * parallel:.1f} videos/h over {parallel} tasks ({mean:.1f} s/video)" if mean else "no rate yet"
+    rate = (
+        f"{3600 / mean * parallel:.1f} videos/h over {parallel} tasks ({mean:.1f} s/video)"
+        if mean
+        else "no rate yet"
+    )
     lines.append(f"rate: {rate}; ETA: {_hms(eta_seconds(summary, parallel))}")
     return "\n".join(lines)
 
@@ -103,15 +119,13 @@ def array_groups(indices: list[int], max_size: int) -> list[tuple[int, list[int]
 
 
 def _ranges(ids: list[int]) -> str:
-    out, start, prev = [], None, None
-    for i in ids + [None]:  # type: ignore[list-item]
-        if start is None:
-            start = prev = i
-        elif i is not None and i == prev + 1:
-            prev = i
+    """``[0, 1, 2, 5]`` -> ``"0-2,5"`` (Slurm's --array syntax)."""
+    out: list[str] = []
+    for i in sorted(ids):
+        if out and i == int(out[-1].split("-")[-1]) + 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{i}"
         else:
-            out.append(f"{start}" if start == prev else f"{start}-{prev}")
-            start = prev = i
+            out.append(str(i))
     return ",".join(out)
 
 
@@ -120,18 +134,34 @@ def sbatch_commands(cfg: Any, indices: list[int], max_size: int) -> list[list[st
     cmds = []
     for off, ids in array_groups(indices, max_size):
         array = _ranges(ids) + (f"%{int(cfg.max_parallel)}" if cfg.get("max_parallel") else "")
-        exports = ["ALL", f"FLOWPORTAL_BATCH_DIR={cfg.batch_dir}", f"FLOWPORTAL_VIDEO_DIR={cfg.video_dir}",
-                   f"FLOWPORTAL_CHUNK_OFFSET={off}", f"FLOWPORTAL_PRESET={cfg.preset.name}"]
-        cmds.append(["sbatch", "--parsable", f"--array={array}", f"--export={','.join(exports)}",
-                     *[str(a) for a in (cfg.sbatch_args or [])], script])
+        exports = [
+            "ALL",
+            f"FLOWPORTAL_BATCH_DIR={cfg.batch_dir}",
+            f"FLOWPORTAL_VIDEO_DIR={cfg.video_dir}",
+            f"FLOWPORTAL_CHUNK_OFFSET={off}",
+            f"FLOWPORTAL_PRESET={cfg.preset.name}",
+        ]
+        cmds.append(
+            [
+                "sbatch",
+                "--parsable",
+                f"--array={array}",
+                f"--export={','.join(exports)}",
+                *[str(a) for a in (cfg.sbatch_args or [])],
+                script,
+            ]
+        )
     return cmds
 
 
 def run(cfg: Any, run: Any) -> int:
     batch_dir = Path(str(cfg.batch_dir))
     if not (batch_dir / "manifest").is_dir():
-        raise UserError(f"no manifest under {batch_dir}", where="batch_dir",
-                        fix="generate it: python -m entrypoints flowportal_manifest video_dir=... batch_dir=...")
+        raise UserError(
+            f"no manifest under {batch_dir}",
+            where="batch_dir",
+            fix="generate it: python -m entrypoints flowportal_manifest video_dir=... batch_dir=...",
+        )
     with run.step("summarize"):
         summary = summarize(batch_dir)
     parallel = int(cfg.parallel or len(summary["chunks"]) or 1)

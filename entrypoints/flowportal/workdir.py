@@ -37,7 +37,7 @@ def layout(cfg: Any, checkout_root: Path, workdir: Path) -> dict[str, str]:
         "config/": f"copy of {checkout_root / 'config'}",
         "datasets/<video>/": "inputs and intermediates of stages 1-4 (deleted after success)",
         "results/flow-edit-<video>/": "stage 5 output, moved to outputs/ only after it succeeded",
-        "pretrained_models/matanyone.pth": f"-> {models['matanyone']} (MatAnyone loads it relative to the cwd)",
+        "pretrained_models/matanyone.pth": f"-> {models['matanyone']} (MatAnyone loads it from the cwd)",
         "pretrained_models/Annotators": f"-> {models['annotators']}",
         "pretrained_models/IC-Light": f"-> {Path(models['iclight_fc']).parent.parent}",
         f"pretrained_models/{wan.name}": f"-> {wan} (basename kept: TeaCache keys on it)",
@@ -57,8 +57,11 @@ def _link_or_copy(src: Path, dst: Path, mode: str, small: bool) -> str:
             return "symlink"
         except OSError as exc:
             if mode == "symlink":
-                raise UserError(f"cannot create symlink {dst}: {exc.strerror}", where=str(dst.parent),
-                                fix="put flowportal.workdir_root on node-local disk, or link_mode=copy") from None
+                raise UserError(
+                    f"cannot create symlink {dst}: {exc.strerror}",
+                    where=str(dst.parent),
+                    fix="put flowportal.workdir_root on node-local disk, or link_mode=copy",
+                ) from None
     if small:
         with atomic_path(dst) as tmp:
             if src.is_dir():
@@ -81,8 +84,11 @@ def prepare(cfg: Any, checkout_root: Path, workdir: Path) -> dict[str, str]:
     conf = checkout_root / "config"
     if not (workdir / "config").exists():
         if not conf.is_dir():
-            raise UserError(f"the checkout has no config/ directory ({conf})", where="flowportal.checkout",
-                            fix="use a complete FlowPortal checkout (config/wan2.1/wan_civitai.yaml)")
+            raise UserError(
+                f"the checkout has no config/ directory ({conf})",
+                where="flowportal.checkout",
+                fix="use a complete FlowPortal checkout (config/wan2.1/wan_civitai.yaml)",
+            )
         with atomic_path(workdir / "config") as tmp:
             tmp.unlink()
             shutil.copytree(conf, tmp)
@@ -91,7 +97,9 @@ def prepare(cfg: Any, checkout_root: Path, workdir: Path) -> dict[str, str]:
     pm = workdir / "pretrained_models"
     done["matanyone.pth"] = _link_or_copy(Path(models["matanyone"]), pm / "matanyone.pth", mode, small=True)
     done["Annotators"] = _link_or_copy(Path(models["annotators"]), pm / "Annotators", mode, small=False)
-    done["IC-Light"] = _link_or_copy(Path(models["iclight_fc"]).parent.parent, pm / "IC-Light", mode, small=False)
+    done["IC-Light"] = _link_or_copy(
+        Path(models["iclight_fc"]).parent.parent, pm / "IC-Light", mode, small=False
+    )
     wan = Path(models["wan"])
     done[wan.name] = _link_or_copy(wan, pm / wan.name, mode, small=False)
     return done
@@ -152,13 +160,18 @@ def check_video(path: Path) -> int:
 def publish(workdir: Path, name: str, out_dir: Path, facts: dict[str, Any]) -> dict[str, Any]:
     """Copy the finished outputs into ``out_dir`` atomically, then write the marker last."""
     res = workdir / "results" / f"flow-edit-{name}"
-    wanted = {"output_video.mp4": res / "output_video.mp4",
-              "compare_output_video.mp4": res / "compare_output_video.mp4",
-              f"{name}_reference.png": workdir / "datasets" / name / f"{name}_reference.png"}
+    wanted = {
+        "output_video.mp4": res / "output_video.mp4",
+        "compare_output_video.mp4": res / "compare_output_video.mp4",
+        f"{name}_reference.png": workdir / "datasets" / name / f"{name}_reference.png",
+    }
     main = wanted["output_video.mp4"]
     if not main.is_file() or main.stat().st_size == 0 or check_video(main) == 0:
-        raise UserError(f"stage flowportal exited 0 but {main} is missing, empty or unreadable",
-                        where=str(res), fix="check the stage log; the video stays unmarked and is redone")
+        raise UserError(
+            f"stage flowportal exited 0 but {main} is missing, empty or unreadable",
+            where=str(res),
+            fix="check the stage log; the video stays unmarked and is redone",
+        )
     with contextlib.suppress(FileNotFoundError):
         (out_dir / MARKER).unlink()
     files: dict[str, Any] = {}

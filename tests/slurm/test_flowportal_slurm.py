@@ -24,17 +24,34 @@ SMALL = ["--mem=2G", "--cpus-per-task=1"]
 
 
 def job_env(cluster, roots: Path, models: Path) -> dict[str, str]:
-    return {**os.environ, **cluster.env, "CONTAINERS_RUNTIME": "host", "FLOWPORTAL_CHECKOUT": str(CHECKOUT),
-            "FLOWPORTAL_MODELS": str(models), "CONTAINERS_REPO": str(REPO), "PY": sys.executable}
+    return {
+        **os.environ,
+        **cluster.env,
+        "CONTAINERS_RUNTIME": "host",
+        "FLOWPORTAL_CHECKOUT": str(CHECKOUT),
+        "FLOWPORTAL_MODELS": str(models),
+        "CONTAINERS_REPO": str(REPO),
+        "PY": sys.executable,
+    }
 
 
 def test_cat_job(slurm_cluster, tmp_path, isolated_roots):  # noqa: F811
     models = stage_models(isolated_roots / "shared" / "models")
     video = make_mp4(tmp_path / "cat.mp4", 160)
     env = job_env(slurm_cluster, isolated_roots, models)
-    jid = slurm_cluster.sbatch([*SMALL, f"--output={tmp_path}/cat-%j.out", str(REPO / "slurm/flowportal_cat.sbatch"),
-                                f"video.input={video}", "video.height=24", "video.width=32", "video.k_frames=9"],
-                               env=env, cwd=REPO)
+    jid = slurm_cluster.sbatch(
+        [
+            *SMALL,
+            f"--output={tmp_path}/cat-%j.out",
+            str(REPO / "slurm/flowportal_cat.sbatch"),
+            f"video.input={video}",
+            "video.height=24",
+            "video.width=32",
+            "video.k_frames=9",
+        ],
+        env=env,
+        cwd=REPO,
+    )
     states = slurm_cluster.wait(jid, timeout=120)
     log = (tmp_path / f"cat-{jid}.out").read_text()
     assert states[jid] == ["COMPLETED"], log
@@ -52,19 +69,46 @@ def test_batch_array_and_resubmission(slurm_cluster, tmp_path, isolated_roots): 
     for i, n in enumerate((40, 64, 27, 30)):
         make_mp4(videos / f"v{i}.mp4", n)
     batch = tmp_path / "batch"
-    r = subprocess.run([sys.executable, "-m", "entrypoints", "flowportal_manifest", f"video_dir={videos}",
-                        f"batch_dir={batch}", "num_select=1", "num_chunks=2"], cwd=REPO, capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "entrypoints",
+            "flowportal_manifest",
+            f"video_dir={videos}",
+            f"batch_dir={batch}",
+            "num_select=1",
+            "num_chunks=2",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
-    env = {**job_env(slurm_cluster, isolated_roots, models), "FLOWPORTAL_BATCH_DIR": str(batch),
-           "FLOWPORTAL_VIDEO_DIR": str(videos)}
-    args = [*SMALL, "--array=0-1", f"--output={tmp_path}/b-%A_%a.out", str(REPO / "slurm/flowportal_batch.sbatch"),
-            "video.height=24", "video.width=32"]
+    env = {
+        **job_env(slurm_cluster, isolated_roots, models),
+        "FLOWPORTAL_BATCH_DIR": str(batch),
+        "FLOWPORTAL_VIDEO_DIR": str(videos),
+    }
+    args = [
+        *SMALL,
+        "--array=0-1",
+        f"--output={tmp_path}/b-%A_%a.out",
+        str(REPO / "slurm/flowportal_batch.sbatch"),
+        "video.height=24",
+        "video.width=32",
+    ]
     jid = slurm_cluster.sbatch(args, env=env, cwd=REPO)
     slurm_cluster.wait(jid, timeout=180)
     logs = "\n".join(p.read_text() for p in tmp_path.glob("b-*.out"))
-    st = subprocess.run([sys.executable, "-m", "entrypoints", "flowportal_status", f"batch_dir={batch}"],
-                        cwd=REPO, capture_output=True, text=True, timeout=60)
+    st = subprocess.run(
+        [sys.executable, "-m", "entrypoints", "flowportal_status", f"batch_dir={batch}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     lines = st.stdout.splitlines()
     assert lines[1].split()[-1] == "OK" and lines[2].split()[-1] == "OK", st.stdout + logs
     done = sorted(p.name for p in (batch / "outputs").iterdir() if (p / ".complete.json").exists())

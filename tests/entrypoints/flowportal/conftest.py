@@ -9,8 +9,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 CHECKOUT = REPO / "tests" / "fixtures" / "flowportal_checkout"
-WAN_FILES = ("models_t5_umt5-xxl-enc-bf16.pth", "diffusion_pytorch_model.safetensors", "Wan2.1_VAE.pth",
-             "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth", "config.json")
+WAN_FILES = (
+    "models_t5_umt5-xxl-enc-bf16.pth",
+    "diffusion_pytorch_model.safetensors",
+    "Wan2.1_VAE.pth",
+    "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
+    "config.json",
+)
 
 
 def make_mp4(path: Path, frames: int, fps: float = 24.0, size: tuple[int, int] = (32, 24)) -> Path:
@@ -32,16 +37,27 @@ def make_mp4(path: Path, frames: int, fps: float = 24.0, size: tuple[int, int] =
 def stage_models(root: Path) -> Path:
     """A staged model set with the layout the app checks (tiny placeholder files)."""
     m = root / "flowportal"
-    for d in ("Wan2.1-Fun-V1.1-1.3B-Control", "IC-Light/models", "MatAnyone", "Annotators",
-              "hf/hub/models--stablediffusionapi--realistic-vision-v51", "hf/hub/models--zhengpeng7--BiRefNet",
-              "torch/hub/checkpoints"):
+    for d in (
+        "Wan2.1-Fun-V1.1-1.3B-Control",
+        "IC-Light/models",
+        "MatAnyone",
+        "Annotators",
+        "hf/hub/models--stablediffusionapi--realistic-vision-v51",
+        "hf/hub/models--zhengpeng7--BiRefNet",
+        "torch/hub/checkpoints",
+    ):
         (m / d).mkdir(parents=True, exist_ok=True)
     for f in WAN_FILES:
         (m / "Wan2.1-Fun-V1.1-1.3B-Control" / f).write_text("{}")
-    for f in ("IC-Light/models/iclight_sd15_fc.safetensors", "IC-Light/models/iclight_sd15_fbc.safetensors",
-              "MatAnyone/matanyone.pth", "Annotators/ControlNetHED.pth",
-              "hf/hub/models--stablediffusionapi--realistic-vision-v51/refs/main",
-              "hf/hub/models--zhengpeng7--BiRefNet/refs/main", "torch/hub/checkpoints/resnet50-0676ba61.pth"):
+    for f in (
+        "IC-Light/models/iclight_sd15_fc.safetensors",
+        "IC-Light/models/iclight_sd15_fbc.safetensors",
+        "MatAnyone/matanyone.pth",
+        "Annotators/ControlNetHED.pth",
+        "hf/hub/models--stablediffusionapi--realistic-vision-v51/refs/main",
+        "hf/hub/models--zhengpeng7--BiRefNet/refs/main",
+        "torch/hub/checkpoints/resnet50-0676ba61.pth",
+    ):
         (m / f).parent.mkdir(parents=True, exist_ok=True)
         (m / f).write_text("w")
     return m
@@ -52,7 +68,9 @@ def upstream_checkout(dst: Path) -> Path:
     shutil.copytree(CHECKOUT, dst)
     for py in dst.rglob("*.py"):
         text = py.read_text()
-        py.write_text("".join(ln for ln in text.splitlines(keepends=True) if not ln.rstrip().endswith("# fork-only")))
+        py.write_text(
+            "".join(ln for ln in text.splitlines(keepends=True) if not ln.rstrip().endswith("# fork-only"))
+        )
     return dst
 
 
@@ -65,5 +83,10 @@ def staged(isolated_roots) -> Path:
 def small(tmp_path) -> list[str]:
     """Overrides for a tiny, fast single-video run on the fixture checkout."""
     video = make_mp4(tmp_path / "in" / "cat.mp4", 160)
-    return [f"flowportal.checkout={CHECKOUT}", f"video.input={video}", "video.height=24", "video.width=32",
-            "video.k_frames=9"]
+    return [
+        f"flowportal.checkout={CHECKOUT}",
+        f"video.input={video}",
+        "video.height=24",
+        "video.width=32",
+        "video.k_frames=9",
+    ]

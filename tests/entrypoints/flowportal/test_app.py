@@ -16,10 +16,18 @@ from tests.entrypoints.flowportal.conftest import CHECKOUT, REPO, upstream_check
 GOLDEN = REPO / "tests" / "golden" / "flowportal"
 
 
-def entry(*args: str, env_extra: dict[str, str] | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
+def entry(
+    *args: str, env_extra: dict[str, str] | None = None, timeout: int = 120
+) -> subprocess.CompletedProcess:
     env = dict(os.environ, **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", "entrypoints", *args], cwd=REPO, capture_output=True,
-                          text=True, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "entrypoints", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def normalize(text: str, roots: Path) -> str:
@@ -30,8 +38,13 @@ def normalize(text: str, roots: Path) -> str:
 
 @pytest.mark.parametrize("preset", ["quality", "dgx_fast"])
 def test_dry_run_prints_exact_commands(preset, isolated_roots, staged):
-    res = entry("flowportal", f"preset={preset}", "dry_run=true", f"flowportal.checkout={CHECKOUT}",
-                "video.input=/data/cat.mp4")
+    res = entry(
+        "flowportal",
+        f"preset={preset}",
+        "dry_run=true",
+        f"flowportal.checkout={CHECKOUT}",
+        "video.input=/data/cat.mp4",
+    )
     assert res.returncode == 0, res.stderr
     got = normalize(res.stdout, isolated_roots)
     golden = GOLDEN / f"cat_{preset}.txt"
@@ -43,16 +56,26 @@ def test_dry_run_prints_exact_commands(preset, isolated_roots, staged):
 
 
 def test_partial_edit_false_omits_flag(isolated_roots, staged):
-    res = entry("flowportal", "preset=dgx_fast", "dry_run=true", f"flowportal.checkout={CHECKOUT}",
-                "video.partial_edit=false")
+    res = entry(
+        "flowportal",
+        "preset=dgx_fast",
+        "dry_run=true",
+        f"flowportal.checkout={CHECKOUT}",
+        "video.partial_edit=false",
+    )
     assert res.returncode == 0, res.stderr
     assert "--partial_edit" not in res.stdout
 
 
 def test_teacache_inactive_when_wan_renamed(isolated_roots, staged):
     staged.joinpath("Wan2.1-Fun-V1.1-1.3B-Control").rename(staged / "wan")
-    res = entry("flowportal", "preset=dgx_fast", "dry_run=true", f"flowportal.checkout={CHECKOUT}",
-                "flowportal.wan=wan")
+    res = entry(
+        "flowportal",
+        "preset=dgx_fast",
+        "dry_run=true",
+        f"flowportal.checkout={CHECKOUT}",
+        "flowportal.wan=wan",
+    )
     assert res.returncode == 0, res.stderr
     assert "# TeaCache inactive: model_name 'wan' contains none" in res.stdout
 
@@ -61,10 +84,19 @@ def test_upstream_refuses_fork_flags_before_running(tmp_path, isolated_roots, st
     up = upstream_checkout(tmp_path / "upstream")
     res = entry("flowportal", "preset=dgx_fast", "dry_run=true", f"flowportal.checkout={up}")
     assert res.returncode == 2
-    assert "--edge_mode canny is not accepted by run-preprocess-flow-portal.py of the upstream checkout" in res.stderr
+    assert (
+        "--edge_mode canny is not accepted by run-preprocess-flow-portal.py of the upstream checkout"
+        in res.stderr
+    )
     ok = entry("flowportal", "preset=quality", "dry_run=true", f"flowportal.checkout={up}")
     assert ok.returncode == 0, ok.stderr
-    for flag in ("--edge_mode", "--num_inference_steps", "--sampler_name", "--enable_teacache", "--highres_denoise"):
+    for flag in (
+        "--edge_mode",
+        "--num_inference_steps",
+        "--sampler_name",
+        "--enable_teacache",
+        "--highres_denoise",
+    ):
         assert flag not in ok.stdout
     wrong = entry("flowportal", "dry_run=true", f"flowportal.checkout={up}", "flowportal.flavor=fork")
     assert wrong.returncode == 2 and "flowportal.flavor=fork but the checkout" in wrong.stderr
@@ -73,14 +105,21 @@ def test_upstream_refuses_fork_flags_before_running(tmp_path, isolated_roots, st
 def test_missing_checkout_is_one_line(isolated_roots):
     res = entry("flowportal", "dry_run=true", "flowportal.checkout=/nonexistent/FlowPortal")
     assert res.returncode == 2
-    assert res.stderr.strip().count("\n") == 0 and "does not exist" in res.stderr and "Traceback" not in res.stderr
+    assert (
+        res.stderr.strip().count("\n") == 0
+        and "does not exist" in res.stderr
+        and "Traceback" not in res.stderr
+    )
 
 
 def test_missing_model_named_with_how_to_stage(isolated_roots, staged, small):
     (staged / "MatAnyone" / "matanyone.pth").unlink()
     res = entry("flowportal", "preset=dgx_fast", *small)
     assert res.returncode == 2
-    assert "missing model file: MatAnyone checkpoint" in res.stderr and "python -m containers stage" in res.stderr
+    assert (
+        "missing model file: MatAnyone checkpoint" in res.stderr
+        and "python -m containers stage" in res.stderr
+    )
 
 
 def test_full_run_layout_outputs_marker_and_timing(isolated_roots, staged, small):
@@ -95,18 +134,25 @@ def test_full_run_layout_outputs_marker_and_timing(isolated_roots, staged, small
     assert set(marker["files"]) == {"output_video.mp4", "compare_output_video.mp4", "cat_ic_reference.png"}
     assert not list(out.glob(".*.part*"))
     report = json.loads((run_dir / "jobs" / "flowportal" / "run_report.json").read_text())
-    assert [s["name"] for s in report["steps"]] == ["preprocess", "matanyone", "preprocess_masks", "iclight",
-                                                    "flowportal"]
+    assert [s["name"] for s in report["steps"]] == [
+        "preprocess",
+        "matanyone",
+        "preprocess_masks",
+        "iclight",
+        "flowportal",
+    ]
     assert report["flowportal"]["teacache_active"] is True and report["exit_status"] == 0
     work = Path(report["flowportal"]["workdir"])
     assert (work / "config" / "wan2.1" / "wan_civitai.yaml").is_file()
     assert (work / "pretrained_models" / "matanyone.pth").exists()
     assert (work / "pretrained_models" / "Wan2.1-Fun-V1.1-1.3B-Control").is_dir()
-    assert not (work / "datasets" / "cat_ic").exists()   # intermediates cleaned
+    assert not (work / "datasets" / "cat_ic").exists()  # intermediates cleaned
 
 
 def test_failed_stage_leaves_no_output(isolated_roots, staged, small):
-    res = entry("flowportal", "preset=dgx_fast", *small, env_extra={"FLOWPORTAL_FIXTURE_FAIL": "iclight:cat_ic"})
+    res = entry(
+        "flowportal", "preset=dgx_fast", *small, env_extra={"FLOWPORTAL_FIXTURE_FAIL": "iclight:cat_ic"}
+    )
     assert res.returncode == 1
     assert "failed at stage iclight" in res.stderr
     run_dir = next((isolated_roots / "scratch" / "runs" / "flowportal").iterdir())

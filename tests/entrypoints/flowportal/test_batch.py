@@ -25,8 +25,14 @@ EXPECT_K = {"a": 49, "b": 41, "c": 21, "d": 13, "e": 9, "f": None, "g": 21, "h":
 
 def entry(*args: str, env_extra: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
     env = dict(os.environ, **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", "entrypoints", *args], cwd=REPO, capture_output=True,
-                          text=True, env=env, timeout=kw.get("timeout", 180))
+    return subprocess.run(
+        [sys.executable, "-m", "entrypoints", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=kw.get("timeout", 180),
+    )
 
 
 @pytest.fixture
@@ -38,15 +44,35 @@ def videos(tmp_path) -> Path:
     return d
 
 
+def rows_of(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 def cfg(**kw):
-    base = dict(input_fps=24, target_fps=8, seed=42, num_select=3, num_chunks=2, mode="unselected",
-                prompts_tar=[f"p{i}" for i in range(10)])
+    base = dict(
+        input_fps=24,
+        target_fps=8,
+        seed=42,
+        num_select=3,
+        num_chunks=2,
+        mode="unselected",
+        prompts_tar=[f"p{i}" for i in range(10)],
+    )
     base.update(kw)
     return SimpleNamespace(**base)
 
 
 def test_k_frames_rule():
-    assert [mf.k_frames_for(n, 24, 8) for n in (147, 146, 123, 63, 39, 27, 26)] == [49, 41, 41, 21, 13, 9, None]
+    assert [mf.k_frames_for(n, 24, 8) for n in (147, 146, 123, 63, 39, 27, 26)] == [
+        49,
+        41,
+        41,
+        21,
+        13,
+        9,
+        None,
+    ]
 
 
 def test_frame_count_reads_real_mp4s(videos):
@@ -64,22 +90,26 @@ def test_selection_is_seeded_and_partitioned():
     assert not set(names(sel["rows"])) & set(names(uns["rows"]))
     assert uns["rows"] == again["rows"]
     assert [len(c) for c in uns["chunks"]] == [14, 14, 14]
-    assert sum(uns["chunks"], []) == uns["rows"]
+    assert [r for c in uns["chunks"] for r in c] == uns["rows"]
     assert all(0 <= r["prompt_id"] <= 9 for r in uns["rows"])
 
 
 def test_manifest_app_on_real_videos(videos, tmp_path):
     batch = tmp_path / "batch"
-    res = entry("flowportal_manifest", f"video_dir={videos}", f"batch_dir={batch}", "num_select=2", "num_chunks=3")
+    res = entry(
+        "flowportal_manifest", f"video_dir={videos}", f"batch_dir={batch}", "num_select=2", "num_chunks=3"
+    )
     assert res.returncode == 0, res.stderr
     m = batch / "manifest"
     summary = json.loads((m / "manifest.json").read_text())
     assert summary["videos"] == 9 and summary["unreadable"] == 1 and summary["too_short"] == 1
     assert summary["valid"] == 7 and summary["rows"] == 5 and summary["chunks"] == [2, 2, 1]
-    rows = list(csv.DictReader(open(m / "unselected.csv")))
+    rows = rows_of(m / "unselected.csv")
     assert list(rows[0]) == ["video_name", "n_frames", "k_frames", "prompt_id"]
     for r in rows:
-        assert int(r["n_frames"]) == LENGTHS[r["video_name"]] and int(r["k_frames"]) == EXPECT_K[r["video_name"]]
+        assert (
+            int(r["n_frames"]) == LENGTHS[r["video_name"]] and int(r["k_frames"]) == EXPECT_K[r["video_name"]]
+        )
     lines = (m / "prompts.txt").read_text().splitlines()
     assert lines[0].startswith("SRC|a person is signing") and lines[1].startswith("0|") and len(lines) == 11
     report = json.loads(next(batch.glob("**/run_report.json")).read_text())
@@ -95,10 +125,18 @@ def test_array_groups_respect_max_array_size():
 
 def _batch_setup(tmp_path, videos, staged) -> tuple[Path, list[str]]:
     batch = tmp_path / "batch"
-    res = entry("flowportal_manifest", f"video_dir={videos}", f"batch_dir={batch}", "num_select=2", "num_chunks=2")
+    res = entry(
+        "flowportal_manifest", f"video_dir={videos}", f"batch_dir={batch}", "num_select=2", "num_chunks=2"
+    )
     assert res.returncode == 0, res.stderr
-    args = [f"batch_dir={batch}", f"video_dir={videos}", f"flowportal.checkout={CHECKOUT}", "preset=dgx_fast",
-            "video.height=24", "video.width=32"]
+    args = [
+        f"batch_dir={batch}",
+        f"video_dir={videos}",
+        f"flowportal.checkout={CHECKOUT}",
+        "preset=dgx_fast",
+        "video.height=24",
+        "video.width=32",
+    ]
     return batch, args
 
 
@@ -108,13 +146,15 @@ def _log(batch: Path, i: int) -> list[str]:
 
 def test_batch_skip_resume_failures_and_status(tmp_path, videos, staged):
     batch, args = _batch_setup(tmp_path, videos, staged)
-    rows = list(csv.DictReader(open(batch / "manifest" / "chunk0.csv")))
+    rows = rows_of(batch / "manifest" / "chunk0.csv")
     victim = rows[1]["video_name"]
     # a row whose prompt id is missing and one whose input vanished
     with open(batch / "manifest" / "chunk1.csv", "a") as fh:
         fh.write("ghost,160,49,3\nnoprompt,160,49,77\n")
     make_mp4(videos / "noprompt.mp4", 160)
-    res = entry("flowportal_batch", *args, "chunk=0", env_extra={"FLOWPORTAL_FIXTURE_FAIL": f"matanyone:{victim}"})
+    res = entry(
+        "flowportal_batch", *args, "chunk=0", env_extra={"FLOWPORTAL_FIXTURE_FAIL": f"matanyone:{victim}"}
+    )
     assert res.returncode == 1, res.stderr
     log = _log(batch, 0)
     assert len(log) == 3 and f"2/3 FAILED {victim} matanyone reason=exit 1" in log[1]
@@ -136,13 +176,15 @@ def test_batch_skip_resume_failures_and_status(tmp_path, videos, staged):
     assert lines[1].split() == ["0", "3", "3", "0", "0", "OK"]
     assert lines[2].split() == ["1", "4", "2", "2", "0", "FAILED"]
     assert "ETA: 0h00m" in st.stdout and "videos/h" in st.stdout
-    rs = entry("flowportal_status", f"batch_dir={batch}", "action=resubmit", f"video_dir={videos}", "dry_run=true")
+    rs = entry(
+        "flowportal_status", f"batch_dir={batch}", "action=resubmit", f"video_dir={videos}", "dry_run=true"
+    )
     assert rs.returncode == 0, rs.stderr
     assert "--array=1 " in rs.stdout and "--array=0" not in rs.stdout
 
 
 def test_chunk_index_out_of_range(tmp_path, videos, staged):
-    batch, args = _batch_setup(tmp_path, videos, staged)
+    _, args = _batch_setup(tmp_path, videos, staged)
     res = entry("flowportal_batch", *args, "chunk=7")
     assert res.returncode == 2
     assert "chunk 7 is out of range: the manifest has 2 chunks (0-1)" in res.stderr
@@ -150,16 +192,28 @@ def test_chunk_index_out_of_range(tmp_path, videos, staged):
 
 def test_killed_mid_stage_rerun_redoes_only_that_video(tmp_path, videos, staged):
     batch, args = _batch_setup(tmp_path, videos, staged)
-    rows = list(csv.DictReader(open(batch / "manifest" / "chunk0.csv")))
+    rows = rows_of(batch / "manifest" / "chunk0.csv")
     victim = rows[1]["video_name"]
     env = dict(os.environ, FLOWPORTAL_FIXTURE_HANG=victim)
-    proc = subprocess.Popen([sys.executable, "-m", "entrypoints", "flowportal_batch", *args, "chunk=0"], cwd=REPO,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "entrypoints", "flowportal_batch", *args, "chunk=0"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     partial = None
     deadline = time.time() + 60
     while time.time() < deadline and partial is None:
-        partial = next(iter((Path(os.environ["CONTAINERS_NODE_LOCAL"]) / "flowportal").glob(
-            f"work/*/results/flow-edit-{victim}/output_video.mp4")), None)
+        partial = next(
+            iter(
+                (Path(os.environ["CONTAINERS_NODE_LOCAL"]) / "flowportal").glob(
+                    f"work/*/results/flow-edit-{victim}/output_video.mp4"
+                )
+            ),
+            None,
+        )
         time.sleep(0.1)
     assert partial is not None, "the fixture never started writing"
     os.killpg(proc.pid, signal.SIGKILL)
@@ -173,7 +227,7 @@ def test_killed_mid_stage_rerun_redoes_only_that_video(tmp_path, videos, staged)
 
 
 def test_deadline_stops_cleanly_with_continue_code(tmp_path, videos, staged):
-    batch, args = _batch_setup(tmp_path, videos, staged)
+    _, args = _batch_setup(tmp_path, videos, staged)
     res = entry("flowportal_batch", *args, "chunk=0", f"deadline={time.time() + 60}", "deadline_margin_s=120")
     assert res.returncode == 75, res.stderr
     assert "0 OK, 0 skipped (done before), 0 failed, 3 pending; stopped:" in res.stdout

@@ -9,9 +9,23 @@ from tests.entrypoints.flowportal.conftest import REPO
 
 
 def submit(tmp_path, *args: str) -> str:
-    r = subprocess.run([sys.executable, "-m", "containers", "submit", "flowportal", "cluster=dgx_spark",
-                        f"--run-dir={tmp_path / 'run'}", "--dry-run", *args], cwd=REPO, capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "containers",
+            "submit",
+            "flowportal",
+            "cluster=dgx_spark",
+            f"--run-dir={tmp_path / 'run'}",
+            "--dry-run",
+            *args,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     return r.stdout
 
