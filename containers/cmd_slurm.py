@@ -22,21 +22,30 @@ COMMANDS = {
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
     if name == "stage":
         parser.add_argument("src", nargs="?", help="file or folder on shared storage")
-        parser.add_argument("dst", nargs="?",
-                            help="destination folder; SRC lands in DST/<basename of SRC>; "
-                                 "a relative DST is taken under the node-local root (paths.node_local)")
+        parser.add_argument(
+            "dst",
+            nargs="?",
+            help="destination folder; SRC lands in DST/<basename of SRC>; "
+            "a relative DST is taken under the node-local root (paths.node_local)",
+        )
         parser.add_argument("--image", help="stage this image's current SIF (and its pointer) for this arch")
         parser.add_argument("--checksum", action="store_true", help="record a sha256 per copied file")
-        parser.add_argument("--verify", action="store_true",
-                            help="re-read staged files against the manifest even when stat matches")
+        parser.add_argument(
+            "--verify",
+            action="store_true",
+            help="re-read staged files against the manifest even when stat matches",
+        )
         parser.add_argument("--check", action="store_true", help="only report differences (stat-only)")
         parser.add_argument("--lock-timeout", type=float, default=None, help="give up waiting after N s")
         parser.add_argument("--quiet", "-q", action="store_true")
         parser.add_argument("overrides", nargs="*", default=[], help=argparse.SUPPRESS)
     elif name in ("submit", "preflight"):
         parser.add_argument("pipeline", help="name from hydra_conf/pipeline/")
-        parser.add_argument("overrides", nargs="*",
-                            help="cluster=torch, gpu=l40s|h200|split, mode=NAME, other Hydra overrides")
+        parser.add_argument(
+            "overrides",
+            nargs="*",
+            help="cluster=torch, gpu=l40s|h200|split, mode=NAME, other Hydra overrides",
+        )
         parser.add_argument("--only", default="", help="comma list of jobs to submit (others are left out)")
         parser.add_argument("--run-dir", help="run directory (default: <paths.runs>/<pipeline>/<time>)")
         if name == "submit":
@@ -50,7 +59,9 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
 
 
 def main(args: argparse.Namespace) -> int:
-    return {"stage": _stage, "submit": _submit, "preflight": _preflight, "node-env": _node_env}[args.command](args)
+    return {"stage": _stage, "submit": _submit, "preflight": _preflight, "node-env": _node_env}[args.command](
+        args
+    )
 
 
 def _err(msg: str) -> None:
@@ -64,8 +75,11 @@ def _stage(args: argparse.Namespace) -> int:
     if args.image:
         return _stage_image(args)
     if "=" in (args.dst or "") or not args.src or not args.dst:
-        raise UserError("stage needs SRC and DST", where="python -m containers stage",
-                        fix="python -m containers stage /shared/models/x models (or --image NAME)")
+        raise UserError(
+            "stage needs SRC and DST",
+            where="python -m containers stage",
+            fix="python -m containers stage /shared/models/x models (or --image NAME)",
+        )
     dst = Path(args.dst)
     if not dst.is_absolute():
         from containers.config import compose
@@ -76,8 +90,9 @@ def _stage(args: argparse.Namespace) -> int:
         for d in diffs:
             print(d)
         return 1 if diffs else 0
-    res = stage(args.src, dst, checksum=args.checksum, verify=args.verify, lock_timeout=args.lock_timeout,
-                log=_err)
+    res = stage(
+        args.src, dst, checksum=args.checksum, verify=args.verify, lock_timeout=args.lock_timeout, log=_err
+    )
     if not args.quiet:
         print(res.summary())
     return 0
@@ -126,8 +141,11 @@ def _submit(args: argparse.Namespace) -> int:
     for j in plan.jobs:
         res = j.gres or "cpu"
         dep = f"  after {','.join(j.after)}" if j.after else ""
-        arr = f"  array {j.argv[[a.startswith('--array=') for a in j.argv].index(True)][8:]}" \
-            if any(a.startswith("--array=") for a in j.argv) else ""
+        arr = (
+            f"  array {j.argv[[a.startswith('--array=') for a in j.argv].index(True)][8:]}"
+            if any(a.startswith("--array=") for a in j.argv)
+            else ""
+        )
         print(f"  {j.name.ljust(w)}  {ids[j.name]:>8}  {j.partition:<14} {res}{dep}{arr}")
         if args.dry_run:
             print(f"    {quote(j.argv)}")
@@ -146,8 +164,11 @@ def _preflight(args: argparse.Namespace) -> int:
         print(f"{'ok  ' if ok else 'FAIL'}  {name}: {said}")
         bad += not ok
     if bad:
-        print(f"error: Slurm would refuse {bad} of {len(results)} job(s) of pipeline {plan.pipeline}; "
-              "fix: see Slurm's message above (account, partition, GPU type, limits)", file=sys.stderr)
+        print(
+            f"error: Slurm would refuse {bad} of {len(results)} job(s) of pipeline {plan.pipeline}; "
+            "fix: see Slurm's message above (account, partition, GPU type, limits)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -160,10 +181,17 @@ def _node_env(args: argparse.Namespace) -> int:
 
     cfg = compose(args.overrides)
     p = cfg.paths
-    values = {"CONTAINERS_NODE_LOCAL_ROOT": p.node_local, "CONTAINERS_STAGED_MODELS": p.staged_models,
-              "CONTAINERS_STAGED_IMAGES": p.staged_images, "HF_HOME": p.caches.hf, "TORCH_HOME": p.caches.torch,
-              "TRITON_CACHE_DIR": p.caches.triton, "TORCHINDUCTOR_CACHE_DIR": p.caches.inductor,
-              "PADDLE_PDX_CACHE_HOME": p.caches.paddlex, "XDG_CACHE_HOME": p.cache}
+    values = {
+        "CONTAINERS_NODE_LOCAL_ROOT": p.node_local,
+        "CONTAINERS_STAGED_MODELS": p.staged_models,
+        "CONTAINERS_STAGED_IMAGES": p.staged_images,
+        "HF_HOME": p.caches.hf,
+        "TORCH_HOME": p.caches.torch,
+        "TRITON_CACHE_DIR": p.caches.triton,
+        "TORCHINDUCTOR_CACHE_DIR": p.caches.inductor,
+        "PADDLE_PDX_CACHE_HOME": p.caches.paddlex,
+        "XDG_CACHE_HOME": p.cache,
+    }
     for key, value in values.items():
         if key not in ("CONTAINERS_NODE_LOCAL_ROOT",):
             try:
@@ -171,7 +199,10 @@ def _node_env(args: argparse.Namespace) -> int:
             except OSError as exc:
                 from containers.errors import UserError
 
-                raise UserError(f"cannot create {value}: {exc.strerror}", where="node-local disk",
-                                fix="set CONTAINERS_NODE_LOCAL to a writable local folder") from None
+                raise UserError(
+                    f"cannot create {value}: {exc.strerror}",
+                    where="node-local disk",
+                    fix="set CONTAINERS_NODE_LOCAL to a writable local folder",
+                ) from None
         print(f"export {key}={shlex.quote(str(value))}")
     return 0

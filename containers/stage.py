@@ -73,8 +73,10 @@ class StageResult:
 
     def summary(self) -> str:
         mb = self.bytes_copied / 1e6
-        head = (f"staged {self.dst}: {self.files} files, {self.total_bytes / 1e6:.1f} MB; "
-                f"copied {self.copied} ({mb:.1f} MB), removed {self.removed}, in {self.seconds:.2f} s")
+        head = (
+            f"staged {self.dst}: {self.files} files, {self.total_bytes / 1e6:.1f} MB; "
+            f"copied {self.copied} ({mb:.1f} MB), removed {self.removed}, in {self.seconds:.2f} s"
+        )
         if self.waited >= 0.5:
             head += f" (waited {self.waited:.1f} s for another task's lock)"
         return head
@@ -89,8 +91,9 @@ def lock_path(dst_dir: Path, name: str) -> Path:
 
 
 @contextlib.contextmanager
-def node_lock(path: Path, *, timeout: float | None = None,
-              on_wait: Callable[[str], None] | None = None) -> Iterator[float]:
+def node_lock(
+    path: Path, *, timeout: float | None = None, on_wait: Callable[[str], None] | None = None
+) -> Iterator[float]:
     """Hold an exclusive ``flock`` on ``path``; yields the seconds spent waiting for it.
 
     flock (not a pid file) because the kernel drops it when a task dies, so a killed array
@@ -112,8 +115,10 @@ def node_lock(path: Path, *, timeout: float | None = None,
                     break
                 except BlockingIOError:
                     if timeout is not None and time.monotonic() - t0 > timeout:
-                        raise UserError(f"staging lock {path} still held after {timeout:g} s",
-                                        fix="check for a stuck staging task on this node") from None
+                        raise UserError(
+                            f"staging lock {path} still held after {timeout:g} s",
+                            fix="check for a stuck staging task on this node",
+                        ) from None
                     time.sleep(0.05)
         waited = time.monotonic() - t0
         os.ftruncate(fd, 0)
@@ -131,19 +136,26 @@ def _is_partial(name: str) -> bool:
 def scan_source(src: Path) -> list[Entry]:
     """Stat every file under ``src`` (or ``src`` itself); refuse an incomplete source."""
     if not src.exists() and not src.is_symlink():
-        raise UserError(f"staging source {src} does not exist",
-                        fix="check the path (models/SIFs on shared storage) or publish it first")
+        raise UserError(
+            f"staging source {src} does not exist",
+            fix="check the path (models/SIFs on shared storage) or publish it first",
+        )
     if src.is_file():
         st = src.stat()
         return [Entry(src.name, st.st_size, st.st_mtime_ns)]
     if not src.is_dir():
-        raise UserError(f"staging source {src} is neither a file nor a directory", fix="stage a file or a folder")
+        raise UserError(
+            f"staging source {src} is neither a file nor a directory", fix="stage a file or a folder"
+        )
     entries: list[Entry] = []
     partial: list[str] = []
 
     def onerror(exc: OSError) -> None:
-        raise UserError(f"cannot read {exc.filename}: {exc.strerror}", where="staging source",
-                        fix="check permissions on the shared storage") from None
+        raise UserError(
+            f"cannot read {exc.filename}: {exc.strerror}",
+            where="staging source",
+            fix="check permissions on the shared storage",
+        ) from None
 
     for root, dirs, files in os.walk(src, onerror=onerror):
         dirs.sort()
@@ -161,8 +173,10 @@ def scan_source(src: Path) -> list[Entry]:
                 entries.append(Entry(rel, st.st_size, st.st_mtime_ns))
         dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
     if partial:
-        raise UserError(f"staging source {src} is incomplete: {len(partial)} partial file(s) such as "
-                        f"{partial[0]}", fix="wait for the upload/download to finish, or remove the partial files")
+        raise UserError(
+            f"staging source {src} is incomplete: {len(partial)} partial file(s) such as {partial[0]}",
+            fix="wait for the upload/download to finish, or remove the partial files",
+        )
     if not entries:
         raise UserError(f"staging source {src} is empty", fix="publish the models/images there first")
     return entries
@@ -196,8 +210,11 @@ def _dest_matches(target: Path, e: Entry, old: Entry | None) -> bool:
 
 def _write_error(exc: OSError, path: Path) -> UserError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return UserError(f"destination is full while writing {path} ({exc.strerror})",
-                         where=str(path.parent), fix="free space on the node-local disk or stage fewer models")
+        return UserError(
+            f"destination is full while writing {path} ({exc.strerror})",
+            where=str(path.parent),
+            fix="free space on the node-local disk or stage fewer models",
+        )
     return UserError(f"cannot write {path}: {exc.strerror}", fix="check the node-local destination")
 
 
@@ -246,9 +263,15 @@ def _remove_extras(dst: Path, keep: set[str]) -> int:
     return removed
 
 
-def stage(src: str | os.PathLike[str], dst_dir: str | os.PathLike[str], *, checksum: bool = False,
-          verify: bool = False, lock_timeout: float | None = None,
-          log: Callable[[str], None] | None = None) -> StageResult:
+def stage(
+    src: str | os.PathLike[str],
+    dst_dir: str | os.PathLike[str],
+    *,
+    checksum: bool = False,
+    verify: bool = False,
+    lock_timeout: float | None = None,
+    log: Callable[[str], None] | None = None,
+) -> StageResult:
     """Mirror ``src`` to ``dst_dir/<basename>``; see the module docstring for the guarantees.
 
     ``checksum`` records a sha256 per copied file (computed from the bytes read, then checked
@@ -268,19 +291,26 @@ def stage(src: str | os.PathLike[str], dst_dir: str | os.PathLike[str], *, check
     try:
         dst_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot create staging destination {dst_dir}: {exc.strerror}",
-                        fix="set CONTAINERS_NODE_LOCAL (or paths.node_local) to a writable local disk") from None
+        raise UserError(
+            f"cannot create staging destination {dst_dir}: {exc.strerror}",
+            fix="set CONTAINERS_NODE_LOCAL (or paths.node_local) to a writable local disk",
+        ) from None
     if single and target_root.is_dir():
-        raise UserError(f"{target_root} is a folder but {src} is a file", fix="remove the folder or pick another DST")
-    result = StageResult(dst=target_root, manifest=mpath, files=len(entries),
-                         total_bytes=sum(e.size for e in entries))
+        raise UserError(
+            f"{target_root} is a folder but {src} is a file", fix="remove the folder or pick another DST"
+        )
+    result = StageResult(
+        dst=target_root, manifest=mpath, files=len(entries), total_bytes=sum(e.size for e in entries)
+    )
     with node_lock(lock_path(dst_dir, name), timeout=lock_timeout, on_wait=log) as waited:
         result.waited = waited
         old = read_manifest(mpath) or {}
         todo = []
         for e in entries:
             target = target_root if single else target_root / e.path
-            if _dest_matches(target, e, old.get(e.path)) and not (verify and not _verified(target, old[e.path])):
+            if _dest_matches(target, e, old.get(e.path)) and not (
+                verify and not _verified(target, old[e.path])
+            ):
                 e.sha256 = old[e.path].sha256
                 if checksum and e.sha256 is None and e.link is None:
                     e.sha256 = sha256_file(target)
@@ -304,10 +334,18 @@ def stage(src: str | os.PathLike[str], dst_dir: str | os.PathLike[str], *, check
         if not single:
             result.removed = _remove_extras(target_root, {e.path for e in entries})
         try:
-            write_json(mpath, {"version": MANIFEST_VERSION, "source": str(src), "name": name,
-                               "kind": "file" if single else "tree", "staged": time.time(),
-                               "total_bytes": result.total_bytes,
-                               "files": [e.as_dict() for e in entries]})
+            write_json(
+                mpath,
+                {
+                    "version": MANIFEST_VERSION,
+                    "source": str(src),
+                    "name": name,
+                    "kind": "file" if single else "tree",
+                    "staged": time.time(),
+                    "total_bytes": result.total_bytes,
+                    "files": [e.as_dict() for e in entries],
+                },
+            )
         except OSError as exc:
             raise _write_error(exc, mpath) from None
     result.seconds = time.monotonic() - t0
@@ -342,23 +380,38 @@ def _stage_one(source: Path, target: Path, e: Entry, checksum: bool) -> None:
             digest = copy_file(source, tmp, checksum=checksum)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or not source.exists():
-                raise (_write_error(exc, target) if source.exists() else UserError(
-                    f"{source} disappeared while staging", where="staging source",
-                    fix="wait until the source is published completely, then stage again")) from None
-            raise UserError(f"cannot copy {source} to {target}: {exc.strerror}",
-                            fix="check the shared storage and the node-local disk") from None
+                raise (
+                    _write_error(exc, target)
+                    if source.exists()
+                    else UserError(
+                        f"{source} disappeared while staging",
+                        where="staging source",
+                        fix="wait until the source is published completely, then stage again",
+                    )
+                ) from None
+            raise UserError(
+                f"cannot copy {source} to {target}: {exc.strerror}",
+                fix="check the shared storage and the node-local disk",
+            ) from None
         st = source.stat()
         if (st.st_size, st.st_mtime_ns) != (e.size, e.mtime_ns):
-            raise UserError(f"{source} changed while it was being staged", where="staging source",
-                            fix="wait until it is completely written, then stage again")
+            raise UserError(
+                f"{source} changed while it was being staged",
+                where="staging source",
+                fix="wait until it is completely written, then stage again",
+            )
         got = tmp.stat().st_size
         if got != e.size:
-            raise UserError(f"staged copy of {source} has {got} bytes, expected {e.size}",
-                            fix="check the node-local disk and stage again")
+            raise UserError(
+                f"staged copy of {source} has {got} bytes, expected {e.size}",
+                fix="check the node-local disk and stage again",
+            )
         if checksum:
             if sha256_file(tmp) != digest:
-                raise UserError(f"checksum of the staged copy of {source} differs from the source's",
-                                fix="check the node-local disk and stage again")
+                raise UserError(
+                    f"checksum of the staged copy of {source} differs from the source's",
+                    fix="check the node-local disk and stage again",
+                )
             e.sha256 = digest
         os.utime(tmp, ns=(e.mtime_ns, e.mtime_ns))
         os.replace(tmp, target)

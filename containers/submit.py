@@ -27,8 +27,23 @@ from containers.errors import UserError
 
 DEFAULT_SCRIPT = "slurm/run_stage.sbatch"
 FAKE_ID_BASE = 1000
-JOB_KEYS = {"gpu", "partition", "gpus", "cpus_per_task", "mem", "time", "after", "array", "sbatch",
-            "steps", "nodes", "stage", "sbatch_args", "array_manifest", "gpu_guard"}
+JOB_KEYS = {
+    "gpu",
+    "partition",
+    "gpus",
+    "cpus_per_task",
+    "mem",
+    "time",
+    "after",
+    "array",
+    "sbatch",
+    "steps",
+    "nodes",
+    "stage",
+    "sbatch_args",
+    "array_manifest",
+    "gpu_guard",
+}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -111,8 +126,11 @@ def _toposort(jobs: dict[str, dict[str, Any]], pipeline: str) -> list[str]:
         if state.get(n) == 2:
             return
         if state.get(n) == 1:
-            raise UserError(f"jobs depend on each other in a cycle: {' -> '.join([*chain, n])}",
-                            where=f"hydra_conf/pipeline/{pipeline}.yaml", fix="remove one 'after' entry")
+            raise UserError(
+                f"jobs depend on each other in a cycle: {' -> '.join([*chain, n])}",
+                where=f"hydra_conf/pipeline/{pipeline}.yaml",
+                fix="remove one 'after' entry",
+            )
         state[n] = 1
         for dep in jobs[n].get("after") or []:
             visit(str(dep), [*chain, n])
@@ -124,9 +142,16 @@ def _toposort(jobs: dict[str, dict[str, Any]], pipeline: str) -> list[str]:
     return order
 
 
-def build_plan(pipeline: str, args: Sequence[str], *, mode: str | None = None, gpu: str | None = None,
-               only: Sequence[str] = (), run_dir: str | None = None,
-               compose: Callable[..., Any] | None = None) -> Plan:
+def build_plan(
+    pipeline: str,
+    args: Sequence[str],
+    *,
+    mode: str | None = None,
+    gpu: str | None = None,
+    only: Sequence[str] = (),
+    run_dir: str | None = None,
+    compose: Callable[..., Any] | None = None,
+) -> Plan:
     """Compose the pipeline for a cluster and validate every job; writes nothing."""
     from omegaconf import OmegaConf
 
@@ -142,38 +167,57 @@ def build_plan(pipeline: str, args: Sequence[str], *, mode: str | None = None, g
     cl = cfg.cluster
     where = f"hydra_conf/pipeline/{pipeline}.yaml"
     if str(cl.get("scheduler")) != "slurm":
-        raise UserError(f"cluster '{cl.name}' has no Slurm scheduler", where="hydra_conf/cluster/",
-                        fix="pass cluster=torch or cluster=dgx_spark (or set CONTAINERS_CLUSTER)")
+        raise UserError(
+            f"cluster '{cl.name}' has no Slurm scheduler",
+            where="hydra_conf/cluster/",
+            fix="pass cluster=torch or cluster=dgx_spark (or set CONTAINERS_CLUSTER)",
+        )
     parts = OmegaConf.to_container(cl.partitions, resolve=True) or {}
     if gpu and (gpu not in parts or not parts[gpu].get("gpu")):
         have = [k for k, v in parts.items() if v.get("gpu")]
-        raise UserError(f"cluster '{cl.name}' has no GPU partition of type '{gpu}'",
-                        where=f"hydra_conf/cluster/{cl.name}.yaml",
-                        fix=f"use gpu={' or gpu='.join([*have, 'split'] if len(have) > 1 else have)}")
+        raise UserError(
+            f"cluster '{cl.name}' has no GPU partition of type '{gpu}'",
+            where=f"hydra_conf/cluster/{cl.name}.yaml",
+            fix=f"use gpu={' or gpu='.join([*have, 'split'] if len(have) > 1 else have)}",
+        )
     pl = cfg.pipeline
     modes = OmegaConf.to_container(pl.get("modes") or {}, resolve=True)
     mode = mode or str(pl.get("default_mode") or next(iter(modes), ""))
     if mode not in modes:
-        raise UserError(f"pipeline '{pipeline}' has no mode '{mode}'", where=where,
-                        fix=f"choose mode={' or mode='.join(modes) or '(none defined)'}")
+        raise UserError(
+            f"pipeline '{pipeline}' has no mode '{mode}'",
+            where=where,
+            fix=f"choose mode={' or mode='.join(modes) or '(none defined)'}",
+        )
     spec: dict[str, dict[str, Any]] = modes[mode] or {}
     if not spec:
         raise UserError(f"mode '{mode}' of pipeline '{pipeline}' has no jobs", where=where, fix="add jobs")
     for name, job in spec.items():
         if not _NAME.match(name):
-            raise UserError(f"job name '{name}' is not a plain name", where=where, fix="use letters, digits, _ . -")
+            raise UserError(
+                f"job name '{name}' is not a plain name", where=where, fix="use letters, digits, _ . -"
+            )
         unknown = set(job or {}) - JOB_KEYS
         if unknown:
-            raise UserError(f"job '{name}' has unknown key(s) {', '.join(sorted(unknown))}", where=where,
-                            fix=f"use only: {', '.join(sorted(JOB_KEYS))}")
+            raise UserError(
+                f"job '{name}' has unknown key(s) {', '.join(sorted(unknown))}",
+                where=where,
+                fix=f"use only: {', '.join(sorted(JOB_KEYS))}",
+            )
         for dep in job.get("after") or []:
             if dep not in spec:
-                raise UserError(f"job '{name}' runs after '{dep}', which mode '{mode}' does not define",
-                                where=where, fix=f"use one of: {', '.join(spec)}")
+                raise UserError(
+                    f"job '{name}' runs after '{dep}', which mode '{mode}' does not define",
+                    where=where,
+                    fix=f"use one of: {', '.join(spec)}",
+                )
     for o in only:
         if o not in spec:
-            raise UserError(f"unknown stage '{o}' in pipeline '{pipeline}' (mode {mode})", where=where,
-                            fix=f"choose among: {', '.join(spec)}")
+            raise UserError(
+                f"unknown stage '{o}' in pipeline '{pipeline}' (mode {mode})",
+                where=where,
+                fix=f"choose among: {', '.join(spec)}",
+            )
     order = [n for n in _toposort(spec, pipeline) if not only or n in only]
     runs = Path(str(cfg.paths.runs))
     rd = Path(run_dir) if run_dir else _timestamp_dir(runs / pipeline)
@@ -182,34 +226,53 @@ def build_plan(pipeline: str, args: Sequence[str], *, mode: str | None = None, g
     jobs = [_job(name, spec[name], parts, cl, rd, where, only) for name in order]
     exports = {"CONTAINERS_REPO": str(REPO_ROOT), "CONTAINERS_CLUSTER": str(cl.name)}
     for k, v in sorted(os.environ.items()):  # the roots the user chose must reach the job unchanged
-        if k in ("CONTAINERS_SCRATCH", "CONTAINERS_SHARED_ROOT", "CONTAINERS_NODE_LOCAL", "CONTAINERS_IMAGES",
-                 "CONTAINERS_MODELS", "CONTAINERS_RUNTIME", "CONTAINERS_ACCOUNT"):
+        if k in (
+            "CONTAINERS_SCRATCH",
+            "CONTAINERS_SHARED_ROOT",
+            "CONTAINERS_NODE_LOCAL",
+            "CONTAINERS_IMAGES",
+            "CONTAINERS_MODELS",
+            "CONTAINERS_RUNTIME",
+            "CONTAINERS_ACCOUNT",
+        ):
             exports[k] = v
     return Plan(pipeline, mode, str(cl.name), account, rd, jobs, exports)
 
 
-def _job(name: str, job: dict[str, Any], parts: dict[str, Any], cl: Any, rd: Path, where: str,
-         only: Sequence[str]) -> Job:
+def _job(
+    name: str, job: dict[str, Any], parts: dict[str, Any], cl: Any, rd: Path, where: str, only: Sequence[str]
+) -> Job:
     from entrypoints import discover
 
     gpu_default = cl.gpu.type if cl.get("gpu") else None
     key = str(job.get("partition") or (gpu_default if job.get("gpu") else "cpu"))
     if key not in parts:
-        raise UserError(f"job '{name}' asks for partition '{key}', which cluster '{cl.name}' lacks",
-                        where=f"{where} (cluster {cl.name}: {', '.join(parts) or 'no partitions'})",
-                        fix=f"use one of: {', '.join(parts)}")
+        raise UserError(
+            f"job '{name}' asks for partition '{key}', which cluster '{cl.name}' lacks",
+            where=f"{where} (cluster {cl.name}: {', '.join(parts) or 'no partitions'})",
+            fix=f"use one of: {', '.join(parts)}",
+        )
     part = parts[key]
     gpu = bool(job.get("gpu", part.get("gpu", False)))
     gpus = job.get("gpus")
     if not gpu and part.get("gpu"):
-        raise UserError(f"CPU job '{name}' would land in GPU partition '{part['name']}' ({key})", where=where,
-                        fix="put CPU work on partition: cpu, or set gpu: true for this job")
+        raise UserError(
+            f"CPU job '{name}' would land in GPU partition '{part['name']}' ({key})",
+            where=where,
+            fix="put CPU work on partition: cpu, or set gpu: true for this job",
+        )
     if not gpu and gpus:
-        raise UserError(f"CPU job '{name}' asks for {gpus} GPU(s)", where=where,
-                        fix="remove gpus, or set gpu: true and a GPU partition")
+        raise UserError(
+            f"CPU job '{name}' asks for {gpus} GPU(s)",
+            where=where,
+            fix="remove gpus, or set gpu: true and a GPU partition",
+        )
     if gpu and not part.get("gpu"):
-        raise UserError(f"GPU job '{name}' is on partition '{part['name']}' ({key}), which has no GPUs",
-                        where=where, fix=f"use a GPU partition: {', '.join(k for k, v in parts.items() if v.get('gpu'))}")
+        raise UserError(
+            f"GPU job '{name}' is on partition '{part['name']}' ({key}), which has no GPUs",
+            where=where,
+            fix=f"use a GPU partition: {', '.join(k for k, v in parts.items() if v.get('gpu'))}",
+        )
     gres = None
     if gpu:
         n = int(gpus if gpus is not None else (cl.gpu.count or 1))
@@ -221,31 +284,64 @@ def _job(name: str, job: dict[str, Any], parts: dict[str, Any], cl: Any, rd: Pat
     jd = rd / "jobs" / name
     for i, st in enumerate(job.get("steps") or [], 1):
         if not isinstance(st, dict) or "app" not in st:
-            raise UserError(f"step {i} of job '{name}' has no app", where=where,
-                            fix="write steps: - {app: NAME, image: IMAGE}")
+            raise UserError(
+                f"step {i} of job '{name}' has no app",
+                where=where,
+                fix="write steps: - {app: NAME, image: IMAGE}",
+            )
         if st["app"] not in apps:
-            raise UserError(f"unknown app '{st['app']}' in job '{name}'", where=where,
-                            fix=f"choose one of: {', '.join(apps)}")
+            raise UserError(
+                f"unknown app '{st['app']}' in job '{name}'",
+                where=where,
+                fix=f"choose one of: {', '.join(apps)}",
+            )
         if not st.get("image"):
-            raise UserError(f"step {i} ({st['app']}) of job '{name}' names no image", where=where,
-                            fix="add image: <name from hydra_conf/image/>")
-        steps.append(Step(str(st["app"]), str(st["image"]), [str(o) for o in st.get("overrides") or []],
-                          gpu, jd / "steps" / f"{i:02d}-{st['app']}"))
+            raise UserError(
+                f"step {i} ({st['app']}) of job '{name}' names no image",
+                where=where,
+                fix="add image: <name from hydra_conf/image/>",
+            )
+        steps.append(
+            Step(
+                str(st["app"]),
+                str(st["image"]),
+                [str(o) for o in st.get("overrides") or []],
+                gpu,
+                jd / "steps" / f"{i:02d}-{st['app']}",
+            )
+        )
     if not steps:
         raise UserError(f"job '{name}' has no steps", where=where, fix="add steps: - {app: ..., image: ...}")
     script = REPO_ROOT / str(job.get("sbatch") or DEFAULT_SCRIPT)
     if not script.is_file():
-        raise UserError(f"job '{name}' uses batch script {job.get('sbatch')}, which does not exist",
-                        where=where, fix=f"use {DEFAULT_SCRIPT} or add the script under slurm/")
+        raise UserError(
+            f"job '{name}' uses batch script {job.get('sbatch')}, which does not exist",
+            where=where,
+            fix=f"use {DEFAULT_SCRIPT} or add the script under slurm/",
+        )
     if not gpu:
         _refuse_gpu_directives(name, script, where)
     after = [str(a) for a in job.get("after") or [] if not only or a in only]
-    return Job(name=name, gpu=gpu, partition_key=key, partition=str(part["name"]), gres=gres,
-               cpus_per_task=job.get("cpus_per_task"), mem=job.get("mem"), time=job.get("time"),
-               nodes=job.get("nodes"), array=None if job.get("array") is None else str(job["array"]),
-               after=after, script=script, steps=steps, stage=list(job.get("stage") or []),
-               sbatch_args=[str(a) for a in job.get("sbatch_args") or []], dir=jd,
-               array_manifest=job.get("array_manifest"), gpu_guard=job.get("gpu_guard"))
+    return Job(
+        name=name,
+        gpu=gpu,
+        partition_key=key,
+        partition=str(part["name"]),
+        gres=gres,
+        cpus_per_task=job.get("cpus_per_task"),
+        mem=job.get("mem"),
+        time=job.get("time"),
+        nodes=job.get("nodes"),
+        array=None if job.get("array") is None else str(job["array"]),
+        after=after,
+        script=script,
+        steps=steps,
+        stage=list(job.get("stage") or []),
+        sbatch_args=[str(a) for a in job.get("sbatch_args") or []],
+        dir=jd,
+        array_manifest=job.get("array_manifest"),
+        gpu_guard=job.get("gpu_guard"),
+    )
 
 
 _GPU_DIRECTIVE = re.compile(r"^#SBATCH\s+(--gres|--gpus\S*|-G|--gpu-\S+|--partition|-p)\b(.*)$")
@@ -256,24 +352,32 @@ def _refuse_gpu_directives(name: str, script: Path, where: str) -> None:
     for ln in script.read_text(encoding="utf-8", errors="replace").splitlines():
         m = _GPU_DIRECTIVE.match(ln.strip())
         if m and (m[1] not in ("--partition", "-p") or "gpu" in m[2] or "l40s" in m[2] or "h200" in m[2]):
-            raise UserError(f"CPU job '{name}' uses {script.name}, whose '{ln.strip()}' asks for a GPU",
-                            where=where, fix="use a script without GPU #SBATCH lines for CPU jobs "
-                            "(slurm/run_stage.sbatch); GPU requests come from the cluster profile")
+            raise UserError(
+                f"CPU job '{name}' uses {script.name}, whose '{ln.strip()}' asks for a GPU",
+                where=where,
+                fix="use a script without GPU #SBATCH lines for CPU jobs "
+                "(slurm/run_stage.sbatch); GPU requests come from the cluster profile",
+            )
         if not ln.startswith("#") and ln.strip():
             break  # sbatch stops reading directives at the first command
 
 
 def _check_export(value: str) -> str:
     if "," in value:
-        raise UserError(f"'{value}' contains ',', which sbatch --export cannot carry",
-                        fix="rename or move the folder")
+        raise UserError(
+            f"'{value}' contains ',', which sbatch --export cannot carry", fix="rename or move the folder"
+        )
     return value
 
 
 def sbatch_argv(plan: Plan, job: Job, ids: dict[str, str], *, test_only: bool = False) -> list[str]:
     """The exact sbatch command for ``job``; ``ids`` maps already-submitted job names to ids."""
-    argv = ["sbatch", "--test-only" if test_only else "--parsable", f"--job-name={plan.pipeline}.{job.name}",
-            f"--partition={job.partition}"]
+    argv = [
+        "sbatch",
+        "--test-only" if test_only else "--parsable",
+        f"--job-name={plan.pipeline}.{job.name}",
+        f"--partition={job.partition}",
+    ]
     if plan.account:
         argv.append(f"--account={plan.account}")
     if job.gres:
@@ -297,8 +401,11 @@ def sbatch_argv(plan: Plan, job: Job, ids: dict[str, str], *, test_only: bool = 
     argv.append("--kill-on-invalid-dep=yes")
     out = job.dir / ("slurm-%A_%a.out" if array is not None else "slurm-%j.out")
     argv.append(f"--output={out}")
-    exports = {**plan.exports, "CONTAINERS_GPU_STAGE": "1" if job.gpu else "0",
-               "CONTAINERS_JOB_DIR": str(job.dir)}
+    exports = {
+        **plan.exports,
+        "CONTAINERS_GPU_STAGE": "1" if job.gpu else "0",
+        "CONTAINERS_JOB_DIR": str(job.dir),
+    }
     if job.gpu_guard:
         exports["CONTAINERS_GPU_GUARD"] = str(job.gpu_guard)
     if job.array_manifest:
@@ -313,8 +420,10 @@ def _manifest_items(path: Path) -> list[str]:
     try:
         items = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     except OSError as exc:
-        raise UserError(f"array manifest {path} cannot be read: {exc.strerror}",
-                        fix="write one item per line, or set array: instead") from None
+        raise UserError(
+            f"array manifest {path} cannot be read: {exc.strerror}",
+            fix="write one item per line, or set array: instead",
+        ) from None
     if not items:
         raise UserError(f"array manifest {path} is empty", fix="list one item per line")
     return items
@@ -333,8 +442,9 @@ def write_job_files(plan: Plan, overrides: Sequence[str], compose: Callable[...,
     for job in plan.jobs:
         rows = []
         for i, st in enumerate(job.steps, 1):
-            cfg = compose([f"app={st.app}", f"image={st.image}", *base, *st.overrides,
-                           f"run_dir={plan.run_dir}"])
+            cfg = compose(
+                [f"app={st.app}", f"image={st.image}", *base, *st.overrides, f"run_dir={plan.run_dir}"]
+            )
             with open_dict(cfg):
                 cfg.job_name = job.name
                 cfg.report_path = str(st.dir / "run_report.json")
@@ -346,10 +456,14 @@ def write_job_files(plan: Plan, overrides: Sequence[str], compose: Callable[...,
         stage_rows = []
         for s in job.stage:
             if not isinstance(s, dict) or "src" not in s or "dst" not in s:
-                raise UserError(f"stage entry {s!r} of job '{job.name}' needs src and dst",
-                                where=f"hydra_conf/pipeline/{plan.pipeline}.yaml",
-                                fix="write stage: - {src: ${paths.models}/x, dst: models}")
-            stage_rows.append("\t".join([str(s["src"]), str(s["dst"]), "checksum" if s.get("checksum") else "-"]))
+                raise UserError(
+                    f"stage entry {s!r} of job '{job.name}' needs src and dst",
+                    where=f"hydra_conf/pipeline/{plan.pipeline}.yaml",
+                    fix="write stage: - {src: ${paths.models}/x, dst: models}",
+                )
+            stage_rows.append(
+                "\t".join([str(s["src"]), str(s["dst"]), "checksum" if s.get("checksum") else "-"])
+            )
         write_text(job.dir / "stage.tsv", "".join(r + "\n" for r in stage_rows))
 
 
@@ -359,8 +473,11 @@ def submit(plan: Plan, *, dry_run: bool = False, log: Callable[[str], None] = pr
     from containers.runner import quote, run, which
 
     if not dry_run and not which("sbatch"):
-        raise UserError("no 'sbatch' on PATH", where=f"cluster {plan.cluster}",
-                        fix="submit from a login node (module load slurm), or add --dry-run to render only")
+        raise UserError(
+            "no 'sbatch' on PATH",
+            where=f"cluster {plan.cluster}",
+            fix="submit from a login node (module load slurm), or add --dry-run to render only",
+        )
     ids: dict[str, str] = {}
     for n, job in enumerate(plan.jobs, 1):
         job.argv = sbatch_argv(plan, job, ids)
@@ -375,17 +492,42 @@ def submit(plan: Plan, *, dry_run: bool = False, log: Callable[[str], None] = pr
                 cancelled = _cancel(list(ids.values()))
                 raise UserError(
                     f"sbatch refused job '{job.name}': {said or f'exit code {res.returncode}'}"
-                    + (f"; cancelled the jobs already submitted ({', '.join(cancelled)})" if cancelled else ""),
+                    + (
+                        f"; cancelled the jobs already submitted ({', '.join(cancelled)})"
+                        if cancelled
+                        else ""
+                    ),
                     where=f"{plan.run_dir}/jobs/{job.name}/cmd.log",
-                    fix="correct the account/partition/resources in the cluster profile or pipeline")
+                    fix="correct the account/partition/resources in the cluster profile or pipeline",
+                )
             ids[job.name] = jid
         job.job_id = ids[job.name]
-        write_text(job.dir / "cmd.log", f"# {'dry run, fake job id' if dry_run else 'job id'} {ids[job.name]}\n"
-                   f"cd {quote([str(REPO_ROOT)])} && {cmd}\n")
-    write_json(plan.run_dir / ("submission.dry-run.json" if dry_run else "submission.json"), {
-        "pipeline": plan.pipeline, "mode": plan.mode, "cluster": plan.cluster, "dry_run": dry_run,
-        "jobs": [{"name": j.name, "job_id": j.job_id, "partition": j.partition, "gres": j.gres,
-                  "after": j.after, "array": j.array, "argv": j.argv} for j in plan.jobs]})
+        write_text(
+            job.dir / "cmd.log",
+            f"# {'dry run, fake job id' if dry_run else 'job id'} {ids[job.name]}\n"
+            f"cd {quote([str(REPO_ROOT)])} && {cmd}\n",
+        )
+    write_json(
+        plan.run_dir / ("submission.dry-run.json" if dry_run else "submission.json"),
+        {
+            "pipeline": plan.pipeline,
+            "mode": plan.mode,
+            "cluster": plan.cluster,
+            "dry_run": dry_run,
+            "jobs": [
+                {
+                    "name": j.name,
+                    "job_id": j.job_id,
+                    "partition": j.partition,
+                    "gres": j.gres,
+                    "after": j.after,
+                    "array": j.array,
+                    "argv": j.argv,
+                }
+                for j in plan.jobs
+            ],
+        },
+    )
     return ids
 
 
@@ -402,8 +544,11 @@ def preflight(plan: Plan) -> list[tuple[str, bool, str]]:
     from containers.runner import run, which
 
     if not which("sbatch"):
-        raise UserError("no 'sbatch' on PATH", where=f"cluster {plan.cluster}",
-                        fix="run preflight on a login node (module load slurm)")
+        raise UserError(
+            "no 'sbatch' on PATH",
+            where=f"cluster {plan.cluster}",
+            fix="run preflight on a login node (module load slurm)",
+        )
     out = []
     for job in plan.jobs:
         argv = sbatch_argv(plan, job, {}, test_only=True)
@@ -415,9 +560,11 @@ def preflight(plan: Plan) -> list[tuple[str, bool, str]]:
 
 def watch_hint(plan: Plan, ids: dict[str, str]) -> str:
     joined = ",".join(ids.values())
-    return "\n".join([
-        f"watch:  squeue -j {joined}",
-        f"        sacct -j {joined} --format=JobID,JobName%30,Partition,State,Elapsed,ExitCode",
-        f"logs:   tail -f {plan.run_dir}/jobs/*/slurm-*.out",
-        f"cancel: scancel {' '.join(ids.values())}",
-    ])
+    return "\n".join(
+        [
+            f"watch:  squeue -j {joined}",
+            f"        sacct -j {joined} --format=JobID,JobName%30,Partition,State,Elapsed,ExitCode",
+            f"logs:   tail -f {plan.run_dir}/jobs/*/slurm-*.out",
+            f"cancel: scancel {' '.join(ids.values())}",
+        ]
+    )

@@ -30,8 +30,11 @@ def guard_mode(cfg: Any = None) -> str:
     value = os.environ.get("CONTAINERS_GPU_GUARD") or (cfg.get("gpu_guard") if cfg is not None else None)
     value = str(value or "error").lower()
     if value not in MODES:
-        raise UserError(f"gpu_guard '{value}' is not one of {', '.join(MODES)}",
-                        where="CONTAINERS_GPU_GUARD / gpu_guard", fix="use error, warn or off")
+        raise UserError(
+            f"gpu_guard '{value}' is not one of {', '.join(MODES)}",
+            where="CONTAINERS_GPU_GUARD / gpu_guard",
+            fix="use error, warn or off",
+        )
     return value
 
 
@@ -44,15 +47,18 @@ def is_gpu_stage(cfg: Any = None) -> bool:
 
 def nvidia_visible() -> tuple[bool, str]:
     """Whether this process can reach an NVIDIA GPU, and if not, a reason a user can act on."""
-    if Path("/dev/nvidiactl").exists() or (Path("/proc/driver/nvidia/gpus").is_dir()
-                                           and any(Path("/proc/driver/nvidia/gpus").iterdir())):
+    if Path("/dev/nvidiactl").exists() or (
+        Path("/proc/driver/nvidia/gpus").is_dir() and any(Path("/proc/driver/nvidia/gpus").iterdir())
+    ):
         if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1", "NoDevFiles"):
             return False, f"CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']!r} hides every GPU"
         return True, "NVIDIA driver present"
     granted = os.environ.get("SLURM_JOB_GPUS") or os.environ.get("CUDA_VISIBLE_DEVICES")
     if granted:
-        return False, (f"Slurm granted GPU(s) {granted} but no NVIDIA device is visible in this process "
-                       "(image started without --nv, or a node without the driver)")
+        return False, (
+            f"Slurm granted GPU(s) {granted} but no NVIDIA device is visible in this process "
+            "(image started without --nv, or a node without the driver)"
+        )
     return False, "no NVIDIA device on this node and no GPU granted (CPU partition or missing --gres?)"
 
 
@@ -64,8 +70,10 @@ def _act(message: str, cfg: Any, run: Any = None) -> None:
         run.report.setdefault("gpu_guard", []).append({"mode": mode, "message": message})
         run.save()
     if mode == "error":
-        raise UserError(f"GPU stage without a usable GPU: {message}",
-                        fix="check --nv / the image's CUDA build; CONTAINERS_GPU_GUARD=warn to continue anyway")
+        raise UserError(
+            f"GPU stage without a usable GPU: {message}",
+            fix="check --nv / the image's CUDA build; CONTAINERS_GPU_GUARD=warn to continue anyway",
+        )
     print(f"warning: GPU stage without a usable GPU: {message}", file=sys.stderr)
 
 
@@ -88,9 +96,15 @@ def check_onnx_providers(providers: Sequence[str] | Any, cfg: Any = None, run: A
     """ONNX Runtime silently drops CUDAExecutionProvider when its CUDA libraries do not load."""
     if hasattr(providers, "get_providers"):
         providers = providers.get_providers()
-    if is_gpu_stage(cfg) and not any(p in ("CUDAExecutionProvider", "TensorrtExecutionProvider") for p in providers):
-        _act(f"ONNX Runtime runs on {', '.join(providers) or 'no provider'} (CUDA provider did not load; "
-             "check that the CUDA major of onnxruntime-gpu matches the image's)", cfg, run)
+    if is_gpu_stage(cfg) and not any(
+        p in ("CUDAExecutionProvider", "TensorrtExecutionProvider") for p in providers
+    ):
+        _act(
+            f"ONNX Runtime runs on {', '.join(providers) or 'no provider'} (CUDA provider did not load; "
+            "check that the CUDA major of onnxruntime-gpu matches the image's)",
+            cfg,
+            run,
+        )
 
 
 def parse_utilization(text: str) -> list[float]:
@@ -113,7 +127,9 @@ class UtilizationSampler:
             from containers.runner import which
 
             exe = which("nvidia-smi")
-            argv = None if exe is None else [exe, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+            argv = (
+                None if exe is None else [exe, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+            )
             visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
             if argv and visible and all(p.strip().isdigit() for p in visible.split(",")):
                 argv += ["-i", visible]
@@ -151,8 +167,12 @@ class UtilizationSampler:
         if not self.argv:
             return {"gpu_util_mean": None, "gpu_util_note": "nvidia-smi not found: not sampled"}
         mean = round(sum(self.samples) / len(self.samples), 1) if self.samples else None
-        return {"gpu_util_mean": mean, "gpu_util_max": max(self.samples) if self.samples else None,
-                "gpu_util_samples": len(self.samples), "gpu_util_interval_s": self.interval}
+        return {
+            "gpu_util_mean": mean,
+            "gpu_util_max": max(self.samples) if self.samples else None,
+            "gpu_util_samples": len(self.samples),
+            "gpu_util_interval_s": self.interval,
+        }
 
 
 def guarded(fn: Callable[[Any, Any], Any], cfg: Any, run: Any) -> Any:

@@ -118,7 +118,9 @@ def test_bad_source_is_one_clear_error(tmp_path, case):
         (src / "blob.incomplete").write_bytes(b"x")
     with pytest.raises(UserError) as exc:
         stage(src, tmp_path / "nvme")
-    assert {"missing": "does not exist", "empty": "is empty", "partial": "incomplete"}[case] in exc.value.line()
+    assert {"missing": "does not exist", "empty": "is empty", "partial": "incomplete"}[
+        case
+    ] in exc.value.line()
     assert not manifest_path(tmp_path / "nvme", "src").exists()
 
 
@@ -138,8 +140,12 @@ def test_destination_full_leaves_nothing_marked_complete(tmp_path):
         pytest.skip("needs root to mount a small tmpfs")
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount tmpfs here")
     try:
         src = make_tree(tmp_path)  # 300 kB > 256 kB
@@ -175,9 +181,12 @@ def test_lock_makes_the_second_stager_wait(tmp_path):
 
 
 def test_lock_timeout(tmp_path):
-    with node_lock(tmp_path / "x.lock"), pytest.raises(UserError, match="still held"):
-        with node_lock(tmp_path / "x.lock", timeout=0.2):
-            pass
+    with (
+        node_lock(tmp_path / "x.lock"),
+        pytest.raises(UserError, match="still held"),
+        node_lock(tmp_path / "x.lock", timeout=0.2),
+    ):
+        pass
 
 
 def test_cli_relative_destination_and_errors(tmp_path, isolated_roots):
@@ -189,4 +198,6 @@ def test_cli_relative_destination_and_errors(tmp_path, isolated_roots):
     chk = subprocess.run([*py, str(src), "models", "--check"], cwd=REPO, capture_output=True, text=True)
     assert chk.returncode == 0 and chk.stdout == ""
     bad = subprocess.run([*py, str(tmp_path / "nope"), "models"], cwd=REPO, capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
+    assert (
+        bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
+    )

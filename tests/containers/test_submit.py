@@ -31,11 +31,14 @@ def _plan(*args, **kw):
     return build_plan("selftest", list(args), run_dir=kw.pop("run_dir", "/runs/x"), **kw)
 
 
-@pytest.mark.parametrize("name,args", [
-    ("torch_split", ["cluster=torch", "gpu=split"]),
-    ("torch_h200_single", ["cluster=torch", "gpu=h200"]),
-    ("spark_single", ["cluster=dgx_spark"]),
-])
+@pytest.mark.parametrize(
+    "name,args",
+    [
+        ("torch_split", ["cluster=torch", "gpu=split"]),
+        ("torch_h200_single", ["cluster=torch", "gpu=h200"]),
+        ("spark_single", ["cluster=dgx_spark"]),
+    ],
+)
 def test_sbatch_lines_match_golden(name, args, monkeypatch):
     monkeypatch.delenv("CONTAINERS_ACCOUNT", raising=False)
     for var in ("CONTAINERS_SCRATCH", "CONTAINERS_SHARED_ROOT", "CONTAINERS_NODE_LOCAL"):
@@ -65,14 +68,17 @@ def test_untyped_gres_on_spark():
     assert plan.account is None
 
 
-@pytest.mark.parametrize("args,kw,needle", [
-    (["cluster=torch"], {"pipeline": "nope"}, "unknown pipeline 'nope'"),
-    (["cluster=nope"], {}, "unknown cluster 'nope'"),
-    (["cluster=laptop"], {}, "has no Slurm scheduler"),
-    (["cluster=torch", "gpu=a100"], {}, "no GPU partition of type 'a100'"),
-    (["cluster=torch", "mode=nope"], {}, "has no mode 'nope'"),
-    (["cluster=torch"], {"only": ["nope"]}, "unknown stage 'nope'"),
-])
+@pytest.mark.parametrize(
+    "args,kw,needle",
+    [
+        (["cluster=torch"], {"pipeline": "nope"}, "unknown pipeline 'nope'"),
+        (["cluster=nope"], {}, "unknown cluster 'nope'"),
+        (["cluster=laptop"], {}, "has no Slurm scheduler"),
+        (["cluster=torch", "gpu=a100"], {}, "no GPU partition of type 'a100'"),
+        (["cluster=torch", "mode=nope"], {}, "has no mode 'nope'"),
+        (["cluster=torch"], {"only": ["nope"]}, "unknown stage 'nope'"),
+    ],
+)
 def test_bad_input_is_one_line(args, kw, needle):
     pipeline = kw.pop("pipeline", "selftest")
     with pytest.raises(UserError) as exc:
@@ -90,22 +96,35 @@ def _pipeline_dir(tmp_path, body: str) -> Path:
     return conf
 
 
-@pytest.mark.parametrize("job,needle", [
-    ("{gpu: false, partition: l40s, steps: [{app: doctor, image: paddle-py312}]}", "would land in GPU partition"),
-    ("{partition: cpu, gpus: 2, steps: [{app: doctor, image: paddle-py312}]}", "asks for 2 GPU(s)"),
-    ("{gpu: true, partition: cpu, steps: [{app: doctor, image: paddle-py312}]}", "has no GPUs"),
-    ("{partition: cpu, after: [ghost], steps: [{app: doctor, image: paddle-py312}]}", "runs after 'ghost'"),
-    ("{partition: cpu, steps: [{app: ghost, image: paddle-py312}]}", "unknown app 'ghost'"),
-    ("{partition: cpu, sbatch: tests/golden/slurm/gpu_script.sbatch, steps: [{app: doctor, image: paddle-py312}]}",
-     "asks for a GPU"),
-])
+@pytest.mark.parametrize(
+    "job,needle",
+    [
+        (
+            "{gpu: false, partition: l40s, steps: [{app: doctor, image: paddle-py312}]}",
+            "would land in GPU partition",
+        ),
+        ("{partition: cpu, gpus: 2, steps: [{app: doctor, image: paddle-py312}]}", "asks for 2 GPU(s)"),
+        ("{gpu: true, partition: cpu, steps: [{app: doctor, image: paddle-py312}]}", "has no GPUs"),
+        (
+            "{partition: cpu, after: [ghost], steps: [{app: doctor, image: paddle-py312}]}",
+            "runs after 'ghost'",
+        ),
+        ("{partition: cpu, steps: [{app: ghost, image: paddle-py312}]}", "unknown app 'ghost'"),
+        (
+            "{partition: cpu, sbatch: tests/golden/slurm/gpu_script.sbatch,"
+            " steps: [{app: doctor, image: paddle-py312}]}",
+            "asks for a GPU",
+        ),
+    ],
+)
 def test_refused_job_configs(tmp_path, job, needle):
     from containers.config import compose
 
     conf = _pipeline_dir(tmp_path, f"name: bad\ndefault_mode: m\nmodes:\n  m:\n    j: {job}\n")
     with pytest.raises(UserError) as exc:
-        build_plan("bad", ["cluster=torch"], run_dir="/runs/x",
-                   compose=lambda ov: compose(ov, config_dir=conf))
+        build_plan(
+            "bad", ["cluster=torch"], run_dir="/runs/x", compose=lambda ov: compose(ov, config_dir=conf)
+        )
     assert needle in exc.value.line()
 
 
@@ -130,10 +149,29 @@ def test_no_sbatch_on_path(monkeypatch, tmp_path):
 
 
 def test_cli_dry_run(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "containers", "submit", "selftest", "cluster=torch", "gpu=split",
-                          "--dry-run", "--run-dir", str(tmp_path / "r")], cwd=REPO, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "containers",
+            "submit",
+            "selftest",
+            "cluster=torch",
+            "gpu=split",
+            "--dry-run",
+            "--run-dir",
+            str(tmp_path / "r"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     assert "fake job ids" in out.stdout and "--gres=gpu:h200:1" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "containers", "submit", "nope", "cluster=torch", "--dry-run"],
-                         cwd=REPO, capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "containers", "submit", "nope", "cluster=torch", "--dry-run"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown pipeline" in bad.stderr

@@ -29,8 +29,13 @@ PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 BINARIES = ("slurmctld", "slurmd", "sbatch", "munged")
 CPU_PARTITION = "cpu_short"  # the torch profile's default CPU partition name
 # name, partition, gres type, GPU count
-NODES = (("l40s1", "l40s_public", "l40s", 4), ("h200n1", "h200_public", "h200", 4),
-         ("spark1", "spark", "gb10", 1), ("cpu1", CPU_PARTITION, None, 0), ("cpu2", CPU_PARTITION, None, 0))
+NODES = (
+    ("l40s1", "l40s_public", "l40s", 4),
+    ("h200n1", "h200_public", "h200", 4),
+    ("spark1", "spark", "gb10", 1),
+    ("cpu1", CPU_PARTITION, None, 0),
+    ("cpu2", CPU_PARTITION, None, 0),
+)
 DEFAULT_ROOT = Path(os.environ.get("CONTAINERS_SLURM_ROOT", f"/tmp/containers-slurm-{os.getuid()}"))
 
 
@@ -38,11 +43,14 @@ def _sbin(name: str) -> str:
     return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin") or name
 
 
-def _run(argv: list[str], env: dict[str, str] | None = None, timeout: float = 60,
-         check: bool = True) -> subprocess.CompletedProcess:
+def _run(
+    argv: list[str], env: dict[str, str] | None = None, timeout: float = 60, check: bool = True
+) -> subprocess.CompletedProcess:
     proc = subprocess.run(argv, env=env, text=True, capture_output=True, timeout=timeout, check=False)
     if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+        raise RuntimeError(
+            f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}"
+        )
     return proc
 
 
@@ -108,25 +116,46 @@ class LocalSlurm:
         ctl_port, *node_ports = _free_ports(1 + len(NODES))
         host = socket.gethostname().split(".")[0]
         lines = [
-            "ClusterName=suite", f"SlurmctldHost={host}(127.0.0.1)", f"SlurmctldPort={ctl_port}",
-            "SlurmUser=root", "SlurmdUser=root", "AuthType=auth/munge", "CredType=cred/munge",
+            "ClusterName=suite",
+            f"SlurmctldHost={host}(127.0.0.1)",
+            f"SlurmctldPort={ctl_port}",
+            "SlurmUser=root",
+            "SlurmdUser=root",
+            "AuthType=auth/munge",
+            "CredType=cred/munge",
             f"AuthInfo=socket={r}/munge/munge.socket",
-            f"StateSaveLocation={r}/state", f"SlurmdSpoolDir={r}/spool/%n",
-            f"SlurmctldPidFile={r}/run/slurmctld.pid", f"SlurmdPidFile={r}/run/slurmd-%n.pid",
-            f"SlurmctldLogFile={r}/log/slurmctld.log", f"SlurmdLogFile={r}/log/slurmd-%n.log",
-            "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "MpiDefault=none",
-            "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core_Memory", "GresTypes=gpu",
+            f"StateSaveLocation={r}/state",
+            f"SlurmdSpoolDir={r}/spool/%n",
+            f"SlurmctldPidFile={r}/run/slurmctld.pid",
+            f"SlurmdPidFile={r}/run/slurmd-%n.pid",
+            f"SlurmctldLogFile={r}/log/slurmctld.log",
+            f"SlurmdLogFile={r}/log/slurmd-%n.log",
+            "ProctrackType=proctrack/linuxproc",
+            "TaskPlugin=task/none",
+            "MpiDefault=none",
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_Core_Memory",
+            "GresTypes=gpu",
             "SchedulerType=sched/backfill",
             "SchedulerParameters=sched_interval=2,sched_min_interval=0,bf_interval=1,batch_sched_delay=0",
-            "KillWait=2", "ReturnToService=2", "SlurmdParameters=config_overrides", "EnforcePartLimits=ALL",
-            "JobCompType=jobcomp/filetxt", f"JobCompLoc={r}/log/jobcomp.txt", "MaxArraySize=1001",
-            "SlurmdTimeout=300", "InactiveLimit=0", "DefMemPerCPU=1000",
+            "KillWait=2",
+            "ReturnToService=2",
+            "SlurmdParameters=config_overrides",
+            "EnforcePartLimits=ALL",
+            "JobCompType=jobcomp/filetxt",
+            f"JobCompLoc={r}/log/jobcomp.txt",
+            "MaxArraySize=1001",
+            "SlurmdTimeout=300",
+            "InactiveLimit=0",
+            "DefMemPerCPU=1000",
         ]
         gres = ["AutoDetect=off"]
         parts: dict[str, list[str]] = {}
         for (name, part, gtype, count), port in zip(NODES, node_ports, strict=True):
-            node = (f"NodeName={name} NodeHostname={host} NodeAddr=127.0.0.1 Port={port} CPUs=32 "
-                    f"RealMemory=256000 State=UNKNOWN")
+            node = (
+                f"NodeName={name} NodeHostname={host} NodeAddr=127.0.0.1 Port={port} CPUs=32 "
+                f"RealMemory=256000 State=UNKNOWN"
+            )
             if count:
                 node += f" Gres=gpu:{gtype}:{count}"
                 for i in range(count):
@@ -152,9 +181,19 @@ class LocalSlurm:
         self.write_config()
         r = self.root
         # Foreground daemons, children of this process: stop() can reap them, so none is left as a zombie.
-        self._spawn("munged", [_sbin("munged"), "-F", "--force", f"--socket={r}/munge/munge.socket",
-                               f"--key-file={r}/munge/munge.key", f"--log-file={r}/log/munged.log",
-                               f"--pid-file={r}/munge/munged.pid", f"--seed-file={r}/munge/munge.seed"])
+        self._spawn(
+            "munged",
+            [
+                _sbin("munged"),
+                "-F",
+                "--force",
+                f"--socket={r}/munge/munge.socket",
+                f"--key-file={r}/munge/munge.key",
+                f"--log-file={r}/log/munged.log",
+                f"--pid-file={r}/munge/munged.pid",
+                f"--seed-file={r}/munge/munge.seed",
+            ],
+        )
         for _ in range(50):
             if (r / "munge" / "munge.socket").exists():
                 break
@@ -169,15 +208,24 @@ class LocalSlurm:
             if len(states) == len(NODES) and all(s in ("idle", "mix", "alloc") for s in states.values()):
                 return self
             time.sleep(0.3)
-        log = (r / "log" / "slurmctld.log").read_text(errors="replace")[-1500:] if (
-            r / "log" / "slurmctld.log").exists() else ""
+        log = (
+            (r / "log" / "slurmctld.log").read_text(errors="replace")[-1500:]
+            if (r / "log" / "slurmctld.log").exists()
+            else ""
+        )
         self.stop()
         raise RuntimeError(f"local Slurm did not become ready in {timeout:g} s; slurmctld log tail:\n{log}")
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.root / "log" / f"{name}.stdout", "ab")  # noqa: SIM115 (the daemon keeps it)
-        proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self._children[proc.pid] = proc
         (self.root / "run" / f"{name}.pid").write_text(f"{proc.pid}\n")
 
@@ -207,8 +255,12 @@ class LocalSlurm:
             if ids and self.running():
                 _run(["scancel", *sorted(set(ids))], env=self.env, check=False, timeout=10)
                 deadline = time.monotonic() + 15
-                while time.monotonic() < deadline and _run(
-                        ["squeue", "-h", "-o", "%A"], env=self.env, check=False, timeout=10).stdout.split():
+                while (
+                    time.monotonic() < deadline
+                    and _run(
+                        ["squeue", "-h", "-o", "%A"], env=self.env, check=False, timeout=10
+                    ).stdout.split()
+                ):
                     time.sleep(0.3)
         pids = self._pids()
         # slurmd first (it reaps its slurmstepds), then slurmctld, munged last (the others need it).
@@ -232,9 +284,18 @@ class LocalSlurm:
             pid_file.unlink()
 
     # ---------------------------------------------------------------- helpers for tests
-    def sbatch(self, argv: list[str], env: dict[str, str] | None = None, cwd: Path | str | None = None) -> str:
-        proc = subprocess.run(["sbatch", "--parsable", *argv], env={**(env or os.environ), **self._client_env()},
-                              cwd=cwd or REPO, text=True, capture_output=True, timeout=60, check=False)
+    def sbatch(
+        self, argv: list[str], env: dict[str, str] | None = None, cwd: Path | str | None = None
+    ) -> str:
+        proc = subprocess.run(
+            ["sbatch", "--parsable", *argv],
+            env={**(env or os.environ), **self._client_env()},
+            cwd=cwd or REPO,
+            text=True,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"sbatch failed: {proc.stderr.strip()}")
         return proc.stdout.strip().split(";")[0]
@@ -256,14 +317,29 @@ class LocalSlurm:
     def states(self, job_id: str) -> list[str]:
         """JobState of a job or of every task of an array job."""
         out = _run(["scontrol", "-o", "show", "job", str(job_id)], env=self.env, check=False).stdout
-        return [tok.split("=", 1)[1] for ln in out.splitlines() for tok in ln.split()
-                if tok.startswith("JobState=")]
+        return [
+            tok.split("=", 1)[1]
+            for ln in out.splitlines()
+            for tok in ln.split()
+            if tok.startswith("JobState=")
+        ]
 
-    def wait(self, job_ids: list[str] | str, *, timeout: float = 60, poll: float = 0.25) -> dict[str, list[str]]:
+    def wait(
+        self, job_ids: list[str] | str, *, timeout: float = 60, poll: float = 0.25
+    ) -> dict[str, list[str]]:
         """Poll until every job (and array task) reached a final state; return their states."""
         ids = [job_ids] if isinstance(job_ids, str) else list(job_ids)
-        final = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
-                 "DEADLINE", "PREEMPTED"}
+        final = {
+            "COMPLETED",
+            "FAILED",
+            "CANCELLED",
+            "TIMEOUT",
+            "NODE_FAIL",
+            "OUT_OF_MEMORY",
+            "BOOT_FAIL",
+            "DEADLINE",
+            "PREEMPTED",
+        }
         deadline = time.monotonic() + timeout
         while True:
             got = {i: self.states(i) for i in ids}
@@ -318,8 +394,9 @@ if pytest is not None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tests.plugins.slurm_cluster",
-                                 description="start/stop a private local Slurm cluster")
+    ap = argparse.ArgumentParser(
+        prog="python -m tests.plugins.slurm_cluster", description="start/stop a private local Slurm cluster"
+    )
     ap.add_argument("action", choices=("up", "down", "status"))
     ap.add_argument("--root", type=Path, default=DEFAULT_ROOT)
     a = ap.parse_args(argv)

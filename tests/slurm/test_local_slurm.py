@@ -23,16 +23,27 @@ N_FILES = 1500  # enough per-file work that the second task finds the lock held
 
 @pytest.fixture
 def env(slurm_cluster, isolated_roots):
-    e = {**os.environ, **slurm_cluster.env, "CONTAINERS_RUNTIME": "host", "CONTAINERS_GPU_GUARD": "warn",
-         "CONTAINERS_ACCOUNT": "suite_test"}
+    e = {
+        **os.environ,
+        **slurm_cluster.env,
+        "CONTAINERS_RUNTIME": "host",
+        "CONTAINERS_GPU_GUARD": "warn",
+        "CONTAINERS_ACCOUNT": "suite_test",
+    }
     e.pop("CI", None)
     return e
 
 
 def submit(env, *args, check=True):
     t0 = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "containers", "submit", "selftest", *args], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "containers", "submit", "selftest", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if check:
         assert out.returncode == 0, out.stderr
     return out, time.monotonic() - t0
@@ -96,20 +107,35 @@ def test_split_mode_places_jobs_on_their_partitions(slurm_cluster, env):
 
 
 def test_single_mode_on_spark_and_preflight(slurm_cluster, env):
-    pre = subprocess.run([sys.executable, "-m", "containers", "preflight", "selftest", "cluster=dgx_spark"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    pre = subprocess.run(
+        [sys.executable, "-m", "containers", "preflight", "selftest", "cluster=dgx_spark"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert pre.returncode == 0, pre.stderr + pre.stdout
     assert pre.stdout.count("ok  ") == 2 and "partition spark" in pre.stdout
 
 
 def test_rejected_partition_shows_slurms_message_and_cancels_submitted(slurm_cluster, env):
     bad = {**env, "CONTAINERS_CPU_PARTITION": "no_such_partition"}
-    pre = subprocess.run([sys.executable, "-m", "containers", "preflight", "selftest", "cluster=torch"],
-                         cwd=REPO, env=bad, capture_output=True, text=True, timeout=60)
+    pre = subprocess.run(
+        [sys.executable, "-m", "containers", "preflight", "selftest", "cluster=torch"],
+        cwd=REPO,
+        env=bad,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert pre.returncode == 1 and "FAIL  post" in pre.stdout and "ok    infer" in pre.stdout
     out, _ = submit(bad, "cluster=torch", check=False)
     assert out.returncode == 2
-    assert "Invalid partition name specified" in out.stderr and "cancelled the jobs already submitted" in out.stderr
+    assert (
+        "Invalid partition name specified" in out.stderr
+        and "cancelled the jobs already submitted" in out.stderr
+    )
     first = out.stderr.split("submitted (")[1].split(")")[0]
     assert slurm_cluster.wait(first, timeout=30)[first] == ["CANCELLED"]
 
@@ -148,14 +174,30 @@ touch {tmp_path}/ready-$SLURM_ARRAY_TASK_ID
 for _ in $(seq 300); do [[ -e {tmp_path}/ready-0 && -e {tmp_path}/ready-1 ]] && break; sleep 0.1; done
 suite_stage {src} {dst}
 """)
-    jid = slurm_cluster.sbatch(["--array=0-1", "-w", "cpu1", "-p", "cpu_short", "-c", "1",
-                                f"--output={tmp_path}/stage-%a.out", f"--export=ALL,CONTAINERS_REPO={REPO}",
-                                str(script)], env=env)
+    jid = slurm_cluster.sbatch(
+        [
+            "--array=0-1",
+            "-w",
+            "cpu1",
+            "-p",
+            "cpu_short",
+            "-c",
+            "1",
+            f"--output={tmp_path}/stage-%a.out",
+            f"--export=ALL,CONTAINERS_REPO={REPO}",
+            str(script),
+        ],
+        env=env,
+    )
     states = slurm_cluster.wait(jid, timeout=90)
     assert states[jid] == ["COMPLETED", "COMPLETED"]
     logs = [(tmp_path / f"stage-{i}.out").read_text() for i in (0, 1)]
-    copied = sorted(int(ln.split("copied ")[1].split()[0]) for log in logs for ln in log.splitlines()
-                    if ln.startswith("staged "))
+    copied = sorted(
+        int(ln.split("copied ")[1].split()[0])
+        for log in logs
+        for ln in log.splitlines()
+        if ln.startswith("staged ")
+    )
     assert copied == [0, N_FILES]  # one task copied, the other waited and found it complete
     assert sum("waiting for" in log for log in logs) == 1
     man = json.loads((dst / ".official_models.stage.json").read_text())
