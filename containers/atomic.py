@@ -15,6 +15,16 @@ from pathlib import Path
 from typing import Any
 
 
+def _default_mode() -> int:
+    """The mode a plain open() would give (mkstemp's 0600 would hide outputs from the group)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_MODE = _default_mode()
+
+
 @contextlib.contextmanager
 def atomic_path(dst: str | os.PathLike[str], *, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``dst``; rename it onto ``dst`` only if the block succeeds.
@@ -27,6 +37,8 @@ def atomic_path(dst: str | os.PathLike[str], *, suffix: str = "") -> Iterator[Pa
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=f".part{suffix}", dir=dst.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    with contextlib.suppress(OSError):  # SMB shares refuse chmod: keep whatever they give
+        os.chmod(tmp_path, _MODE)
     try:
         yield tmp_path
         os.replace(tmp_path, dst)

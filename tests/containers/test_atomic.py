@@ -30,3 +30,12 @@ def test_suffix_is_kept_for_format_sniffing_writers(tmp_path):
         assert tmp.suffix == ".png" and tmp.name.startswith(".x.png.")
         tmp.write_bytes(b"png")
     assert (tmp_path / "x.png").read_bytes() == b"png"
+
+
+def test_outputs_get_the_umask_mode_not_0600(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    dst = write_text(tmp_path / "shared.txt", "x")
+    assert dst.stat().st_mode & 0o777 == 0o666 & ~mask
