@@ -157,3 +157,54 @@ def test_failed_stage_leaves_no_output(isolated_roots, staged, small):
     assert "failed at stage iclight" in res.stderr
     run_dir = next((isolated_roots / "scratch" / "runs" / "flowportal").iterdir())
     assert not (run_dir / "outputs" / "cat_ic").exists()
+
+
+def test_background_image_uses_fbc_script(isolated_roots, staged, tmp_path):
+    res = entry(
+        "flowportal",
+        "preset=quality",
+        "dry_run=true",
+        f"flowportal.checkout={CHECKOUT}",
+        f"video.bg_path={tmp_path / 'bg.png'}",
+    )
+    assert res.returncode == 0, res.stderr
+    line = next(ln for ln in res.stdout.splitlines() if "run-iclight-" in ln)
+    assert "run-iclight-fbc.py" in line and f"--bg_path {tmp_path / 'bg.png'}" in line
+    assert "iclight_sd15_fbc.safetensors" in line and "--highres" not in line
+
+
+def test_checkout_of_another_version_is_refused(tmp_path, isolated_roots, staged):
+    odd = upstream_checkout(tmp_path / "odd")
+    script = odd / "run-flow-portal.py"  # upstream plus one fork flag: neither flavor
+    script.write_text(
+        script.read_text().replace(
+            'parser.add_argument("--compile_dit"',
+            'parser.add_argument("--cfg_skip_ratio", type=float)\nparser.add_argument("--compile_dit"',
+        )
+    )
+    res = entry("flowportal", "dry_run=true", f"flowportal.checkout={odd}")
+    assert res.returncode == 2 and "is neither the fork nor upstream" in res.stderr
+    (odd / "run-iclight-fc.py").unlink()
+    res = entry("flowportal", "dry_run=true", f"flowportal.checkout={odd}")
+    assert res.returncode == 2 and "has no run-iclight-fc.py" in res.stderr
+
+
+def test_unknown_flag_is_rejected_by_the_fixture_like_argparse(tmp_path):
+    argv = [
+        sys.executable,
+        str(CHECKOUT / "run-iclight-fc.py"),
+        "--base_path",
+        ".",
+        "--video_name",
+        "x",
+        "--prompt",
+        "p",
+        "--width",
+        "8",
+        "--height",
+        "8",
+        "--no_such_flag",
+        "1",
+    ]
+    res = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert res.returncode == 2 and "unrecognized arguments: --no_such_flag" in res.stderr

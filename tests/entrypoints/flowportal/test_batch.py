@@ -150,7 +150,7 @@ def test_batch_skip_resume_failures_and_status(tmp_path, videos, staged):
     victim = rows[1]["video_name"]
     # a row whose prompt id is missing and one whose input vanished
     with open(batch / "manifest" / "chunk1.csv", "a") as fh:
-        fh.write("ghost,160,49,3\nnoprompt,160,49,77\n")
+        fh.write("ghost,160,49,3\nnoprompt,160,49,77\nf,26,9,1\n")
     make_mp4(videos / "noprompt.mp4", 160)
     res = entry(
         "flowportal_batch", *args, "chunk=0", env_extra={"FLOWPORTAL_FIXTURE_FAIL": f"matanyone:{victim}"}
@@ -170,11 +170,12 @@ def test_batch_skip_resume_failures_and_status(tmp_path, videos, staged):
     log = "\n".join(_log(batch, 1))
     assert "FAILED ghost input reason=input video" in log
     assert "FAILED noprompt input reason=prompt id 77 is not in the prompts file" in log
+    assert "FAILED f input reason=too short: 26 frames give fewer than 9 frames at 8 fps" in log
     st = entry("flowportal_status", f"batch_dir={batch}")
     assert st.returncode == 0, st.stderr
     lines = st.stdout.splitlines()
     assert lines[1].split() == ["0", "3", "3", "0", "0", "OK"]
-    assert lines[2].split() == ["1", "4", "2", "2", "0", "FAILED"]
+    assert lines[2].split() == ["1", "5", "2", "3", "0", "FAILED"]
     assert "ETA: 0h00m" in st.stdout and "videos/h" in st.stdout
     rs = entry(
         "flowportal_status", f"batch_dir={batch}", "action=resubmit", f"video_dir={videos}", "dry_run=true"
