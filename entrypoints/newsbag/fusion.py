@@ -2,8 +2,14 @@
 
 Why this shape:
 - Line-level sources (OCR text lines) cannot be compared box-for-box with block-level layout
-  models, so their lines are first grouped into blocks (connected components of lines that sit
-  close above/below or beside each other).
+  models, so their lines are first grouped into blocks: connected components of lines stacked
+  with the page's typical leading and a similar type size, or side by side on one baseline.
+  Extra vertical space (paragraph and article breaks) and a change of type size (headline ->
+  byline -> body) end a block, because layout models and annotators draw those as separate
+  boxes; a fixed gap threshold merged a headline, its byline and two paragraphs into one box.
+- A text-line detector tells where text is, not which kind: its boxes vote on geometry and
+  support but abstain from the label vote (a cluster it alone backs stays "text"). Letting its
+  all-"text" votes count relabelled every headline, masthead and header of the layout model.
 - The consensus is weighted box clustering: boxes of different variants that overlap at
   IoU >= ``cluster_iou`` form one cluster (at most one box per variant); a cluster is kept when
   the sources behind it carry at least ``min_support`` of the page's total source weight. Each
@@ -106,27 +112,34 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
-def _components(adj: np.ndarray) -> np.ndarray:
-    """Connected-component ids of a symmetric boolean adjacency matrix (min-label propagation)."""
-    n = adj.shape[0]
+def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Connected-component ids of ``n`` nodes joined by the edges (i, j): min-label propagation
+    over the edge list with pointer jumping, O(edges) per round and O(log diameter) rounds."""
     lab = np.arange(n)
-    big = n
+    if not len(i):
+        return lab
     while True:
-        new = np.where(adj, lab[None, :], big).min(axis=1)
-        new = np.minimum(new, lab)
-        new = new[new]  # pointer jumping: converges in O(log diameter) rounds
+        new = lab.copy()
+        np.minimum.at(new, i, lab[j])
+        np.minimum.at(new, j, lab[i])
+        new = new[new]
         if np.array_equal(new, lab):
             return lab
         lab = new
 
 
-def lines_to_blocks(boxes: Boxes, *, vgap: float = 0.8, hgap: float = 1.0) -> Boxes:
-    """Group text lines into blocks.
+def lines_to_blocks(boxes: Boxes, *, vgap: float = 0.3, hgap: float = 1.0,
+                    max_height_ratio: float = 1.45) -> Boxes:
+    """Group text lines into blocks (paragraphs, headlines, bylines).
 
-    Two lines join when one sits under the other (vertical gap <= ``vgap`` x the smaller line
-    height, horizontal overlap >= 30% of the narrower line) or beside it on the same line
-    (horizontal gap <= ``hgap`` x height, vertical overlap >= 50%). Column gutters keep
-    neighbouring columns apart. A block takes the majority label and mean score of its lines.
+    Two lines join when one sits under the other with horizontal overlap >= 30% of the narrower
+    line, a similar height (ratio <= ``max_height_ratio``: a change of type size is a block
+    boundary, e.g. headline -> byline -> body) and a vertical gap no larger than the page's
+    typical leading plus ``vgap`` x the smaller line height. The typical leading is the median
+    gap between each line and the nearest line under it, so the extra space that separates
+    paragraphs and articles splits blocks whatever the page's line spacing. Lines also join
+    side by side on one baseline (vertical overlap >= 50%, gap <= ``hgap`` x height). Column
+    gutters keep neighbouring columns apart. A block takes the majority label and mean score.
     """
     n = len(boxes)
     if n <= 1:
@@ -135,22 +148,27 @@ def lines_to_blocks(boxes: Boxes, *, vgap: float = 0.8, hgap: float = 1.0) -> Bo
     h = b[:, 3] - b[:, 1]
     w = b[:, 2] - b[:, 0]
     hmin = np.minimum(h[:, None], h[None, :])
+    hmax = np.maximum(h[:, None], h[None, :])
     wmin = np.minimum(w[:, None], w[None, :])
     xov = np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0])
     yov = np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1])
-    stacked = (xov >= 0.3 * wmin) & (-yov <= vgap * hmin)
+    gap = -yov / hmin                                                 # vertical gap in line heights
+    below = (xov >= 0.3 * wmin) & (b[None, :, 1] > b[:, None, 1] + 0.3 * h[:, None])  # j under i
+    nearest = np.where(below, gap, np.inf).min(axis=1)
+    finite = nearest[np.isfinite(nearest)]
+    leading = float(np.clip(np.median(finite), -0.5, 1.0)) if len(finite) else 0.0
+    stacked = below & (gap <= leading + vgap) & (hmax <= max_height_ratio * hmin)
     beside = (yov >= 0.5 * hmin) & (-xov <= hgap * hmin)
-    comp = _components(stacked | beside)
+    i, j = np.nonzero(np.triu(stacked | stacked.T | beside, 1))
+    comp = _components(n, i, j)
     uniq, inv = np.unique(comp, return_inverse=True)
     k = len(uniq)
     xyxy = np.empty((k, 4))
-    xyxy[:, 0] = np.full(k, np.inf)
+    xyxy[:, :2] = np.inf
+    xyxy[:, 2:] = -np.inf
     np.minimum.at(xyxy[:, 0], inv, b[:, 0])
-    xyxy[:, 1] = np.inf
     np.minimum.at(xyxy[:, 1], inv, b[:, 1])
-    xyxy[:, 2] = -np.inf
     np.maximum.at(xyxy[:, 2], inv, b[:, 2])
-    xyxy[:, 3] = -np.inf
     np.maximum.at(xyxy[:, 3], inv, b[:, 3])
     votes = np.zeros((k, N_LABELS))
     np.add.at(votes, (inv, boxes.label), 1.0)
@@ -174,9 +192,11 @@ class Clusters:
     score: np.ndarray   # (n,)
     vid: np.ndarray     # (n,) variant index of each box
     weight: np.ndarray  # (n,) vote weight of each box (its variant's share of its source's vote)
+    label_w: np.ndarray | None = None  # (n,) weight of each box's label vote (0 = abstains)
 
 
-def cluster_boxes(per_variant: Sequence[Boxes], variant_weight: np.ndarray, iou_thr: float) -> Clusters:
+def cluster_boxes(per_variant: Sequence[Boxes], variant_weight: np.ndarray, iou_thr: float,
+                  label_weight: np.ndarray | None = None) -> Clusters:
     """Seed clusters from the strongest unassigned box; add the best-overlapping box of each other variant."""
     sizes = [len(b) for b in per_variant]
     n = sum(sizes)
@@ -206,7 +226,8 @@ def cluster_boxes(per_variant: Sequence[Boxes], variant_weight: np.ndarray, iou_
         row = np.zeros(n, bool)
         row[members] = True
         rows.append(row)
-    return Clusters(np.array(rows), xyxy, label, score, vid, weight)
+    lw = None if label_weight is None else label_weight[vid]
+    return Clusters(np.array(rows), xyxy, label, score, vid, weight, lw)
 
 
 def consensus_from(cl: Clusters, keep_box: np.ndarray, total_weight: float,
@@ -225,7 +246,12 @@ def consensus_from(cl: Clusters, keep_box: np.ndarray, total_weight: float,
     xyxy = (cw @ cl.xyxy) / cw.sum(axis=1, keepdims=True)
     onehot = np.zeros((len(cl.label), N_LABELS))
     onehot[np.arange(len(cl.label)), cl.label] = 1.0
-    label = (cw @ onehot).argmax(axis=1)
+    votes = cw @ onehot
+    if cl.label_w is not None:
+        informed = (cw * cl.label_w[None, :]) @ onehot
+        has = informed.sum(axis=1) > 0
+        votes[has] = informed[has]
+    label = votes.argmax(axis=1)
     return Boxes(xyxy, label, support[keep]), support[keep]
 
 
@@ -329,7 +355,7 @@ class Settings:
     match_iou: float = 0.5
     min_support: float = 0.5
     grid: int = 48
-    line_vgap: float = 0.8
+    line_vgap: float = 0.3
     line_hgap: float = 1.0
     source_weights: dict[str, float] = field(default_factory=dict)
 
@@ -370,7 +396,9 @@ def fuse_page(page_id: str, records: dict[str, dict[str, Any]], s: Settings,
     for src in sources:
         n_var[src] += 1
     vweight = np.array([float(s.source_weights.get(src, 1.0)) / n_var[src] for src in sources])
-    cl = cluster_boxes(per_variant, vweight, s.cluster_iou)
+    # text-line detectors say "there is text here", not which kind: their label votes abstain
+    lweight = np.array([0.0 if records[k]["granularity"] == "line" else 1.0 for k in keys])
+    cl = cluster_boxes(per_variant, vweight, s.cluster_iou, lweight)
     all_boxes = np.ones(len(cl.vid), bool)
     total = float(sum(float(s.source_weights.get(src, 1.0)) for src in n_var))
     cons, support = consensus_from(cl, all_boxes, total, s.min_support)
@@ -422,7 +450,7 @@ def settings_from(cfg: Any) -> Settings:
     weights = {str(k): float(v) for k, v in dict(f.get("source_weights") or {}).items()}
     s = Settings(cluster_iou=float(f.get("cluster_iou", 0.5)), match_iou=float(f.get("match_iou", 0.5)),
                  min_support=float(f.get("min_support", 0.5)), grid=int(f.get("grid", 48)),
-                 line_vgap=float(f.get("line_vgap", 0.8)), line_hgap=float(f.get("line_hgap", 1.0)),
+                 line_vgap=float(f.get("line_vgap", 0.3)), line_hgap=float(f.get("line_hgap", 1.0)),
                  source_weights=weights)
     for name in ("cluster_iou", "match_iou", "min_support"):
         v = getattr(s, name)
