@@ -210,24 +210,31 @@ def cluster_boxes(per_variant: Sequence[Boxes], variant_weight: np.ndarray, iou_
     vid = np.repeat(np.arange(len(per_variant)), sizes)
     weight = variant_weight[vid]
     iou = iou_matrix(xyxy, xyxy)
-    eligible = (iou >= iou_thr) & (vid[:, None] != vid[None, :])
+    iou[vid[:, None] == vid[None, :]] = 0.0  # at most one box per variant in a cluster
+    iou[iou < iou_thr] = 0.0
+    # candidates of each seed, best overlap first, computed once for all seeds
+    nbr_order = np.argsort(-iou, axis=1, kind="stable")
+    n_nbr = (iou > 0).sum(axis=1)
     assigned = np.zeros(n, bool)
-    rows: list[np.ndarray] = []
-    for i in np.argsort(-(score * weight), kind="stable"):
+    cid = np.full(n, -1, dtype=np.int64)
+    k = 0
+    for i in np.argsort(-(score * weight), kind="stable").tolist():
         if assigned[i]:
             continue
-        cand = np.flatnonzero(eligible[i] & ~assigned)
-        members = [i]
-        if len(cand):
-            cand = cand[np.argsort(-iou[i, cand], kind="stable")]
-            _, first = np.unique(vid[cand], return_index=True)
-            members.extend(cand[first].tolist())
-        assigned[members] = True
-        row = np.zeros(n, bool)
-        row[members] = True
-        rows.append(row)
+        assigned[i] = True
+        cid[i] = k
+        if n_nbr[i]:
+            seen: set[int] = set()
+            for j in nbr_order[i, :n_nbr[i]].tolist():
+                if not assigned[j] and vid[j] not in seen:
+                    seen.add(int(vid[j]))
+                    assigned[j] = True
+                    cid[j] = k
+        k += 1
+    member = np.zeros((k, n), bool)
+    member[cid, np.arange(n)] = True
     lw = None if label_weight is None else label_weight[vid]
-    return Clusters(np.array(rows), xyxy, label, score, vid, weight, lw)
+    return Clusters(member, xyxy, label, score, vid, weight, lw)
 
 
 def consensus_from(cl: Clusters, keep_box: np.ndarray, total_weight: float,
@@ -277,20 +284,23 @@ def match_counts(pred: Boxes, ref: Boxes, iou_thr: float) -> tuple[int, int]:
 
 
 def label_map(boxes: Boxes, width: float, height: float, grid: int) -> np.ndarray:
-    """Label index per cell of a ``grid`` x ``grid`` raster (-1 = nothing); smaller boxes win."""
+    """Label index per cell of a ``grid`` x ``grid`` raster (-1 = nothing); smaller boxes win.
+
+    A cell belongs to a box when the cell centre lies inside it. The cell ranges come from one
+    vectorised rounding; boxes are then painted largest first as 2-D slices (a few microseconds
+    each), instead of materialising an (n, grid, grid) cover tensor.
+    """
     out = np.full((grid, grid), -1, dtype=np.int64)
     if not len(boxes):
         return out
     order = np.argsort(-areas(boxes.xyxy), kind="stable")
     b = boxes.xyxy[order]
-    cx = (np.arange(grid) + 0.5) * (width / grid)
-    cy = (np.arange(grid) + 0.5) * (height / grid)
-    inx = (cx[None, :] >= b[:, 0:1]) & (cx[None, :] < b[:, 2:3])   # (n, G)
-    iny = (cy[None, :] >= b[:, 1:2]) & (cy[None, :] < b[:, 3:4])
-    cover = iny[:, :, None] & inx[:, None, :]                        # (n, G, G)
-    idx = np.where(cover, np.arange(len(b))[:, None, None], -1).max(axis=0)
-    hit = idx >= 0
-    out[hit] = boxes.label[order][idx[hit]]
+    # first cell whose centre (c + 0.5) * step is >= the edge: ceil(edge / step - 0.5)
+    ix = np.clip(np.ceil(b[:, 0::2] * (grid / width) - 0.5), 0, grid).astype(np.int64)
+    iy = np.clip(np.ceil(b[:, 1::2] * (grid / height) - 0.5), 0, grid).astype(np.int64)
+    lab = boxes.label[order]
+    for k in range(len(b)):
+        out[iy[k, 0]:iy[k, 1], ix[k, 0]:ix[k, 1]] = lab[k]
     return out
 
 
