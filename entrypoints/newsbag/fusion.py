@@ -47,7 +47,6 @@ from entrypoints.newsbag.schema import (
     iter_source_pages,
     page_record,
     read_page,
-    write_page,
 )
 
 LABEL_INDEX = {name: i for i, name in enumerate(TAXONOMY)}
@@ -521,8 +520,25 @@ def _work(args: tuple[str, dict[str, Path], Settings, str | None, str]) -> tuple
         skipped.append((f"ground_truth/{page_id}", f"unreadable ground truth: {gt_err}"))
     res = fuse_page(page_id, records, s, gt)
     skipped.extend(res.skipped)
-    write_page(Path(out_pages) / f"{page_id}.json", res.consensus)
+    _write_consensus(Path(out_pages) / f"{page_id}.json", res.consensus)
     return res, skipped
+
+
+def _write_consensus(path: Path, record: dict[str, Any]) -> None:
+    """Atomic write of a consensus page, one box per line.
+
+    Not ``schema.write_page``: its validation re-checks every box in Python and its indented
+    JSON takes the pure-Python encoder; together they were a fifth of the run time. The record
+    is valid by construction (weighted means of validated boxes, taxonomy labels, support in
+    [0, 1]); tests read consensus pages back through ``schema.read_page``.
+    """
+    import json
+
+    from containers.atomic import write_text
+
+    head = json.dumps({k: v for k, v in record.items() if k != "boxes"})[:-1]
+    boxes = ",\n  ".join(json.dumps(b) for b in record["boxes"])
+    write_text(path, f'{head}, "boxes": [\n  {boxes}\n]}}\n' if boxes else f'{head}, "boxes": []}}\n')
 
 
 def _fmt(v: float) -> str:
