@@ -163,6 +163,7 @@ def _preflight(args: argparse.Namespace) -> int:
     for name, ok, said in results:
         print(f"{'ok  ' if ok else 'FAIL'}  {name}: {said}")
         bad += not ok
+    sys.stdout.flush()
     if bad:
         print(
             f"error: Slurm would refuse {bad} of {len(results)} job(s) of pipeline {plan.pipeline}; "
