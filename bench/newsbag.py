@@ -108,8 +108,17 @@ def main(out_dir: Path) -> None:
         r = subprocess.run([sys.executable, "-m", "entrypoints", "newsbag_demo", f"run_dir={tmp}/demo",
                             "runtime=host"], cwd=REPO, capture_output=True, text=True, check=False)
         dt = time.perf_counter() - t0
+        acc = Path(tmp) / "demo" / "outputs" / "fusion" / "accuracy.tsv"
+        acc_rows = [ln.split("\t") for ln in acc.read_text().splitlines()
+                    if ln and not ln.startswith("#")] if acc.is_file() else []
     lines.append(f"demo (make demo: 3 bundled pages, embedded sources + fusion + review, host runtime): "
                  f"{dt:.1f} s wall, exit {r.returncode}")
+    if acc_rows:
+        cols = acc_rows[0]
+        lines.append("demo accuracy vs ground truth (F1 at IoU 0.5 with labels; loc_f1 ignores labels):")
+        lines += [f"  {row[cols.index('system')]:<20} f1 {row[cols.index('f1')]}  loc_f1 "
+                  f"{row[cols.index('loc_f1')]}  coverage {row[cols.index('coverage')]}"
+                  for row in acc_rows[1:]]
     text = "\n".join(lines) + "\n"
     (out_dir / "newsbag.txt").write_text(text)
     print(text)

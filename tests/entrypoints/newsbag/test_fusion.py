@@ -95,6 +95,47 @@ def test_words_on_one_line_join_but_far_columns_do_not():
     assert len(fusion.lines_to_blocks(words)) == 2
 
 
+def test_line_grouping_splits_at_type_size_changes_and_paragraph_breaks():
+    head = [(100, 100, 400, 130, "text")]                                    # 30 px headline
+    byline = [(100, 136, 180, 152, "text")]                                  # 16 px, smaller type
+    para1 = [(100, y, 400, y + 16, "text") for y in range(164, 260, 20)]     # leading 4 px
+    para2 = [(100, y, 400, y + 16, "text") for y in range(282, 380, 20)]     # 18 px paragraph break
+    lines = fusion.Boxes.from_record(rec("ocr", "det", head + byline + para1 + para2, gran="line"))
+    got = sorted(fusion.lines_to_blocks(lines).xyxy.tolist())
+    np.testing.assert_allclose(got, [[100, 100, 400, 130], [100, 136, 180, 152], [100, 164, 400, 260],
+                                     [100, 282, 400, 378]])
+
+
+def test_text_line_sources_abstain_from_the_label_vote():
+    # one layout model labels a masthead and a title; the OCR lines behind them all say "text"
+    lay = [(20, 20, 980, 120, "masthead"), (20, 150, 480, 180, "title")]
+    ocr = [(20, 20, 980, 120, "text"), (20, 150, 480, 180, "text")]
+    recs = {"lay/v": rec("lay", "v", lay), "ocr/det": rec("ocr", "det", ocr, gran="line")}
+    res = fusion.fuse_page("p1", recs, fusion.Settings())
+    assert sorted(b["label"] for b in res.consensus["boxes"]) == ["masthead", "title"]
+    only_ocr = fusion.fuse_page("p1", {"ocr/det": recs["ocr/det"], "ocr2/det": rec("ocr2", "det", ocr,
+                                                                                     gran="line")},
+                                fusion.Settings())
+    assert {b["label"] for b in only_ocr.consensus["boxes"]} == {"text"}  # nobody labelled: stays text
+
+
+def test_consensus_is_not_worse_than_the_median_variant():
+    """Four sources with different, independent mistakes; the fused layout beats the typical one."""
+    gt = rec("ground_truth", "gt", LAYOUT)
+    a = [(20, 20, 980, 120, "title"), *LAYOUT[1:], (600, 960, 700, 990, "page_number")]  # bad label, extra
+    b = jitter(LAYOUT[:4] + LAYOUT[5:], 3)                                     # misses the caption
+    c = [*LAYOUT[:3], (520, 150, 980, 600, "table"), *LAYOUT[4:]]              # figure called a table
+    lines = [(20, 150, 480, 172, "text")] + [(20, y, 480, y + 18, "text") for y in range(282, 950, 22)]
+    recs = {"a/v": rec("a", "v", a), "b/v": rec("b", "v", b), "c/v": rec("c", "v", c),
+            "ocr/det": rec("ocr", "det", lines, gran="line")}
+    res = fusion.fuse_page("p1", recs, fusion.Settings(), gt)
+    f1 = {k: 2 * v["tp"] / (v["pred"] + v["ref"]) for k, v in res.gt_scores.items()}
+    variants = sorted(v for k, v in f1.items() if k != "consensus")
+    assert f1["consensus"] >= float(np.median(variants)), f1
+    assert f1["consensus"] >= max(variants), f1  # here every mistake is outvoted
+    assert sorted(b["label"] for b in res.consensus["boxes"]) == sorted(lab for *_, lab in LAYOUT)
+
+
 def write_sources(run_dir: Path, sources: dict[str, list], pages=("p1", "p2", "p3")):
     for key, boxes in sources.items():
         src, var = key.split("/")
