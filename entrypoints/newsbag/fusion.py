@@ -22,8 +22,10 @@ Why this shape:
   (``loc_f1``), and ``coverage``: the area IoU of the two label maps rasterised on a coarse grid,
   which is kind to nested or differently split blocks that box matching punishes.
 
-Everything per page is a handful of numpy matrix operations; only the greedy seed loop runs in
-Python (about one iteration per consensus box).
+Everything per page is a handful of numpy matrix operations; only the greedy seed loop (one
+iteration per consensus box, candidates sorted once for all seeds) and the slice painting of the
+coverage rasters (one 2-D slice per box) run in Python. Line grouping builds its pair matrices
+once and propagates component labels over the edge list, not over an n x n matrix per round.
 """
 
 from __future__ import annotations
