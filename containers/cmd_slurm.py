@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from containers.errors import UserError
+
 COMMANDS = {
     "stage": "copy models/SIFs to node-local disk: incremental, locked per node, manifest last",
     "submit": "submit a pipeline as chained sbatch jobs (afterok), or render it with --dry-run",
@@ -47,6 +49,8 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
             help="cluster=torch, gpu=l40s|h200|split, mode=NAME, other Hydra overrides",
         )
         parser.add_argument("--only", default="", help="comma list of jobs to submit (others are left out)")
+        parser.add_argument("--input-dir", help="directory of inputs (scans, videos) for the pipeline's apps")
+        parser.add_argument("--recursive", action="store_true", help="also read inputs in subdirectories")
         parser.add_argument("--run-dir", help="run directory (default: <paths.runs>/<pipeline>/<time>)")
         if name == "submit":
             parser.add_argument("--dry-run", action="store_true", help="render everything with fake job ids")
@@ -123,6 +127,16 @@ def _stage_image(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace):
     from containers.submit import build_plan
 
+    if getattr(args, "input_dir", None) is not None:
+        path = Path(args.input_dir).expanduser().resolve()
+        if not path.is_dir():
+            raise UserError(f"input directory {args.input_dir} does not exist or is not a directory",
+                            where="--input-dir",
+                            fix="pass a folder of inputs readable from the compute nodes")
+        value = str(path).replace("\\", "\\\\").replace("'", "\\'")
+        args.overrides.append(f"input_dir='{value}'")
+    if getattr(args, "recursive", False):
+        args.overrides.append("recursive=true")
     only = [o for o in args.only.split(",") if o]
     return build_plan(args.pipeline, args.overrides, only=only, run_dir=args.run_dir)
 

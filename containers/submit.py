@@ -109,6 +109,32 @@ def split_args(args: Sequence[str]) -> tuple[str | None, str | None, list[str]]:
     return mode, gpu, rest
 
 
+# Keys of the base config (hydra_conf/config.yaml and its groups): they shape the pipeline and every step.
+SHARED_ROOTS = frozenset({"cluster", "paths", "image", "app", "runtime", "run_dir", "device",
+                          "device_fallback", "image_sif", "local"})
+
+
+def route_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split overrides into (pipeline composition, step composition).
+
+    ``pipeline.*`` shapes only the pipeline; base keys (``cluster=``, ``paths.*``, ...) both; any
+    other key is an app setting (``input_dir=/scans``) and goes to the steps only, force-added
+    (``++``) because not every step's app declares it (fusion has no input_dir).
+    """
+    pipe, steps = [], []
+    for ov in overrides:
+        key = ov.partition("=")[0]
+        root = key.lstrip("+~").split(".")[0].split("@")[0]
+        if root == "pipeline":
+            pipe.append(ov)
+        elif root in SHARED_ROOTS:
+            pipe.append(ov)
+            steps.append(ov)
+        else:
+            steps.append(ov if ov.startswith(("+", "~")) else f"++{ov}")
+    return pipe, steps
+
+
 def _timestamp_dir(base: Path) -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     cand, n = base / stamp, 1
@@ -163,7 +189,7 @@ def build_plan(
         mode, gpu = mode or "split", None
     if gpu:
         overrides.append(f"cluster.gpu.type={gpu}")
-    cfg = compose([f"+pipeline={pipeline}", *overrides])
+    cfg = compose([f"+pipeline={pipeline}", *route_overrides(overrides)[0]])
     cl = cfg.cluster
     where = f"hydra_conf/pipeline/{pipeline}.yaml"
     if str(cl.get("scheduler")) != "slurm":
@@ -438,7 +464,10 @@ def write_job_files(plan: Plan, overrides: Sequence[str], compose: Callable[...,
 
     if compose is None:
         from containers.config import compose
-    _, _, base = split_args(overrides)
+    _, gpu, rest = split_args(overrides)
+    base = route_overrides(rest)[1]
+    if gpu and gpu != "split":
+        base.append(f"cluster.gpu.type={gpu}")
     for job in plan.jobs:
         rows = []
         for i, st in enumerate(job.steps, 1):

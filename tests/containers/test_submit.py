@@ -175,3 +175,37 @@ def test_cli_dry_run(tmp_path):
         text=True,
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown pipeline" in bad.stderr
+
+
+def test_overrides_are_routed_to_pipeline_and_steps():
+    from containers.submit import route_overrides
+
+    pipe, steps = route_overrides(
+        ["cluster=torch", "pipeline.x=1", "input_dir=/s", "+a=1", "paths.models=/m"])
+    assert pipe == ["cluster=torch", "pipeline.x=1", "paths.models=/m"]
+    assert steps == ["cluster=torch", "++input_dir=/s", "+a=1", "paths.models=/m"]
+
+
+def test_input_dir_flag_reaches_every_step(tmp_path):
+    from tests.helpers import cli
+
+    scans = tmp_path / "my scans, 2026"
+    scans.mkdir()
+    run = tmp_path / "run"
+    proc = cli("submit", "newsbag", "cluster=torch", "gpu=split", "--input-dir", str(scans), "--recursive",
+               "--run-dir", str(run), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    configs = sorted(run.glob("jobs/*/steps/*/config.yaml"))
+    assert configs
+    import yaml
+
+    for c in configs:
+        cfg = yaml.safe_load(c.read_text())
+        assert (cfg["input_dir"], cfg["recursive"]) == (str(scans), True), c
+
+
+def test_input_dir_must_exist(tmp_path):
+    from tests.helpers import assert_one_line_error, cli
+
+    proc = cli("submit", "newsbag", "cluster=torch", "--input-dir", str(tmp_path / "nope"), "--dry-run")
+    assert_one_line_error(proc, "does not exist", "--input-dir")
