@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,76 @@ def test_batch_array_and_resubmission(slurm_cluster, tmp_path, isolated_roots): 
     for i in (0, 1):
         log = (batch / "progress" / f"chunk{i}.log").read_text().splitlines()
         assert len(log) == len(set(log)) and all(" OK " in ln for ln in log)
+
+
+def test_time_limit_chains_a_continuation_that_finishes_the_chunk(slurm_cluster, tmp_path, isolated_roots):  # noqa: F811
+    """A task hangs in video 2; USR1 before its limit chains a continuation (afterany) that redoes it.
+
+    The test cancels the task once the continuation is submitted, as the time limit would a bit later.
+    """
+    models = stage_models(isolated_roots / "shared" / "models")
+    videos = tmp_path / "videos"
+    for i in range(3):
+        make_mp4(videos / f"w{i}.mp4", 40)
+    batch = tmp_path / "batch"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "entrypoints",
+            "flowportal_manifest",
+            f"video_dir={videos}",
+            f"batch_dir={batch}",
+            "num_select=0",
+            "num_chunks=1",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    first = next(ln.split(",")[0] for ln in (batch / "manifest" / "chunk0.csv").read_text().splitlines()[1:])
+    second = (batch / "manifest" / "chunk0.csv").read_text().splitlines()[2].split(",")[0]
+    env = {
+        **job_env(slurm_cluster, isolated_roots, models),
+        "FLOWPORTAL_BATCH_DIR": str(batch),
+        "FLOWPORTAL_VIDEO_DIR": str(videos),
+        "CONTAINERS_TEST_FLOWPORTAL_HANG": second,
+        "CONTAINERS_TEST_FLOWPORTAL_HANG_ONCE": str(tmp_path / "hung.flag"),
+        "FLOWPORTAL_MAX_CONTINUATIONS": "2",
+    }
+    jid = slurm_cluster.sbatch(
+        [
+            *SMALL,
+            "--array=0",
+            "--time=1",
+            "--signal=B:USR1@50",
+            f"--output={tmp_path}/c-%A_%a.out",
+            str(REPO / "slurm/flowportal_batch.sbatch"),
+            "video.height=24",
+            "video.width=32",
+            "deadline_margin_s=5",
+        ],
+        env=env,
+        cwd=REPO,
+    )
+    first_log = tmp_path / f"c-{jid}_0.out"
+    deadline = time.time() + 150
+    while time.time() < deadline:  # USR1 comes <= 50 s before the limit; then end it as the limit would
+        if first_log.exists() and "continues in job" in first_log.read_text():
+            subprocess.run(["scancel", f"{jid}_0"], env=slurm_cluster.env, check=True, timeout=30)
+            break
+        time.sleep(0.5)
+    while time.time() < deadline:
+        if all((batch / "outputs" / f"w{i}" / ".complete.json").exists() for i in range(3)):
+            break
+        time.sleep(0.5)
+    logs = {p.name: p.read_text() for p in tmp_path.glob("*.out")}
+    assert all((batch / "outputs" / f"w{i}" / ".complete.json").exists() for i in range(3)), logs
+    assert any("continues in job" in t for t in logs.values()), logs
+    cont = [t for t in logs.values() if "(preset dgx_fast, continuation 1)" in t]
+    assert cont and f"] {first} " not in cont[0] and f"] {second} " in cont[0], logs
+    assert slurm_cluster.states(jid) != ["COMPLETED"]
+    log = (batch / "progress" / "chunk0.log").read_text().splitlines()
+    assert len(log) == 3 and all(" OK " in ln for ln in log), log

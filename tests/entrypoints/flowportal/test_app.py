@@ -151,7 +151,7 @@ def test_full_run_layout_outputs_marker_and_timing(isolated_roots, staged, small
 
 def test_failed_stage_leaves_no_output(isolated_roots, staged, small):
     res = entry(
-        "flowportal", "preset=dgx_fast", *small, env_extra={"FLOWPORTAL_FIXTURE_FAIL": "iclight:cat_ic"}
+        "flowportal", "preset=dgx_fast", *small, env_extra={"CONTAINERS_TEST_FLOWPORTAL_FAIL": "iclight:cat_ic"}
     )
     assert res.returncode == 1
     assert "failed at stage iclight" in res.stderr

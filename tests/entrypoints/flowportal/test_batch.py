@@ -153,7 +153,7 @@ def test_batch_skip_resume_failures_and_status(tmp_path, videos, staged):
         fh.write("ghost,160,49,3\nnoprompt,160,49,77\nf,26,9,1\n")
     make_mp4(videos / "noprompt.mp4", 160)
     res = entry(
-        "flowportal_batch", *args, "chunk=0", env_extra={"FLOWPORTAL_FIXTURE_FAIL": f"matanyone:{victim}"}
+        "flowportal_batch", *args, "chunk=0", env_extra={"CONTAINERS_TEST_FLOWPORTAL_FAIL": f"matanyone:{victim}"}
     )
     assert res.returncode == 1, res.stderr
     log = _log(batch, 0)
@@ -195,7 +195,7 @@ def test_killed_mid_stage_rerun_redoes_only_that_video(tmp_path, videos, staged)
     batch, args = _batch_setup(tmp_path, videos, staged)
     rows = rows_of(batch / "manifest" / "chunk0.csv")
     victim = rows[1]["video_name"]
-    env = dict(os.environ, FLOWPORTAL_FIXTURE_HANG=victim)
+    env = dict(os.environ, CONTAINERS_TEST_FLOWPORTAL_HANG=victim)
     proc = subprocess.Popen(
         [sys.executable, "-m", "entrypoints", "flowportal_batch", *args, "chunk=0"],
         cwd=REPO,
