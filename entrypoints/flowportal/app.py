@@ -14,7 +14,19 @@ from containers.errors import UserError
 from entrypoints.flowportal import checkout as co
 from entrypoints.flowportal import execute
 from entrypoints.flowportal import workdir as wd
+from entrypoints.flowportal.manifest import frame_count, k_frames_for
 from entrypoints.flowportal.stages import Video, build, model_paths, teacache_active
+
+
+def _fps(path: Path) -> float:
+    """The container's frame rate (24 when the file does not say)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        return float(cap.get(cv2.CAP_PROP_FPS) or 24.0)
+    finally:
+        cap.release()
 
 
 def video_from_cfg(cfg: Any, root: Path) -> Video:
@@ -72,6 +84,21 @@ def run(cfg: Any, run: Any) -> int:
             f"input video {video.input} does not exist",
             where="video.input",
             fix="pass video.input=/path/to/video.mp4",
+        )
+    n = frame_count(Path(video.input))
+    if n == 0:
+        raise UserError(
+            f"input video {video.input} is unreadable (OpenCV cannot decode it)",
+            where="video.input",
+            fix="re-encode it as H.264 MP4",
+        )
+    fits = k_frames_for(n, float(cfg.get("input_fps") or _fps(Path(video.input))), float(cfg.video.fps))
+    if fits is None or video.k_frames > fits:
+        raise UserError(
+            f"input video {video.input} has {n} frames: too short for k_frames={video.k_frames} "
+            f"at {cfg.video.fps} fps",
+            where="video.k_frames",
+            fix=f"use video.k_frames={fits}" if fits else "use a video with >= 9 frames at the target fps",
         )
     execute.preflight(cfg)
     run.report["flowportal"]["links"] = wd.prepare(cfg, checkout.root, work)

@@ -208,6 +208,15 @@ def run(cfg: Any, run: Any) -> int:
         "pending": pending,
         "stopped": stopped,
     }
+    per_stage: dict[str, list[float]] = {}
+    for st in run.report["steps"]:
+        if st.get("video"):
+            per_stage.setdefault(st["name"], []).append(float(st["seconds"]))
+    if per_stage:
+        print("stage             videos  mean s")
+        for name, secs in per_stage.items():
+            print(f"{name:<16}  {len(secs):>6}  {sum(secs) / len(secs):>6.1f}")
+    summary["stage_mean_seconds"] = {k: round(sum(v) / len(v), 3) for k, v in per_stage.items()}
     run.report["flowportal"]["summary"] = summary
     run.save()
     print(

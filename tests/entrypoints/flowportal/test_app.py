@@ -151,7 +151,10 @@ def test_full_run_layout_outputs_marker_and_timing(isolated_roots, staged, small
 
 def test_failed_stage_leaves_no_output(isolated_roots, staged, small):
     res = entry(
-        "flowportal", "preset=dgx_fast", *small, env_extra={"CONTAINERS_TEST_FLOWPORTAL_FAIL": "iclight:cat_ic"}
+        "flowportal",
+        "preset=dgx_fast",
+        *small,
+        env_extra={"CONTAINERS_TEST_FLOWPORTAL_FAIL": "iclight:cat_ic"},
     )
     assert res.returncode == 1
     assert "failed at stage iclight" in res.stderr
@@ -208,3 +211,19 @@ def test_unknown_flag_is_rejected_by_the_fixture_like_argparse(tmp_path):
     ]
     res = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert res.returncode == 2 and "unrecognized arguments: --no_such_flag" in res.stderr
+
+
+def test_too_short_video_is_a_clear_error(isolated_roots, staged, tmp_path):
+    from tests.entrypoints.flowportal.conftest import make_mp4
+
+    short = make_mp4(tmp_path / "short.mp4", 20)  # 20 frames at 24 fps -> 6 at 8 fps
+    res = entry(
+        "flowportal",
+        "preset=dgx_fast",
+        f"flowportal.checkout={CHECKOUT}",
+        f"video.input={short}",
+        "video.k_frames=9",
+    )
+    assert res.returncode == 2
+    assert "has 20 frames: too short for k_frames=9 at 8 fps" in res.stderr
+    assert "Traceback" not in res.stderr

@@ -153,7 +153,10 @@ def test_batch_skip_resume_failures_and_status(tmp_path, videos, staged):
         fh.write("ghost,160,49,3\nnoprompt,160,49,77\nf,26,9,1\n")
     make_mp4(videos / "noprompt.mp4", 160)
     res = entry(
-        "flowportal_batch", *args, "chunk=0", env_extra={"CONTAINERS_TEST_FLOWPORTAL_FAIL": f"matanyone:{victim}"}
+        "flowportal_batch",
+        *args,
+        "chunk=0",
+        env_extra={"CONTAINERS_TEST_FLOWPORTAL_FAIL": f"matanyone:{victim}"},
     )
     assert res.returncode == 1, res.stderr
     log = _log(batch, 0)
