@@ -28,7 +28,7 @@ PASS_THROUGH = (
     "PYTORCH_CUDA_ALLOC_CONF", "TZ", "LANG", "LC_ALL", "TERM", "USER", "NO_COLOR",
     "SSL_CERT_FILE",
 )
-PASS_PREFIXES = ("SLURM_", "CONTAINERS_")
+PASS_PREFIXES = ("SLURM_", "CONTAINERS_", "FLOWPORTAL_", "NEWSBAG_")
 # Variables a host-runtime process needs that a container gets from its image.
 HOST_ONLY = ("PATH", "HOME", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "TMPDIR")
 
