@@ -35,7 +35,8 @@ test-fast: $(STAMP) ## tests without Slurm and slow end-to-end runs
 	$(PY) -m pytest -q -m "not slurm and not slow" $(ARGS)
 
 lint: $(STAMP) ## ruff and shellcheck
-	$(VENV)/bin/ruff check containers entrypoints tests
+	$(VENV)/bin/ruff check containers entrypoints tests bench
+	$(PY) -m containers lint
 	$(VENV)/bin/shellcheck -x $$(git ls-files '*.sh' '*.sbatch' .ci/run)
 
 bench: $(STAMP) ## benchmarks; results go to bench/results/*.txt with the command that made them

@@ -47,7 +47,7 @@ def main(out_dir: Path) -> None:
              f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores",
              "", f"{'command':<36} {'median s':>9} {'min s':>7}  heavy modules imported"]
     for name, args in COMMANDS.items():
-        n = 3 if "doctor" == name.split()[-1] else 7
+        n = 3 if name.split()[-1] == "doctor" else 7
         times = _time(args, n)
         lines.append(f"{name:<36} {statistics.median(times):>9.3f} {min(times):>7.3f}  "
                      f"{', '.join(_heavy_imports(args)) or '(none)'}")
