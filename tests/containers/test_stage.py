@@ -201,3 +201,28 @@ def test_cli_relative_destination_and_errors(tmp_path, isolated_roots):
     assert (
         bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
     )
+
+
+def test_stage_image_then_exec_uses_the_node_local_copy(isolated_roots):
+    """`stage --image` copies the current SIF and its pointer; exec then resolves the staged copy."""
+    import shlex
+
+    from tests.helpers import cli, make_sif
+
+    images = isolated_roots / "shared" / "images"
+    images.mkdir(parents=True)
+    make_sif(images / "flowportal-cu130-amd64-abc.sif", "amd64", {"recipe": "flowportal-cu130"})
+    (images / "flowportal-cu130-amd64.current").write_text("flowportal-cu130-amd64-abc.sif\n")
+    first = cli("stage", "--image", "flowportal-cu130")
+    assert first.returncode == 0, first.stderr
+    staged = isolated_roots / "nvme" / "images"
+    assert (staged / "flowportal-cu130-amd64-abc.sif").read_bytes() == \
+        (images / "flowportal-cu130-amd64-abc.sif").read_bytes()
+    pointer = (staged / "flowportal-cu130-amd64.current").read_text().strip()
+    assert pointer == "flowportal-cu130-amd64-abc.sif"
+    again = cli("stage", "--image", "flowportal-cu130")
+    assert "copied 0" in again.stdout
+    run = cli("exec", "flowportal-cu130", "--runtime", "apptainer", "--arch", "amd64", "--dry-run",
+              "--", "true")
+    assert run.returncode == 0, run.stderr
+    assert str(staged / "flowportal-cu130-amd64-abc.sif") in shlex.split(run.stdout)
