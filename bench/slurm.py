@@ -158,7 +158,8 @@ def main(out_dir: str | os.PathLike[str] = REPO / "bench" / "results", argv: lis
     lines = [
         f"# bench/slurm.py, {time.strftime('%Y-%m-%d %H:%M:%S')}, {platform.node()} "
         f"({platform.machine()}, {os.cpu_count()} CPUs), Python {platform.python_version()}",
-        f"# command: {quote([sys.executable, 'bench/slurm.py', *(argv or [])])}",
+        "# command: "
+        + quote(["python", "bench/slurm.py", *argv] if argv else ["python", "-m", "bench", "slurm"]),
         "",
     ]
     work = Path(tempfile.mkdtemp(prefix="bench-stage-", dir=a.work))
