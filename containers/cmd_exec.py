@@ -54,7 +54,7 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
 def main(args: argparse.Namespace) -> int:
     from containers.config import compose
     from containers.images import resolve_sif
-    from containers.launch import detect_runtime, nvidia_gpu_present, plan_exec
+    from containers.launch import detect_runtime, make_cache_dirs, nvidia_gpu_present, plan_exec
     from containers.runner import exec_replace
     from containers.sif import read_sif
 
@@ -93,12 +93,6 @@ def main(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(plan.shell())
         return 0
-    for key in ("HF_HOME", "TORCH_HOME", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR",
-                "PADDLE_PDX_CACHE_HOME", "MPLCONFIGDIR"):
-        try:
-            Path(plan.container_env[key]).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot create cache dir {plan.container_env[key]}: {exc.strerror}",
-                            fix="set CONTAINERS_NODE_LOCAL to a writable node-local directory") from None
+    make_cache_dirs(cfg)
     exec_replace(plan.argv, plan.env, plan.cwd)
     return 0  # not reached

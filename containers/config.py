@@ -77,7 +77,6 @@ def compose(overrides: Sequence[str] = (), *, config_dir: Path | None = None,
                         fix="pass the job folder that holds config.yaml")
     if (config_dir / "cluster").is_dir():  # a job folder's resolved config has no groups to pick
         overrides = [*_default_overrides(overrides), *overrides]
-    if (config_dir / "cluster").is_dir():
         _check_group_overrides(overrides, config_dir)
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base=None):

@@ -30,6 +30,8 @@ PASS_THROUGH = (
 )
 PASS_PREFIXES = ("SLURM_", "CONTAINERS_", "FLOWPORTAL_", "NEWSBAG_")
 # Variables a host-runtime process needs that a container gets from its image.
+# Caches the doctor checks for writability (the ML libraries' own; XDG/matplotlib are incidental).
+CACHE_VARS = ("HF_HOME", "TORCH_HOME", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "PADDLE_PDX_CACHE_HOME")
 HOST_ONLY = ("PATH", "HOME", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "TMPDIR")
 
 
@@ -93,20 +95,14 @@ def detect_runtime(requested: str, *, path: str | None = None,
 
 def nvidia_gpu_present() -> bool:
     """True where the NVIDIA driver exposes a GPU (what ``--nv`` needs)."""
-    return Path("/dev/nvidiactl").exists() or (Path("/proc/driver/nvidia/gpus").is_dir() and any(
-        Path("/proc/driver/nvidia/gpus").iterdir()))
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return Path("/dev/nvidiactl").exists() or (gpus.is_dir() and any(gpus.iterdir()))
 
 
-def container_env(cfg: Any, environ: Mapping[str, str]) -> dict[str, str]:
-    """Variables the entrypoint sees, identical for every runtime."""
-    env = {k: environ[k] for k in PASS_THROUGH if k in environ}
-    env.update({k: v for k, v in environ.items() if k.startswith(PASS_PREFIXES)})
+def cache_env(cfg: Any) -> dict[str, str]:
+    """Cache variables -> node-local directories (the one place that maps them)."""
     caches = cfg.paths.caches
-    env.update({
-        "PYTHONNOUSERSITE": "1",
-        "PYTHONUNBUFFERED": "1",
-        "PYTHONPATH": str(cfg.paths.repo),
-        "CONTAINERS_REPO": str(cfg.paths.repo),
+    return {
         "HF_HOME": str(caches.hf),
         "TORCH_HOME": str(caches.torch),
         "TRITON_CACHE_DIR": str(caches.triton),
@@ -114,6 +110,31 @@ def container_env(cfg: Any, environ: Mapping[str, str]) -> dict[str, str]:
         "PADDLE_PDX_CACHE_HOME": str(caches.paddlex),
         "XDG_CACHE_HOME": str(cfg.paths.cache),
         "MPLCONFIGDIR": str(Path(str(cfg.paths.cache)) / "matplotlib"),
+    }
+
+
+def make_cache_dirs(cfg: Any) -> dict[str, str]:
+    """Create every cache directory (a process inside the image cannot create host paths)."""
+    env = cache_env(cfg)
+    for path in env.values():
+        try:
+            Path(path).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create cache dir {path}: {exc.strerror}", where="node-local disk",
+                            fix="set CONTAINERS_NODE_LOCAL to a writable node-local directory") from None
+    return env
+
+
+def container_env(cfg: Any, environ: Mapping[str, str]) -> dict[str, str]:
+    """Variables the entrypoint sees, identical for every runtime."""
+    env = {k: environ[k] for k in PASS_THROUGH if k in environ}
+    env.update({k: v for k, v in environ.items() if k.startswith(PASS_PREFIXES)})
+    env.update(cache_env(cfg))
+    env.update({
+        "PYTHONNOUSERSITE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": str(cfg.paths.repo),
+        "CONTAINERS_REPO": str(cfg.paths.repo),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",

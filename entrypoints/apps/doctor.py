@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
-import shutil
 import sys
 import tempfile
 from importlib import metadata
@@ -169,8 +168,9 @@ def probe_video() -> dict[str, Any]:
 
 def probe_caches(env: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key in ("HF_HOME", "TORCH_HOME", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR",
-                "PADDLE_PDX_CACHE_HOME"):
+    from containers.launch import CACHE_VARS
+
+    for key in CACHE_VARS:
         path = env.get(key)
         if not path:
             out[key] = {"path": None, "writable": False, "why": "not set"}
@@ -267,6 +267,6 @@ def run(cfg: Any, run: Any) -> int:
         details = "; ".join(f"{m}: {result['capabilities'][m]['detail']}" for m in missing)
         print(f"error: missing required capabilities: {details}", file=sys.stderr)
         return 1
-    if shutil.get_terminal_size().columns and require:
+    if require:
         print(f"\nall required capabilities present: {', '.join(require)}")
     return 0
