@@ -7,7 +7,7 @@ and starts the app with ``--config-path <jobdir> --config-name config``; a bare 
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
