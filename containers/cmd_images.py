@@ -56,6 +56,11 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
             parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Overrides may follow options (``build IMAGE --arch arm64 cluster=x``, as make writes it)."""
+    return parser.parse_intermixed_args(argv)
+
+
 def main(args: argparse.Namespace) -> int:
     return {"lint": _lint, "lock": _lock, "build": _build, "publish": _publish, "images": _images,
             "check-images": _check_images}[args.command](args)

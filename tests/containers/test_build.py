@@ -125,6 +125,12 @@ def test_build_command_bad_input():
                           "no Paddle GPU build for aarch64")
 
 
+def test_build_takes_overrides_after_options():
+    """make build-arm64 writes `build IMAGE --arch arm64 $(CLUSTER_ARGS)`: the override must parse."""
+    assert_one_line_error(cli("build", "paddle-py312", "--arch", "arm64", "cluster=dgx_spark"),
+                          "no Paddle GPU build for aarch64")
+
+
 def test_build_dry_run_routes_arm64_to_slurm():
     """On an x86 host with Slurm's sbatch: dgx_spark sends build-arm64 to its aarch64 partition."""
     import shutil
