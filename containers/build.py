@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from containers.apptainer_vocab import BUILD_FLAGS
@@ -80,13 +80,6 @@ def build_env(environ: Mapping[str, str], node_local: str, *, mountinfo: str | N
     for var in ("APPTAINER_TMPDIR", "APPTAINER_CACHEDIR"):
         check_local_dir(var, env[var], mountinfo)
     return env
-
-
-@dataclass(frozen=True)
-class BuildCommand:
-    argv: list[str]
-    env: dict[str, str] = field(default_factory=dict)   # only the variables we set
-    cwd: str = "."
 
 
 def build_argv(*, apptainer: str, deffile: str, sif: str, arch: str, host: str, is_root: bool,
