@@ -32,6 +32,7 @@ from typing import Any
 
 from containers.atomic import write_json
 from containers.errors import UserError
+from containers.publish import sha256_file
 
 MANIFEST_VERSION = 1
 CHUNK = 8 << 20
@@ -238,14 +239,6 @@ def copy_file(src: Path, dst: Path, *, checksum: bool = False) -> str | None:
             if h is not None:
                 h.update(chunk)
     return h.hexdigest() if h is not None else None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _remove_extras(dst: Path, keep: set[str]) -> int:
