@@ -69,7 +69,7 @@ def copy_resumable(src: Path, dst: Path, *, chunk: int = CHUNK,
         return Copied(dst, 0, 0, True, src_sha)
     dst.parent.mkdir(parents=True, exist_ok=True)
     part = partial_path(dst)
-    for attempt in (1, 2):
+    for _attempt in range(2):
         offset = part.stat().st_size if part.is_file() else 0
         if offset > size:
             part.unlink()
@@ -91,8 +91,6 @@ def copy_resumable(src: Path, dst: Path, *, chunk: int = CHUNK,
             _fsync_dir(dst.parent)
             return Copied(dst, size - resumed, resumed, False, src_sha)
         part.unlink()  # the partial was not a prefix of this source: start over once
-        if attempt == 2:
-            break
     raise UserError(f"copy of {src} to {dst} does not verify (size/sha256 differ twice)",
                     fix="check the destination filesystem (space, quota, a flaky mount) and rerun")
 
