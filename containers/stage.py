@@ -26,7 +26,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from containers.publish import sha256_file
 MANIFEST_VERSION = 1
 CHUNK = 8 << 20
 # Names that mean "a writer has not finished": our own temp files, HF hub and browsers' partials.
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # "the destination is full"
 PARTIAL_SUFFIXES = (".part", ".partial", ".incomplete", ".crdownload", ".tmp")
 
 
@@ -70,7 +71,6 @@ class StageResult:
     total_bytes: int = 0
     seconds: float = 0.0
     waited: float = 0.0
-    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         mb = self.bytes_copied / 1e6
@@ -104,23 +104,22 @@ def node_lock(
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     t0 = time.monotonic()
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait:
-                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-                on_wait(f"waiting for {holder} to finish staging (lock {path})")
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if timeout is not None and time.monotonic() - t0 > timeout:
-                        raise UserError(
-                            f"staging lock {path} still held after {timeout:g} s",
-                            fix="check for a stuck staging task on this node",
-                        ) from None
-                    time.sleep(0.05)
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if on_wait and not told:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                    on_wait(f"waiting for {holder} to finish staging (lock {path})")
+                    told = True
+                if timeout is not None and time.monotonic() - t0 > timeout:
+                    raise UserError(
+                        f"staging lock {path} still held after {timeout:g} s",
+                        fix="check for a stuck staging task on this node",
+                    ) from None
+                time.sleep(0.05)
         waited = time.monotonic() - t0
         os.ftruncate(fd, 0)
         job = os.environ.get("SLURM_JOB_ID")
@@ -210,7 +209,7 @@ def _dest_matches(target: Path, e: Entry, old: Entry | None) -> bool:
 
 
 def _write_error(exc: OSError, path: Path) -> UserError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    if exc.errno in _FULL:
         return UserError(
             f"destination is full while writing {path} ({exc.strerror})",
             where=str(path.parent),
@@ -301,9 +300,7 @@ def stage(
         todo = []
         for e in entries:
             target = target_root if single else target_root / e.path
-            if _dest_matches(target, e, old.get(e.path)) and not (
-                verify and not _verified(target, old[e.path])
-            ):
+            if _dest_matches(target, e, old.get(e.path)) and (not verify or _verified(target, old[e.path])):
                 e.sha256 = old[e.path].sha256
                 if checksum and e.sha256 is None and e.link is None:
                     e.sha256 = sha256_file(target)
@@ -372,16 +369,14 @@ def _stage_one(source: Path, target: Path, e: Entry, checksum: bool) -> None:
         try:
             digest = copy_file(source, tmp, checksum=checksum)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or not source.exists():
-                raise (
-                    _write_error(exc, target)
-                    if source.exists()
-                    else UserError(
-                        f"{source} disappeared while staging",
-                        where="staging source",
-                        fix="wait until the source is published completely, then stage again",
-                    )
+            if not source.exists():
+                raise UserError(
+                    f"{source} disappeared while staging",
+                    where="staging source",
+                    fix="wait until the source is published completely, then stage again",
                 ) from None
+            if exc.errno in _FULL:
+                raise _write_error(exc, target) from None
             raise UserError(
                 f"cannot copy {source} to {target}: {exc.strerror}",
                 fix="check the shared storage and the node-local disk",
