@@ -126,7 +126,7 @@ def header_text(spec: ImageSpec, arch: str, digest: str) -> str:
 
 def make_lock(spec: ImageSpec, arch: str, *, repo: Path = REPO_ROOT, uv: str | None = None) -> Path:
     """Resolve one lock with uv (network) and write it atomically, header first."""
-    from containers.atomic import atomic_path, write_text
+    from containers.atomic import atomic_path
     from containers.runner import run, which
 
     arch = require_arch(spec, arch)
@@ -138,13 +138,11 @@ def make_lock(spec: ImageSpec, arch: str, *, repo: Path = REPO_ROOT, uv: str | N
     platform = platform_for(spec, arch)
     dst = spec.lock_path(arch, repo)
     env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1"}
-    with atomic_path(dst, suffix=".txt") as tmp:
+    header = header_text(spec, arch, inputs_sha256(in_file.read_bytes(), spec.python, platform))
+    with atomic_path(dst, suffix=".txt") as tmp:  # uv's output gets our header before the rename
         run(compile_argv(uv, in_file, spec.python, platform, tmp), env=env, cwd=repo,
             what=f"uv pip compile for {spec.name} {arch}")
-        body = tmp.read_text(encoding="utf-8")
-    digest = inputs_sha256(in_file.read_bytes(), spec.python, platform)
-    write_text(dst, header_text(spec, arch, digest) + body)
-    os.chmod(dst, 0o644)  # mkstemp made it private; a lock is a shared, committed file
+        tmp.write_text(header + tmp.read_text(encoding="utf-8"), encoding="utf-8")
     return dst
 
 

@@ -153,3 +153,19 @@ def test_unknown_section_in_a_recipe_fails_lint(tmp_path):
     assert proc.returncode == 1
     assert "unknown section %pots" in proc.stderr
     assert Path(tmp_path / "recipes" / "paddle-py312.def").is_file()
+
+
+def test_make_lock_writes_header_and_body_once(tmp_path):
+    """A lock from make_lock (uv stubbed by a script) carries our header and lints clean."""
+    from containers.locks import make_lock
+
+    (tmp_path / "demo.in").write_text("numpy==2.0.0\n")
+    uv = tmp_path / "uv"
+    uv.write_text('#!/bin/sh\nfor a; do out="$a"; done\n'
+                  "printf 'numpy==2.0.0 \\\\\\n    --hash=sha256:abc\\n' > \"$out\"\n")
+    uv.chmod(0o755)
+    lock = make_lock(SPEC, "amd64", repo=tmp_path, uv=str(uv))
+    assert lock.read_text().startswith("# containers-lock v1\n# image: demo\n")
+    assert parse_lock(lock.read_text()).pins() == {"numpy": "2.0.0"}
+    assert errors(lint_lock(lock, SPEC, "amd64", repo=tmp_path)) == []
+    assert [p.name for p in lock.parent.iterdir()] == ["demo-amd64.txt"]
