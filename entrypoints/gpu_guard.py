@@ -18,7 +18,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from containers.errors import UserError
@@ -47,9 +46,9 @@ def is_gpu_stage(cfg: Any = None) -> bool:
 
 def nvidia_visible() -> tuple[bool, str]:
     """Whether this process can reach an NVIDIA GPU, and if not, a reason a user can act on."""
-    if Path("/dev/nvidiactl").exists() or (
-        Path("/proc/driver/nvidia/gpus").is_dir() and any(Path("/proc/driver/nvidia/gpus").iterdir())
-    ):
+    from containers.launch import nvidia_gpu_present
+
+    if nvidia_gpu_present():
         if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1", "NoDevFiles"):
             return False, f"CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']!r} hides every GPU"
         return True, "NVIDIA driver present"

@@ -59,10 +59,18 @@ def test_onnx_without_cuda_provider(gpu_stage):
 
 
 def test_granted_but_invisible_gpu_names_slurms_grant(monkeypatch):
+    import containers.launch
+
     monkeypatch.setenv("SLURM_JOB_GPUS", "2,3")
+    monkeypatch.setattr(containers.launch, "nvidia_gpu_present", lambda: False)
     ok, why = gpu_guard.nvidia_visible()
-    if not ok:  # on a machine with a driver the grant is visible and the check passes
-        assert "Slurm granted GPU(s) 2,3" in why
+    assert not ok and "Slurm granted GPU(s) 2,3" in why
+    monkeypatch.setattr(containers.launch, "nvidia_gpu_present", lambda: True)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    ok, why = gpu_guard.nvidia_visible()
+    assert not ok and "hides every GPU" in why
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert gpu_guard.nvidia_visible() == (True, "NVIDIA driver present")
 
 
 def test_parse_utilization():
