@@ -20,6 +20,7 @@ from pathlib import Path
 from containers import REPO_ROOT
 from containers.apptainer_vocab import APP_SECTIONS, HEADERS, SECTIONS
 from containers.locks import (
+    LOCK_FORMAT,
     ImageSpec,
     Lock,
     inputs_sha256,
@@ -286,9 +287,9 @@ def cuda_majors(lock: Lock, *, arch: str) -> dict[str, int]:
 
 
 def lint_lock(path: Path, spec: ImageSpec, arch: str, *, repo: Path = REPO_ROOT) -> list[Finding]:
-    raw = path.read_bytes()
+    text = path.read_bytes().decode("utf-8", "replace")
     rel = str(path.relative_to(repo)) if path.is_relative_to(repo) else str(path)
-    lock = parse_lock(raw.decode("utf-8", "replace"))
+    lock = parse_lock(text)
     f: list[Finding] = []
 
     def err(line: int, msg: str, severity: str = "error") -> None:
@@ -297,7 +298,7 @@ def lint_lock(path: Path, spec: ImageSpec, arch: str, *, repo: Path = REPO_ROOT)
     if lock.crlf:
         err(1, "CRLF line endings; regenerate with make lock")
     h = lock.header
-    if h.get("containers-lock") is None and "containers-lock v1" not in raw[:200].decode("utf-8", "replace"):
+    if LOCK_FORMAT not in text[:200]:
         err(1, f"no lock header; regenerate with make lock IMAGE={spec.name}")
     if h.get("arch") and h["arch"] != arch:
         err(1, f"lock header says arch {h['arch']}, file is for {arch}")

@@ -169,3 +169,11 @@ def test_make_lock_writes_header_and_body_once(tmp_path):
     assert parse_lock(lock.read_text()).pins() == {"numpy": "2.0.0"}
     assert errors(lint_lock(lock, SPEC, "amd64", repo=tmp_path)) == []
     assert [p.name for p in lock.parent.iterdir()] == ["demo-amd64.txt"]
+
+
+def test_lock_without_our_header_is_refused(tmp_path):
+    body = (DATA / "locks" / "good-amd64.txt").read_text().split("containers-lock v1\n", 1)[1]
+    lock = tmp_path / "demo-amd64.txt"
+    lock.write_text(body)
+    found = errors(lint_lock(lock, SPEC, "amd64", repo=DATA))
+    assert any("no lock header" in m for m in found), found
