@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from containers.cmd_images import list_images
 from containers.locks import get_image, lock_hash
 from tests.helpers import assert_one_line_error, cli, make_sif
@@ -69,5 +71,5 @@ def test_publish_command(tmp_path):
 def test_check_images_without_apptainer(tmp_path):
     proc = cli("check-images", "--dir", str(_images_dir(tmp_path)), env={"PATH": "/usr/bin:/bin"})
     if proc.returncode == 0:
-        return  # Apptainer exists here: the images ran their %test
+        pytest.skip("Apptainer exists here: the images ran their %test")
     assert_one_line_error(proc, "cannot run the images' %test here")

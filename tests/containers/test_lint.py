@@ -128,12 +128,18 @@ def test_lint_command():
     assert_one_line_error(cli("lint", "no-such-image"), "unknown image 'no-such-image'")
 
 
-def test_lint_command_reports_a_stale_lock(tmp_path):
-    """A copy of the repository whose input changed: lint exits 1 and names the fix."""
+def _repo_copy(tmp_path: Path) -> Path:
+    """The parts of the repository `containers lint` reads, copied for a test to break."""
     import shutil
 
     for sub in ("containers", "hydra_conf", "recipes", "entrypoints"):
         shutil.copytree(REPO / sub, tmp_path / sub, ignore=shutil.ignore_patterns("__pycache__"))
+    return tmp_path
+
+
+def test_lint_command_reports_a_stale_lock(tmp_path):
+    """A copy of the repository whose input changed: lint exits 1 and names the fix."""
+    _repo_copy(tmp_path)
     inp = tmp_path / "recipes" / "mineru-dell-py310.in"
     inp.write_text(inp.read_text().replace("torch==2.10.0", "torch"))
     proc = cli("lint", cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
@@ -143,16 +149,15 @@ def test_lint_command_reports_a_stale_lock(tmp_path):
 
 
 def test_unknown_section_in_a_recipe_fails_lint(tmp_path):
-    import shutil
-
-    for sub in ("containers", "hydra_conf", "recipes", "entrypoints"):
-        shutil.copytree(REPO / sub, tmp_path / sub, ignore=shutil.ignore_patterns("__pycache__"))
+    _repo_copy(tmp_path)
     d = tmp_path / "recipes" / "paddle-py312.def"
     d.write_text(d.read_text().replace("%post", "%pots"))
     proc = cli("lint", cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
     assert proc.returncode == 1
     assert "unknown section %pots" in proc.stderr
     assert Path(tmp_path / "recipes" / "paddle-py312.def").is_file()
+    pots = d.read_text().split("\n").index("%pots") + 1
+    assert f"recipes/paddle-py312.def:{pots}: error: unknown section %pots" in proc.stderr
 
 
 def test_make_lock_writes_header_and_body_once(tmp_path):
