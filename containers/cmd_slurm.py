@@ -73,7 +73,6 @@ def _err(msg: str) -> None:
 
 
 def _stage(args: argparse.Namespace) -> int:
-    from containers.errors import UserError
     from containers.stage import check, stage
 
     if args.image:
@@ -155,11 +154,8 @@ def _submit(args: argparse.Namespace) -> int:
     for j in plan.jobs:
         res = j.gres or "cpu"
         dep = f"  after {','.join(j.after)}" if j.after else ""
-        arr = (
-            f"  array {j.argv[[a.startswith('--array=') for a in j.argv].index(True)][8:]}"
-            if any(a.startswith("--array=") for a in j.argv)
-            else ""
-        )
+        array = next((a.removeprefix("--array=") for a in j.argv if a.startswith("--array=")), None)
+        arr = f"  array {array}" if array is not None else ""
         print(f"  {j.name.ljust(w)}  {ids[j.name]:>8}  {j.partition:<14} {res}{dep}{arr}")
         if args.dry_run:
             print(f"    {quote(j.argv)}")
@@ -193,31 +189,24 @@ def _node_env(args: argparse.Namespace) -> int:
     import shlex
 
     from containers.config import compose
+    from containers.launch import make_cache_dirs
 
     cfg = compose(args.overrides)
     p = cfg.paths
-    values = {
-        "CONTAINERS_NODE_LOCAL_ROOT": p.node_local,
-        "CONTAINERS_STAGED_MODELS": p.staged_models,
-        "CONTAINERS_STAGED_IMAGES": p.staged_images,
-        "HF_HOME": p.caches.hf,
-        "TORCH_HOME": p.caches.torch,
-        "TRITON_CACHE_DIR": p.caches.triton,
-        "TORCHINDUCTOR_CACHE_DIR": p.caches.inductor,
-        "PADDLE_PDX_CACHE_HOME": p.caches.paddlex,
-        "XDG_CACHE_HOME": p.cache,
+    staged = {
+        "CONTAINERS_STAGED_MODELS": str(p.staged_models),
+        "CONTAINERS_STAGED_IMAGES": str(p.staged_images),
     }
+    for value in staged.values():
+        try:
+            Path(value).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(
+                f"cannot create {value}: {exc.strerror}",
+                where="node-local disk",
+                fix="set CONTAINERS_NODE_LOCAL to a writable local folder",
+            ) from None
+    values = {"CONTAINERS_NODE_LOCAL_ROOT": str(p.node_local), **staged, **make_cache_dirs(cfg)}
     for key, value in values.items():
-        if key not in ("CONTAINERS_NODE_LOCAL_ROOT",):
-            try:
-                Path(str(value)).mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                from containers.errors import UserError
-
-                raise UserError(
-                    f"cannot create {value}: {exc.strerror}",
-                    where="node-local disk",
-                    fix="set CONTAINERS_NODE_LOCAL to a writable local folder",
-                ) from None
-        print(f"export {key}={shlex.quote(str(value))}")
+        print(f"export {key}={shlex.quote(value)}")
     return 0
