@@ -618,17 +618,19 @@ def inputs_digest(pages: dict[str, dict[str, Path]], s: Settings) -> str:
     return h.hexdigest()
 
 
-def _complete(marker: Path, digest: str) -> bool:
+def _complete(marker: Path, digest: str) -> dict[str, Any] | None:
+    """The previous run's summary when it matches ``digest`` and its outputs are intact, else None."""
     import json
 
     try:
         data = json.loads(marker.read_text())
     except (OSError, ValueError):
-        return False
+        return None
     if data.get("inputs_digest") != digest:
-        return False
-    return all(Path(o["path"]).is_file() and Path(o["path"]).stat().st_size == o["bytes"]
-               for o in data.get("outputs", []))
+        return None
+    intact = all(Path(o["path"]).is_file() and Path(o["path"]).stat().st_size == o["bytes"]
+                 for o in data.get("outputs", []))
+    return data if intact else None
 
 
 def _add_skips(run: Any, skipped: list[tuple[str, str]]) -> None:
@@ -658,11 +660,10 @@ def fuse_run(run_dir: Path, s: Settings, *, run: Any, workers: int = 1, gt_dir: 
                         where="fusion", fix="run the source stages first (e.g. newsbag_embedded) with the "
                         "same run_dir=")
     digest = inputs_digest(pages, s)
-    if not force and _complete(marker, digest):
+    previous = None if force else _complete(marker, digest)
+    if previous is not None:
         print(f"fusion: {marker} matches the inputs; nothing to do (force=true reruns)")
-        import json
-
-        return json.loads(marker.read_text())
+        return previous
     if len(variants) < 2:
         run.skip("leave-one-out", f"only one variant ({variants[0]}): consensus equals it; no scores")
 
