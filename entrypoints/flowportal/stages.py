@@ -168,25 +168,17 @@ def build(cfg: Any, checkout: Checkout, video: Video) -> list[Stage]:
                 where=str(checkout.root),
                 fix="use preset.edge_mode=canny or the fork checkout",
             )
-    pre = checkout.script("preprocess")
     d = f"datasets/{v.name}"
+
+    def preprocess(extra: list[tuple[str, Any]]) -> list[str]:
+        """Stages 1 and 3 run the same script with the same leading flags."""
+        head = [("video_input", v.input), *common, ("batch_size", int(p.batch_size))]
+        return [py, str(checkout.script("preprocess")), *b.flags("preprocess", [*head, *extra])]
+
     s1 = Stage(
         "preprocess",
         "preprocess",
-        [
-            py,
-            str(pre),
-            *b.flags(
-                "preprocess",
-                [
-                    ("video_input", v.input),
-                    *common,
-                    ("batch_size", int(p.batch_size)),
-                    ("edge_mode", edge),
-                    ("annotators_path", annotators),
-                ],
-            ),
-        ],
+        preprocess([("edge_mode", edge), ("annotators_path", annotators)]),
         gpu=True,
         expects=[f"{d}/{v.name}.mp4", f"{d}/masks/mask_0000.png", f"{d}/video_frames/frame_0000.png"],
     )
@@ -210,25 +202,17 @@ def build(cfg: Any, checkout: Checkout, video: Video) -> list[Stage]:
     s3 = Stage(
         "preprocess_masks",
         "preprocess",
-        [
-            py,
-            str(pre),
-            *b.flags(
-                "preprocess",
-                [
-                    ("video_input", v.input),
-                    *common,
-                    ("batch_size", int(p.batch_size)),
-                    ("using_existing_masks", f"{d}/matanyone/{v.name}_pha.mp4"),
-                    ("skip_edge_detection", True if skip else None),
-                    (
-                        "skip_frame_extraction",
-                        True if checkout.accepts("preprocess", "skip_frame_extraction") else None,
-                    ),
-                    *([] if skip else [("edge_mode", edge), ("annotators_path", annotators)]),
-                ],
-            ),
-        ],
+        preprocess(
+            [
+                ("using_existing_masks", f"{d}/matanyone/{v.name}_pha.mp4"),
+                ("skip_edge_detection", True if skip else None),
+                (
+                    "skip_frame_extraction",
+                    True if checkout.accepts("preprocess", "skip_frame_extraction") else None,
+                ),
+                *([] if skip else [("edge_mode", edge), ("annotators_path", annotators)]),
+            ]
+        ),
         gpu=False,
         expects=[f"{d}/masks/mask_video.mp4", f"{d}/masked_canny/masked_canny_video.mp4"],
     )
