@@ -87,6 +87,7 @@ def _lint(args: argparse.Namespace) -> int:
 def _lock(args: argparse.Namespace) -> int:
     import tempfile
 
+    from containers import REPO_ROOT
     from containers.locks import get_image, load_images, make_lock, read_lock, require_arch
 
     specs = [get_image(n) for n in args.images] if args.images else list(load_images().values())
@@ -100,13 +101,12 @@ def _lock(args: argparse.Namespace) -> int:
                 continue
             with tempfile.TemporaryDirectory() as tmp:
                 tmp_repo = Path(tmp)
-                from containers import REPO_ROOT
-
                 (tmp_repo / "recipes" / "locks").mkdir(parents=True)
                 (tmp_repo / spec.lock_input).parent.mkdir(parents=True, exist_ok=True)
                 (tmp_repo / spec.lock_input).write_bytes((REPO_ROOT / spec.lock_input).read_bytes())
                 fresh = read_lock(make_lock(spec, arch, repo=tmp_repo)).pins()
-                have = read_lock(spec.lock_path(arch)).pins() if spec.lock_path(arch).is_file() else {}
+                current = spec.lock_path(arch)
+                have = read_lock(current).pins() if current.is_file() else {}
                 if fresh != have:
                     drift += 1
                     changed = sorted(k for k in set(fresh) | set(have) if fresh.get(k) != have.get(k))
@@ -201,13 +201,14 @@ def _build_one(args: argparse.Namespace, image: str, arch_arg: str | None) -> in
         return 0
     build_args = {"ARCH": arch, "LOCK_HASH": lock_hash(spec.lock_path(arch)), "GIT_REV": _git_rev()}
     for key, var in spec.build_env_args.items():
-        if not os.environ.get(var) and args.dry_run:
+        value = os.environ.get(var)
+        if value:
+            build_args[key] = value
+        elif args.dry_run:
             build_args[key] = f"${var}"  # a dry run shows where the value will come from
-            continue
-        if not os.environ.get(var):
+        else:
             raise UserError(f"image {spec.name} needs build argument {key} from ${var}, which is unset",
                             fix=f"export {var}=... (see docs/images.md: {spec.name})")
-        build_args[key] = os.environ[var]
     node_local = str(cfg.paths.node_local)
     env = build_env(os.environ, node_local)
     out_dir = Path(node_local) / "builds"
@@ -318,10 +319,11 @@ def _check_images(args: argparse.Namespace) -> int:
         raise UserError(f"no current images in {directory}", fix="make build IMAGE=<name>")
     from containers.arch import host_arch
 
+    host = host_arch()
     failed = 0
     for r in rows:
-        if r["arch"] != host_arch():
-            print(f"{r['file']}: skipped ({r['arch']} image on a {host_arch()} node)")
+        if r["arch"] != host:
+            print(f"{r['file']}: skipped ({r['arch']} image on a {host} node)")
             continue
         res = run([apptainer, "test", "--nv", str(directory / r["file"])], check=False, capture=False)
         print(f"{r['file']}: {'ok' if res.returncode == 0 else f'FAILED (exit {res.returncode})'}")
