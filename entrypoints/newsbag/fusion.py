@@ -458,11 +458,10 @@ def fuse_page(page_id: str, records: dict[str, dict[str, Any]], s: Settings,
 
 def settings_from(cfg: Any) -> Settings:
     f = cfg.get("fusion") or {}
-    weights = {str(k): float(v) for k, v in dict(f.get("source_weights") or {}).items()}
-    s = Settings(cluster_iou=float(f.get("cluster_iou", 0.5)), match_iou=float(f.get("match_iou", 0.5)),
-                 min_support=float(f.get("min_support", 0.5)), grid=int(f.get("grid", 48)),
-                 line_vgap=float(f.get("line_vgap", 0.3)), line_hgap=float(f.get("line_hgap", 1.0)),
-                 source_weights=weights)
+    s = Settings(source_weights={str(k): float(v) for k, v in dict(f.get("source_weights") or {}).items()})
+    for name, default in vars(Settings()).items():  # the dataclass holds the defaults and the types
+        if name != "source_weights" and name in f:
+            setattr(s, name, type(default)(f[name]))
     for name in ("cluster_iou", "match_iou", "min_support"):
         v = getattr(s, name)
         if not 0.0 < v <= 1.0:

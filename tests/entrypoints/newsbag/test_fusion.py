@@ -234,3 +234,16 @@ def test_app_end_to_end_rerun_skips_and_empty_run_dir_is_one_line_error(tmp_path
     assert bad.returncode == 2
     assert bad.stderr.startswith("error: no source outputs") and "fix:" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_settings_from_config_overrides_defaults_and_refuses_bad_values():
+    from omegaconf import OmegaConf
+
+    from containers.errors import UserError
+
+    s = fusion.settings_from(OmegaConf.create({"fusion": {"grid": 32, "cluster_iou": 0.4,
+                                                          "source_weights": {"dell": 2}}}))
+    assert (s.grid, s.cluster_iou, s.match_iou, s.source_weights) == (32, 0.4, 0.5, {"dell": 2.0})
+    assert isinstance(s.grid, int) and fusion.settings_from(OmegaConf.create({})) == fusion.Settings()
+    with pytest.raises(UserError, match="min_support"):
+        fusion.settings_from(OmegaConf.create({"fusion": {"min_support": 0}}))
