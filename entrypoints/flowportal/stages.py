@@ -48,10 +48,9 @@ class Video:
 
 @dataclass
 class Stage:
-    """One stage: its name, the script key, the exact argv and whether it needs the GPU."""
+    """One stage: its name, the exact argv and whether it needs the GPU."""
 
     name: str
-    script: str
     argv: list[str]
     gpu: bool
     expects: list[str] = field(default_factory=list)  # files (relative to workdir) it must produce
@@ -177,13 +176,11 @@ def build(cfg: Any, checkout: Checkout, video: Video) -> list[Stage]:
 
     s1 = Stage(
         "preprocess",
-        "preprocess",
         preprocess([("edge_mode", edge), ("annotators_path", annotators)]),
         gpu=True,
         expects=[f"{d}/{v.name}.mp4", f"{d}/masks/mask_0000.png", f"{d}/video_frames/frame_0000.png"],
     )
     s2 = Stage(
-        "matanyone",
         "matanyone",
         [
             py,
@@ -201,7 +198,6 @@ def build(cfg: Any, checkout: Checkout, video: Video) -> list[Stage]:
     skip = checkout.accepts("preprocess", "skip_edge_detection")
     s3 = Stage(
         "preprocess_masks",
-        "preprocess",
         preprocess(
             [
                 ("using_existing_masks", f"{d}/matanyone/{v.name}_pha.mp4"),
@@ -229,7 +225,6 @@ def build(cfg: Any, checkout: Checkout, video: Video) -> list[Stage]:
         hires = [("highres_scale", ic.highres_scale), ("highres_denoise", ic.highres_denoise)]
     s4 = Stage(
         "iclight",
-        key,
         [
             py,
             str(checkout.script(key)),
@@ -255,7 +250,6 @@ def build(cfg: Any, checkout: Checkout, video: Video) -> list[Stage]:
     )
     f = p.flowportal
     s5 = Stage(
-        "flowportal",
         "flowportal",
         [
             py,
