@@ -145,7 +145,7 @@ def _submit(args: argparse.Namespace) -> int:
     from containers.submit import submit, watch_hint, write_job_files
 
     plan = _plan(args)
-    write_job_files(plan, args.overrides)
+    write_job_files(plan)
     ids = submit(plan, dry_run=args.dry_run)
     head = "dry run (fake job ids, nothing submitted)" if args.dry_run else "submitted"
     print(f"{head}: pipeline {plan.pipeline}, mode {plan.mode}, cluster {plan.cluster}")

@@ -44,6 +44,9 @@ JOB_KEYS = {
     "array_manifest",
     "gpu_guard",
 }
+# The roots the user chose on the login node: they must reach the job unchanged.
+USER_ROOTS = ("CONTAINERS_SCRATCH", "CONTAINERS_SHARED_ROOT", "CONTAINERS_NODE_LOCAL", "CONTAINERS_IMAGES",
+              "CONTAINERS_MODELS", "CONTAINERS_RUNTIME", "CONTAINERS_ACCOUNT")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -89,6 +92,7 @@ class Plan:
     run_dir: Path
     jobs: list[Job]
     exports: dict[str, str]
+    step_overrides: list[str] = field(default_factory=list)  # what every step's config composes with
 
     def job(self, name: str) -> Job:
         return next(j for j in self.jobs if j.name == name)
@@ -189,7 +193,8 @@ def build_plan(
         mode, gpu = mode or "split", None
     if gpu:
         overrides.append(f"cluster.gpu.type={gpu}")
-    cfg = compose([f"+pipeline={pipeline}", *route_overrides(overrides)[0]])
+    pipe_overrides, step_overrides = route_overrides(overrides)
+    cfg = compose([f"+pipeline={pipeline}", *pipe_overrides])
     cl = cfg.cluster
     where = f"hydra_conf/pipeline/{pipeline}.yaml"
     if str(cl.get("scheduler")) != "slurm":
@@ -251,18 +256,8 @@ def build_plan(
     account = None if account in (None, "", "null") else str(account)
     jobs = [_job(name, spec[name], parts, cl, rd, where, only) for name in order]
     exports = {"CONTAINERS_REPO": str(REPO_ROOT), "CONTAINERS_CLUSTER": str(cl.name)}
-    for k, v in sorted(os.environ.items()):  # the roots the user chose must reach the job unchanged
-        if k in (
-            "CONTAINERS_SCRATCH",
-            "CONTAINERS_SHARED_ROOT",
-            "CONTAINERS_NODE_LOCAL",
-            "CONTAINERS_IMAGES",
-            "CONTAINERS_MODELS",
-            "CONTAINERS_RUNTIME",
-            "CONTAINERS_ACCOUNT",
-        ):
-            exports[k] = v
-    return Plan(pipeline, mode, str(cl.name), account, rd, jobs, exports)
+    exports.update({k: os.environ[k] for k in sorted(USER_ROOTS) if k in os.environ})
+    return Plan(pipeline, mode, str(cl.name), account, rd, jobs, exports, step_overrides)
 
 
 def _job(
@@ -455,7 +450,7 @@ def _manifest_items(path: Path) -> list[str]:
     return items
 
 
-def write_job_files(plan: Plan, overrides: Sequence[str], compose: Callable[..., Any] | None = None) -> None:
+def write_job_files(plan: Plan, compose: Callable[..., Any] | None = None) -> None:
     """Resolve and write each step's config and the job's ``steps.tsv`` / ``stage.tsv``."""
     from omegaconf import open_dict
 
@@ -464,10 +459,7 @@ def write_job_files(plan: Plan, overrides: Sequence[str], compose: Callable[...,
 
     if compose is None:
         from containers.config import compose
-    _, gpu, rest = split_args(overrides)
-    base = route_overrides(rest)[1]
-    if gpu and gpu != "split":
-        base.append(f"cluster.gpu.type={gpu}")
+    base = plan.step_overrides
     for job in plan.jobs:
         rows = []
         for i, st in enumerate(job.steps, 1):
@@ -496,7 +488,7 @@ def write_job_files(plan: Plan, overrides: Sequence[str], compose: Callable[...,
         write_text(job.dir / "stage.tsv", "".join(r + "\n" for r in stage_rows))
 
 
-def submit(plan: Plan, *, dry_run: bool = False, log: Callable[[str], None] = print) -> dict[str, str]:
+def submit(plan: Plan, *, dry_run: bool = False) -> dict[str, str]:
     """Submit every job in dependency order; return name -> job id (fake ids in a dry run)."""
     from containers.atomic import write_json, write_text
     from containers.runner import quote, run, which

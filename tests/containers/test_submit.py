@@ -130,8 +130,8 @@ def test_refused_job_configs(tmp_path, job, needle):
 
 def test_dry_run_writes_job_folders_with_fake_ids(tmp_path):
     plan = _plan("cluster=torch", run_dir=str(tmp_path / "run"))
-    write_job_files(plan, ["cluster=torch"])
-    ids = submit(plan, dry_run=True, log=lambda s: None)
+    write_job_files(plan)
+    ids = submit(plan, dry_run=True)
     assert ids == {"infer": "1001", "post": "1002"}
     job = tmp_path / "run" / "jobs" / "post"
     assert "--dependency=afterok:1001" in (job / "cmd.log").read_text()
