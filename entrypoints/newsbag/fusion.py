@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -403,15 +403,14 @@ def fuse_page(page_id: str, records: dict[str, dict[str, Any]], s: Settings,
             b = lines_to_blocks(b, vgap=s.line_vgap, hgap=s.line_hgap)
         per_variant.append(b)
     sources = [k.split("/", 1)[0] for k in keys]
-    n_var = defaultdict(int)
-    for src in sources:
-        n_var[src] += 1
-    vweight = np.array([float(s.source_weights.get(src, 1.0)) / n_var[src] for src in sources])
+    n_var = Counter(sources)
+    sweight = {src: float(s.source_weights.get(src, 1.0)) for src in n_var}
+    vweight = np.array([sweight[src] / n_var[src] for src in sources])
     # text-line detectors say "there is text here", not which kind: their label votes abstain
     lweight = np.array([0.0 if records[k]["granularity"] == "line" else 1.0 for k in keys])
     cl = cluster_boxes(per_variant, vweight, s.cluster_iou, lweight)
     all_boxes = np.ones(len(cl.vid), bool)
-    total = float(sum(float(s.source_weights.get(src, 1.0)) for src in n_var))
+    total = sum(sweight.values())
     cons, support = consensus_from(cl, all_boxes, total, s.min_support)
     consensus = page_record(page_id=page_id, image=first["image"], width=int(width), height=int(height),
                             source=CONSENSUS_SOURCE, variant="all", granularity="block",
@@ -426,10 +425,7 @@ def fuse_page(page_id: str, records: dict[str, dict[str, Any]], s: Settings,
             if left_out not in cache:
                 keep = np.array([src != left_out for src in sources])[cl.vid] if by_source \
                     else cl.vid != i
-                rest = [src for src in n_var if src != left_out] if by_source else list(n_var)
-                w = float(sum(float(s.source_weights.get(src, 1.0)) for src in rest))
-                if not by_source:
-                    w -= float(vweight[i])
+                w = total - (sweight[left_out] if by_source else float(vweight[i]))
                 ref, _ = consensus_from(cl, keep, w, s.min_support)
                 cache[left_out] = (ref, label_map(ref, width, height, s.grid))
             ref, ref_map = cache[left_out]
@@ -447,8 +443,7 @@ def fuse_page(page_id: str, records: dict[str, dict[str, Any]], s: Settings,
 
     disagreement = None
     if scores:
-        agree = [(v["tp"] * 2.0 / (v["pred"] + v["ref"]) if v["pred"] + v["ref"] else 1.0) * 0.5
-                 + 0.5 * v["coverage"] for v in scores.values()]
+        agree = [0.5 * Tally._f1(v["tp"], v["pred"], v["ref"]) + 0.5 * v["coverage"] for v in scores.values()]
         disagreement = round(1.0 - float(np.mean(agree)), 6)
     return PageResult(page_id, consensus, scores, gt_scores, disagreement, skipped)
 
