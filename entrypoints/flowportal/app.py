@@ -15,7 +15,7 @@ from entrypoints.flowportal import checkout as co
 from entrypoints.flowportal import execute
 from entrypoints.flowportal import workdir as wd
 from entrypoints.flowportal.manifest import frame_count, k_frames_for
-from entrypoints.flowportal.stages import Video, build, model_paths, teacache_active
+from entrypoints.flowportal.stages import Video, build, teacache_active
 
 
 def _fps(path: Path) -> float:
@@ -45,7 +45,7 @@ def video_from_cfg(cfg: Any, root: Path) -> Video:
 def plan_text(cfg: Any, checkout: co.Checkout, video: Video, work: Path) -> str:
     """The dry-run text: preset, checkout, TeaCache verdict, five commands, layout."""
     stages = build(cfg, checkout, video)
-    active, why = teacache_active(model_paths(cfg)["wan"], bool(cfg.preset.flowportal.enable_teacache))
+    active, why = teacache_active(cfg)
     lines = [
         f"# preset {cfg.preset.name}; {checkout.flavor} checkout {checkout.root}",
         f"# TeaCache {'active' if active else 'inactive'}: {why}",
@@ -64,7 +64,7 @@ def run(cfg: Any, run: Any) -> int:
     )
     video = video_from_cfg(cfg, checkout.root)
     work = Path(str(cfg.flowportal.workdir_root)) / Path(str(cfg.run_dir)).name / video.name
-    active, why = teacache_active(model_paths(cfg)["wan"], bool(cfg.preset.flowportal.enable_teacache))
+    active, why = teacache_active(cfg)
     run.report["flowportal"] = {
         "preset": str(cfg.preset.name),
         "checkout": str(checkout.root),

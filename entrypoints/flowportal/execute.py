@@ -133,9 +133,7 @@ def run_video(
             break
         out.stages.append({"name": s.name, "seconds": round(time.monotonic() - t, 3), "status": "ok"})
     if out.status == "OK":
-        active, why = teacache_active(
-            str(model_paths(cfg)["wan"]), bool(cfg.preset.flowportal.enable_teacache)
-        )
+        active, why = teacache_active(cfg)
         try:
             wd.publish(
                 work,

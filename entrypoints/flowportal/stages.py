@@ -59,11 +59,12 @@ class Stage:
         return quote(self.argv)
 
 
-def teacache_active(model_dir: str, enabled: bool) -> tuple[bool, str]:
-    """Whether the fork will really enable TeaCache for this ``--model_name`` (and why not)."""
-    if not enabled:
+def teacache_active(cfg: Any) -> tuple[bool, str]:
+    """Whether the fork will really enable TeaCache for the staged ``--model_name`` (and why not)."""
+    if not bool(cfg.preset.flowportal.enable_teacache):
         return False, "enable_teacache is false"
-    low = str(model_dir).lower()
+    model_dir = model_paths(cfg)["wan"]
+    low = model_dir.lower()
     hit = next((s for s in TEACACHE_MODELS if s in low), None)
     if hit:
         return True, f"model_name contains '{hit}'"
