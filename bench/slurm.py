@@ -81,7 +81,6 @@ def bench_staging(work: Path, src: Path, repeat: int) -> list[tuple[str, float, 
 
 def bench_submit(repeat: int) -> list[str]:
     """Submit latency of a 3-job chain on the private local Slurm, or why it was not measured."""
-    sys.path.insert(0, str(REPO))
     from tests.plugins.slurm_cluster import LocalSlurm, why_unavailable
 
     reason = why_unavailable()
