@@ -18,6 +18,7 @@ from typing import Any
 
 from containers.atomic import atomic_path, write_text
 from containers.errors import UserError
+from entrypoints.newsbag.samples import _font
 from entrypoints.newsbag.schema import TAXONOMY, iter_source_pages, read_page
 
 # One colour per taxonomy label (colour-blind-friendly first; order follows TAXONOMY).
@@ -37,15 +38,6 @@ def read_tsv(path: Path) -> list[dict[str, str]]:
         return []
     cols = lines[0].split("\t")
     return [dict(zip(cols, ln.split("\t"), strict=False)) for ln in lines[1:]]
-
-
-def _font(size: int) -> Any:
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow without FreeType or < 10.1
-        return ImageFont.load_default()
 
 
 def _page_image(record: dict[str, Any]) -> tuple[Any, str | None]:
