@@ -7,6 +7,7 @@ exactly that video and skips the marked ones.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -63,9 +64,9 @@ def preflight(cfg: Any) -> None:
         )
 
 
-def stage_env(cfg: Any, environ: dict[str, str] | None = None) -> dict[str, str]:
+def stage_env(cfg: Any) -> dict[str, str]:
     """The scripts' environment: offline, caches on node-local disk, staged HF/torch hub."""
-    env = dict(os.environ if environ is None else environ)
+    env = dict(os.environ)
     m = model_paths(cfg)
     env.update(
         {
@@ -122,10 +123,7 @@ def run_video(
     for s in stages:
         t = time.monotonic()
         try:
-            if step is not None:
-                with step(s.name, video=video.name, gpu=s.gpu):
-                    _run_stage(s, work, env, logs, log_tail)
-            else:
+            with step(s.name, video=video.name, gpu=s.gpu) if step else contextlib.nullcontext():
                 _run_stage(s, work, env, logs, log_tail)
         except UserError as exc:
             out.status, out.stage, out.reason = "FAILED", s.name, exc.what
