@@ -5,5 +5,3 @@ what they look up relative to the cwd; this package builds their exact command l
 the known traps of the status-quo scripts and makes outputs atomic and resumable. Only the
 standard library (plus OpenCV for manifests) is imported: torch lives in the scripts.
 """
-
-STAGES = ("preprocess", "matanyone", "preprocess_masks", "iclight", "flowportal")

@@ -24,9 +24,6 @@ from containers.errors import UserError
 from entrypoints.flowportal.stages import model_paths
 
 MARKER = ".complete.json"
-INTERMEDIATES = ("video_frames", "video_canny", "masked_canny", "matanyone", "masks")
-# name in workdir/pretrained_models -> key in model_paths(); (the Wan dir keeps its basename)
-LINKS = {"matanyone.pth": "matanyone", "Annotators": "annotators", "IC-Light": None}
 
 
 def layout(cfg: Any, checkout_root: Path, workdir: Path) -> dict[str, str]:
@@ -105,14 +102,10 @@ def prepare(cfg: Any, checkout_root: Path, workdir: Path) -> dict[str, str]:
     return done
 
 
-def clean_video(workdir: Path, name: str, *, keep_results: bool = False) -> None:
-    """Remove a video's intermediates (and its workdir copy of results) from the workdir."""
-    base = workdir / "datasets" / name
-    for sub in INTERMEDIATES:
-        shutil.rmtree(base / sub, ignore_errors=True)
-    shutil.rmtree(base, ignore_errors=True)
-    if not keep_results:
-        shutil.rmtree(workdir / "results" / f"flow-edit-{name}", ignore_errors=True)
+def clean_video(workdir: Path, name: str) -> None:
+    """Remove a video's intermediates and its workdir copy of results from the workdir."""
+    shutil.rmtree(workdir / "datasets" / name, ignore_errors=True)
+    shutil.rmtree(workdir / "results" / f"flow-edit-{name}", ignore_errors=True)
 
 
 def _sha256(path: Path) -> str:
