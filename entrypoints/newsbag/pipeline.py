@@ -8,6 +8,7 @@ end says where the leaderboards, accuracy table and review pages are.
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from pathlib import Path
@@ -18,8 +19,9 @@ from containers.errors import UserError
 STAGES = ("newsbag_embedded", "fusion", "review")
 
 
-def _image_available(cfg: Any, image: str) -> tuple[bool, str]:
-    """Whether ``image``'s SIF for this arch is on disk (published or staged)."""
+@functools.cache
+def _image_available(image: str) -> tuple[bool, str]:
+    """Whether ``image``'s SIF for this arch is on disk (published or staged); composed once per image."""
     from containers.arch import host_arch
     from containers.config import compose
     from containers.images import resolve_sif
@@ -38,7 +40,7 @@ def stage_argv(cfg: Any, app: str, runtime: str, extra: list[str]) -> tuple[list
     inner = ["python", "-m", "entrypoints", app, f"run_dir={cfg.run_dir}", *extra]
     image = str((cfg.get("images") or {}).get(app) or "")
     if runtime != "host" and image:
-        ok, why = _image_available(cfg, image)
+        ok, why = _image_available(image)
         if ok:
             return [sys.executable, "-m", "containers", "exec", image, "--cpu", "--", *inner], image
         print(f"newsbag_demo: {app}: {why}; running in this Python", file=sys.stderr)
