@@ -10,7 +10,6 @@ so the sbatch script can chain a continuation.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import sys
@@ -25,6 +24,7 @@ from entrypoints.flowportal import execute
 from entrypoints.flowportal import workdir as wd
 from entrypoints.flowportal.manifest import frame_count, k_frames_for, read_manifest, read_prompts
 from entrypoints.flowportal.stages import Video
+from entrypoints.framework import now_iso
 
 EXIT_CONTINUE = 75  # EX_TEMPFAIL: time is up, work remains; the sbatch script chains a continuation
 
@@ -89,10 +89,6 @@ def render_log(rows: list[dict[str, Any]], state: dict[str, dict[str, Any]]) -> 
     return "\n".join(out) + ("\n" if out else "")
 
 
-def now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def precheck(r: dict[str, Any], video_dir: Path, prompts: dict[str, str], cfg: Any) -> str | None:
     """Reason a row cannot run (missing input, unreadable, too short, unknown prompt id)."""
     src = video_dir / f"{r['video_name']}.mp4"
@@ -148,7 +144,7 @@ def run(cfg: Any, run: Any) -> int:
         if wd.is_complete(out_dir):
             counts["SKIPPED"] += 1
             if state.get(name, {}).get("status") not in ("OK", "SKIPPED"):
-                state[name] = {"status": "SKIPPED", "reason": "complete marker present", "at": now()}
+                state[name] = {"status": "SKIPPED", "reason": "complete marker present", "at": now_iso()}
             continue
         if stop_file.exists():
             stopped = f"stop requested ({stop_file})"
@@ -180,7 +176,7 @@ def run(cfg: Any, run: Any) -> int:
             "stage": outcome.stage,
             "reason": outcome.reason,
             "seconds": outcome.seconds,
-            "at": now(),
+            "at": now_iso(),
         }
         if outcome.status == "OK":
             durations.append(outcome.seconds)
