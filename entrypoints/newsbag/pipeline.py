@@ -64,9 +64,10 @@ def run(cfg: Any, run: Any) -> int:
         from entrypoints.newsbag.samples import SAMPLES_DIR
 
         input_dir = str(SAMPLES_DIR)
+    top_k = int(cfg.get("top_k") or 20)
     common = {"newsbag_embedded": [f"input_dir={input_dir}", f"recursive={str(bool(cfg.recursive)).lower()}"],
               "fusion": [f"workers={int(cfg.get('workers') or 0)}"],
-              "review": [f"top_k={int(cfg.get('top_k') or 20)}"]}
+              "review": [f"top_k={top_k}"]}
     extra_cfg = cfg.get("stage_overrides") or {}
     print(f"newsbag demo: {len(stages)} stages on {input_dir} -> {run_dir} (runtime {runtime})", flush=True)
     t_all = time.monotonic()
@@ -84,14 +85,13 @@ def run(cfg: Any, run: Any) -> int:
         print(f"[{i}/{len(stages)}] {app} done in {res.seconds:.1f} s", flush=True)
     fusion = run_dir / "outputs" / "fusion"
     review = run_dir / "review"
-    k = int(cfg.get("top_k") or 20)
     lines = [f"newsbag demo finished in {time.monotonic() - t_all:.1f} s. Results:",
              f"  variant leaderboard : {fusion / 'variant_leaderboard.tsv'}",
              f"  source leaderboard  : {fusion / 'source_leaderboard.tsv'}",
              (f"  accuracy vs truth   : {fusion / 'accuracy.tsv'}"
               if (fusion / "accuracy.tsv").is_file() else ""),
              f"  consensus pages     : {fusion / 'pages'}/",
-             f"  review pages        : {review / f'top{k}_informative' / 'index.html'}",
+             f"  review pages        : {review / f'top{top_k}_informative' / 'index.html'}",
              f"  summary plot        : {review / 'summary.png'}",
              f"  run reports         : {run_dir / 'jobs'}/<stage>/run_report.json"]
     print("\n".join(ln for ln in lines if ln))
