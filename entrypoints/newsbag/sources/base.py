@@ -143,7 +143,7 @@ class _VariantState:
 
 
 def run_source_app(cfg: Any, run: Any, *, sources: dict[str, Builder], probe: Callable[[], tuple[bool, str]],
-                   extra_files: Callable[[Any, Any], None] | None = None) -> int:
+                   extra_files: Callable[[list[_VariantState]], None] | None = None) -> int:
     """Run every enabled variant of ``sources`` over the input pages; 0 when all pages made it."""
     from dataclasses import asdict
 
@@ -211,7 +211,7 @@ def run_source_app(cfg: Any, run: Any, *, sources: dict[str, Builder], probe: Ca
     from containers.atomic import write_json
 
     if extra_files:  # side files first; each variant's run_report.json is its completion marker
-        extra_files(cfg, states)
+        extra_files(states)
     variants_summary = {}
     for s in states:
         failed = s.stats["failed"]

@@ -95,7 +95,7 @@ class MinerUDetector:
 
 def run_meta(device: str) -> dict[str, Any]:
     """What the MinerU stage ran on; ``cuda_available`` is the fact the status quo records."""
-    from importlib import metadata
+    from entrypoints.framework import package_versions
 
     meta: dict[str, Any] = {"cuda_available": False, "device": device}
     try:
@@ -107,15 +107,13 @@ def run_meta(device: str) -> dict[str, Any]:
             meta["gpu"] = torch.cuda.get_device_name(0)
     except ImportError as exc:
         meta["torch"] = f"not importable: {exc}"
-    for dist in ("mineru-vl-utils", "transformers"):
-        try:
-            meta[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            meta[dist] = None
+    dists = ("mineru-vl-utils", "transformers")
+    versions = package_versions(dists)
+    meta.update({d: versions.get(d) for d in dists})
     return meta
 
 
-def write_run_meta(cfg: Any, states: list[Any]) -> None:
+def write_run_meta(states: list[Any]) -> None:
     from containers.atomic import write_json
 
     for s in states:
