@@ -75,7 +75,9 @@ def test_app_with_a_client_writes_pages_and_run_meta(tmp_path, monkeypatch):
                "variants.mineru.layout.backend=vllm-engine"])
     assert rc == 0 and calls == [("vllm-engine", str(model))]
     meta = json.loads((run_dir / "outputs/sources/mineru/layout/run_meta.json").read_text())
-    assert meta["cuda_available"] in (True, False) and meta["backend"] == "vllm-engine"
+    assert isinstance(meta["cuda_available"], bool) and meta["device"] == "cpu"
+    assert meta["backend"] == "vllm-engine" and meta["variant"] == "layout"
+    assert "mineru-vl-utils" in meta and "transformers" in meta
     assert meta["pages"]["written"] == 1
     from entrypoints.newsbag.schema import read_page
 
