@@ -114,8 +114,8 @@ def input_pages(cfg: Any, run: Any) -> list[Any]:
 class _VariantState:
     def __init__(self, det: Detector, settings: dict[str, Any], run_dir: Path) -> None:
         self.det, self.settings = det, settings
-        self.dir = run_dir / "outputs" / "sources" / det.source / det.variant
         self.pages_dir = source_pages_dir(run_dir, det.source, det.variant)
+        self.dir = self.pages_dir.parent
         self.fp = fingerprint({"source": det.source, "variant": det.variant, **settings})
         self.stats = {"written": 0, "reused": 0, "failed": 0, "boxes": 0, "seconds": 0.0}
         self.trusted = self._previous_fp() == self.fp
@@ -148,7 +148,7 @@ def run_source_app(cfg: Any, run: Any, *, sources: dict[str, Builder], probe: Ca
     from dataclasses import asdict
 
     from entrypoints.framework import select_device
-    from entrypoints.newsbag.inputs import PageSkip, load_bgr
+    from entrypoints.newsbag.inputs import DEFAULT_MAX_MEGAPIXELS, PageSkip, load_bgr
 
     run_dir = Path(str(cfg.run_dir))
     with run.step("discover"):
@@ -165,7 +165,7 @@ def run_source_app(cfg: Any, run: Any, *, sources: dict[str, Builder], probe: Ca
     if not states:
         raise UserError("no variants enabled", where=f"variants.{{{','.join(sources)}}}",
                         fix="enable at least one variant, e.g. variants.<source>.default={}")
-    max_mp = float(cfg.get("max_megapixels") or 80)
+    max_mp = float(cfg.get("max_megapixels") or DEFAULT_MAX_MEGAPIXELS)
     bad_pages = 0
     with run.step("detect", pages=len(pages)) as entry:
         for i, page in enumerate(pages, 1):
