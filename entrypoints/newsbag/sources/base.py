@@ -38,13 +38,10 @@ Builder = Callable[[str, str, dict[str, Any], str], Detector]
 
 def plain(obj: Any) -> Any:
     """OmegaConf nodes -> plain Python (the rest unchanged)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
+    from omegaconf import DictConfig, ListConfig, OmegaConf
 
-        if isinstance(obj, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is always present with hydra
-        pass
+    if isinstance(obj, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(obj, resolve=True)
     return obj
 
 
