@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from containers.runner import run
+
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 BINARIES = ("slurmctld", "slurmd", "sbatch", "munged")
@@ -43,17 +45,6 @@ def _sbin(name: str) -> str:
     return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin") or name
 
 
-def _run(
-    argv: list[str], env: dict[str, str] | None = None, timeout: float = 60, check: bool = True
-) -> subprocess.CompletedProcess:
-    proc = subprocess.run(argv, env=env, text=True, capture_output=True, timeout=timeout, check=False)
-    if check and proc.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}"
-        )
-    return proc
-
-
 def why_unavailable() -> str | None:
     """None when a cluster can be started here, else the reason (after trying to install)."""
     if os.name != "posix" or os.getuid() != 0:
@@ -65,10 +56,10 @@ def why_unavailable() -> str | None:
         return f"{', '.join(missing)} missing and no apt-get to install {' '.join(PACKAGES)}"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     argv = ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES]
-    proc = _run(argv, env=env, timeout=600, check=False)
+    proc = run(argv, env=env, timeout=600, check=False)
     if proc.returncode != 0:
-        _run(["apt-get", "update"], env=env, timeout=600, check=False)
-        proc = _run(argv, env=env, timeout=600, check=False)
+        run(["apt-get", "update"], env=env, timeout=600, check=False)
+        proc = run(argv, env=env, timeout=600, check=False)
     missing = [b for b in BINARIES if not shutil.which(_sbin(b))]
     if missing:
         return f"could not install {' '.join(PACKAGES)} with apt-get: {proc.stderr.strip()[-300:]}"
@@ -203,8 +194,8 @@ class LocalSlurm:
             self._spawn(f"slurmd-{name}", [_sbin("slurmd"), "-D", "-f", str(self.conf), "-N", name])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            out = _run(["sinfo", "-h", "-N", "-o", "%N %t"], env=self.env, check=False).stdout.split("\n")
-            states = dict(ln.split() for ln in out if ln.strip())
+            out = run(["sinfo", "-h", "-N", "-o", "%N %t"], env=self.env, check=False, timeout=60).stdout
+            states = dict(ln.split() for ln in out.splitlines() if ln.strip())
             if len(states) == len(NODES) and all(s in ("idle", "mix", "alloc") for s in states.values()):
                 return self
             time.sleep(0.3)
@@ -251,16 +242,11 @@ class LocalSlurm:
     def stop(self) -> None:
         """Cancel every job, then stop only the daemons this root started (pid files)."""
         if self.conf.exists() and shutil.which("squeue"):
-            ids = _run(["squeue", "-h", "-o", "%A"], env=self.env, check=False, timeout=10).stdout.split()
+            ids = self._queued()
             if ids and self.running():
-                _run(["scancel", *sorted(set(ids))], env=self.env, check=False, timeout=10)
+                run(["scancel", *sorted(set(ids))], env=self.env, check=False, timeout=10)
                 deadline = time.monotonic() + 15
-                while (
-                    time.monotonic() < deadline
-                    and _run(
-                        ["squeue", "-h", "-o", "%A"], env=self.env, check=False, timeout=10
-                    ).stdout.split()
-                ):
+                while time.monotonic() < deadline and self._queued():
                     time.sleep(0.3)
         pids = self._pids()
         # slurmd first (it reaps its slurmstepds), then slurmctld, munged last (the others need it).
@@ -283,29 +269,32 @@ class LocalSlurm:
         for pid_file in (self.root / "run").glob("*.pid") if (self.root / "run").is_dir() else ():
             pid_file.unlink()
 
+    def _queued(self) -> list[str]:
+        return run(["squeue", "-h", "-o", "%A"], env=self.env, check=False, timeout=10).stdout.split()
+
     # ---------------------------------------------------------------- helpers for tests
     def sbatch(
         self, argv: list[str], env: dict[str, str] | None = None, cwd: Path | str | None = None
     ) -> str:
-        proc = subprocess.run(
+        proc = run(
             ["sbatch", "--parsable", *argv],
             env={**(env or os.environ), **self._client_env()},
             cwd=cwd or REPO,
-            text=True,
-            capture_output=True,
             timeout=60,
-            check=False,
+            what="sbatch",
         )
-        if proc.returncode != 0:
-            raise RuntimeError(f"sbatch failed: {proc.stderr.strip()}")
         return proc.stdout.strip().split(";")[0]
 
     def _client_env(self) -> dict[str, str]:
         return {"SLURM_CONF": str(self.conf)}
 
+    def _show(self, job_id: str) -> str:
+        argv = ["scontrol", "-o", "show", "job", str(job_id)]
+        return run(argv, env=self.env, check=False, timeout=60).stdout
+
     def show_job(self, job_id: str) -> dict[str, str]:
         """``scontrol show job`` as a dict (first record; arrays: the first task)."""
-        out = _run(["scontrol", "-o", "show", "job", str(job_id)], env=self.env, check=False).stdout
+        out = self._show(job_id)
         line = out.splitlines()[0] if out.strip() else ""
         fields: dict[str, str] = {}
         for tok in line.split():
@@ -316,7 +305,7 @@ class LocalSlurm:
 
     def states(self, job_id: str) -> list[str]:
         """JobState of a job or of every task of an array job."""
-        out = _run(["scontrol", "-o", "show", "job", str(job_id)], env=self.env, check=False).stdout
+        out = self._show(job_id)
         return [
             tok.split("=", 1)[1]
             for ln in out.splitlines()
@@ -408,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         cluster.start()
         print(f"local Slurm up: export SLURM_CONF={cluster.conf}")
-        print(_run(["sinfo"], env=cluster.env, check=False).stdout, end="")
+        print(run(["sinfo"], env=cluster.env, check=False, timeout=60).stdout, end="")
     elif a.action == "down":
         cluster.stop()
         print("local Slurm stopped")
