@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,45 @@ WAN_FILES = (
     "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
     "config.json",
 )
+
+
+def entry(
+    *args: str, env_extra: dict[str, str] | None = None, timeout: int = 180
+) -> subprocess.CompletedProcess:
+    """``python -m entrypoints <args>`` from the repository root, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "entrypoints", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, **(env_extra or {})),
+        timeout=timeout,
+    )
+
+
+def make_manifest(videos: Path, batch: Path, *, num_select: int, num_chunks: int) -> Path:
+    """Run the manifest app on ``videos`` into ``batch`` (it must succeed)."""
+    res = entry(
+        "flowportal_manifest",
+        f"video_dir={videos}",
+        f"batch_dir={batch}",
+        f"num_select={num_select}",
+        f"num_chunks={num_chunks}",
+    )
+    assert res.returncode == 0, res.stderr
+    return batch
+
+
+def batch_overrides(batch: Path, videos: Path) -> list[str]:
+    """flowportal_batch overrides for a tiny run on the fixture checkout (no chunk index)."""
+    return [
+        f"batch_dir={batch}",
+        f"video_dir={videos}",
+        f"flowportal.checkout={CHECKOUT}",
+        "preset=dgx_fast",
+        "video.height=24",
+        "video.width=32",
+    ]
 
 
 def make_mp4(path: Path, frames: int, fps: float = 24.0, size: tuple[int, int] = (32, 24)) -> Path:

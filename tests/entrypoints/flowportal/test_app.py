@@ -11,23 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.entrypoints.flowportal.conftest import CHECKOUT, REPO, upstream_checkout
+from tests.entrypoints.flowportal.conftest import CHECKOUT, REPO, entry, upstream_checkout
 
 GOLDEN = REPO / "tests" / "golden" / "flowportal"
-
-
-def entry(
-    *args: str, env_extra: dict[str, str] | None = None, timeout: int = 120
-) -> subprocess.CompletedProcess:
-    env = dict(os.environ, **(env_extra or {}))
-    return subprocess.run(
-        [sys.executable, "-m", "entrypoints", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
 
 
 def normalize(text: str, roots: Path) -> str:

@@ -16,23 +16,11 @@ import pytest
 
 from entrypoints.flowportal import manifest as mf
 from entrypoints.flowportal.status import _ranges, array_groups
-from tests.entrypoints.flowportal.conftest import CHECKOUT, REPO, make_mp4
+from tests.entrypoints.flowportal.conftest import REPO, batch_overrides, entry, make_manifest, make_mp4
 
 # n_frames at 24 fps -> k_frames after 24->8 fps (int(n/3) usable)
 LENGTHS = {"a": 160, "b": 130, "c": 70, "d": 40, "e": 27, "f": 26, "g": 100, "h": 64}
 EXPECT_K = {"a": 49, "b": 41, "c": 21, "d": 13, "e": 9, "f": None, "g": 21, "h": 21}
-
-
-def entry(*args: str, env_extra: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
-    env = dict(os.environ, **(env_extra or {}))
-    return subprocess.run(
-        [sys.executable, "-m", "entrypoints", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=kw.get("timeout", 180),
-    )
 
 
 @pytest.fixture
@@ -95,11 +83,7 @@ def test_selection_is_seeded_and_partitioned():
 
 
 def test_manifest_app_on_real_videos(videos, tmp_path):
-    batch = tmp_path / "batch"
-    res = entry(
-        "flowportal_manifest", f"video_dir={videos}", f"batch_dir={batch}", "num_select=2", "num_chunks=3"
-    )
-    assert res.returncode == 0, res.stderr
+    batch = make_manifest(videos, tmp_path / "batch", num_select=2, num_chunks=3)
     m = batch / "manifest"
     summary = json.loads((m / "manifest.json").read_text())
     assert summary["videos"] == 9 and summary["unreadable"] == 1 and summary["too_short"] == 1
@@ -124,20 +108,8 @@ def test_array_groups_respect_max_array_size():
 
 
 def _batch_setup(tmp_path, videos, staged) -> tuple[Path, list[str]]:
-    batch = tmp_path / "batch"
-    res = entry(
-        "flowportal_manifest", f"video_dir={videos}", f"batch_dir={batch}", "num_select=2", "num_chunks=2"
-    )
-    assert res.returncode == 0, res.stderr
-    args = [
-        f"batch_dir={batch}",
-        f"video_dir={videos}",
-        f"flowportal.checkout={CHECKOUT}",
-        "preset=dgx_fast",
-        "video.height=24",
-        "video.width=32",
-    ]
-    return batch, args
+    batch = make_manifest(videos, tmp_path / "batch", num_select=2, num_chunks=2)
+    return batch, batch_overrides(batch, videos)
 
 
 def _log(batch: Path, i: int) -> list[str]:
