@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.entrypoints.flowportal.conftest import CHECKOUT, make_mp4, stage_models
+from tests.entrypoints.flowportal.conftest import CHECKOUT, entry, make_manifest, make_mp4, stage_models
 from tests.plugins.slurm_cluster import slurm_cluster  # noqa: F401  (the session fixture)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 SMALL = ["--mem=2G", "--cpus-per-task=1"]
 
 
-def job_env(cluster, roots: Path, models: Path) -> dict[str, str]:
+def job_env(cluster, models: Path) -> dict[str, str]:
     return {
         **os.environ,
         **cluster.env,
@@ -39,7 +39,7 @@ def job_env(cluster, roots: Path, models: Path) -> dict[str, str]:
 def test_cat_job(slurm_cluster, tmp_path, isolated_roots):  # noqa: F811
     models = stage_models(isolated_roots / "shared" / "models")
     video = make_mp4(tmp_path / "cat.mp4", 160)
-    env = job_env(slurm_cluster, isolated_roots, models)
+    env = job_env(slurm_cluster, models)
     jid = slurm_cluster.sbatch(
         [
             *SMALL,
@@ -69,26 +69,9 @@ def test_batch_array_and_resubmission(slurm_cluster, tmp_path, isolated_roots): 
     videos = tmp_path / "videos"
     for i, n in enumerate((40, 64, 27, 30)):
         make_mp4(videos / f"v{i}.mp4", n)
-    batch = tmp_path / "batch"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "entrypoints",
-            "flowportal_manifest",
-            f"video_dir={videos}",
-            f"batch_dir={batch}",
-            "num_select=1",
-            "num_chunks=2",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert r.returncode == 0, r.stderr
+    batch = make_manifest(videos, tmp_path / "batch", num_select=1, num_chunks=2)
     env = {
-        **job_env(slurm_cluster, isolated_roots, models),
+        **job_env(slurm_cluster, models),
         "FLOWPORTAL_BATCH_DIR": str(batch),
         "FLOWPORTAL_VIDEO_DIR": str(videos),
     }
@@ -103,13 +86,7 @@ def test_batch_array_and_resubmission(slurm_cluster, tmp_path, isolated_roots): 
     jid = slurm_cluster.sbatch(args, env=env, cwd=REPO)
     slurm_cluster.wait(jid, timeout=180)
     logs = "\n".join(p.read_text() for p in tmp_path.glob("b-*.out"))
-    st = subprocess.run(
-        [sys.executable, "-m", "entrypoints", "flowportal_status", f"batch_dir={batch}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    st = entry("flowportal_status", f"batch_dir={batch}", timeout=60)
     lines = st.stdout.splitlines()
     assert lines[1].split()[-1] == "OK" and lines[2].split()[-1] == "OK", st.stdout + logs
     done = sorted(p.name for p in (batch / "outputs").iterdir() if (p / ".complete.json").exists())
@@ -133,28 +110,11 @@ def test_time_limit_chains_a_continuation_that_finishes_the_chunk(slurm_cluster,
     videos = tmp_path / "videos"
     for i in range(3):
         make_mp4(videos / f"w{i}.mp4", 40)
-    batch = tmp_path / "batch"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "entrypoints",
-            "flowportal_manifest",
-            f"video_dir={videos}",
-            f"batch_dir={batch}",
-            "num_select=0",
-            "num_chunks=1",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert r.returncode == 0, r.stderr
+    batch = make_manifest(videos, tmp_path / "batch", num_select=0, num_chunks=1)
     first = next(ln.split(",")[0] for ln in (batch / "manifest" / "chunk0.csv").read_text().splitlines()[1:])
     second = (batch / "manifest" / "chunk0.csv").read_text().splitlines()[2].split(",")[0]
     env = {
-        **job_env(slurm_cluster, isolated_roots, models),
+        **job_env(slurm_cluster, models),
         "FLOWPORTAL_BATCH_DIR": str(batch),
         "FLOWPORTAL_VIDEO_DIR": str(videos),
         "CONTAINERS_TEST_FLOWPORTAL_HANG": second,
