@@ -12,13 +12,17 @@ import os
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from containers.runner import run  # noqa: E402
+
 COMMAND = f"{Path(sys.executable).name} -m bench.flowportal"
 
 
@@ -36,7 +40,7 @@ def _env(root: Path) -> dict[str, str]:
 
 
 def bench_driver(root: Path, n: int = 12) -> list[str]:
-    from tests.entrypoints.flowportal.conftest import CHECKOUT, make_mp4, stage_models
+    from tests.entrypoints.flowportal.conftest import batch_overrides, make_mp4, stage_models
 
     env = _env(root)
     stage_models(root / "nvme" / "models")
@@ -45,35 +49,11 @@ def bench_driver(root: Path, n: int = 12) -> list[str]:
         make_mp4(videos / f"v{i:02d}.mp4", 40)
     batch = root / "batch"
     py = [sys.executable, "-m", "entrypoints"]
-    subprocess.run(
-        [
-            *py,
-            "flowportal_manifest",
-            f"video_dir={videos}",
-            f"batch_dir={batch}",
-            "num_select=0",
-            "num_chunks=1",
-        ],
-        cwd=REPO,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    args = [
-        f"batch_dir={batch}",
-        f"video_dir={videos}",
-        f"flowportal.checkout={CHECKOUT}",
-        "preset=dgx_fast",
-        "video.height=24",
-        "video.width=32",
-        "chunk=0",
-    ]
-    t0 = time.monotonic()
-    subprocess.run([*py, "flowportal_batch", *args], cwd=REPO, env=env, check=True, capture_output=True)
-    first = time.monotonic() - t0
-    t0 = time.monotonic()
-    subprocess.run([*py, "flowportal_batch", *args], cwd=REPO, env=env, check=True, capture_output=True)
-    rerun = time.monotonic() - t0
+    run([*py, "flowportal_manifest", f"video_dir={videos}", f"batch_dir={batch}", "num_select=0",
+         "num_chunks=1"], cwd=REPO, env=env)
+    argv = [*py, "flowportal_batch", *batch_overrides(batch, videos), "chunk=0"]
+    first = run(argv, cwd=REPO, env=env).seconds
+    rerun = run(argv, cwd=REPO, env=env).seconds
     state = json.loads((batch / "progress" / "chunk0.json").read_text())
     stage_s: dict[str, float] = {}
     for v in state:  # per-stage process times are recorded in each video's marker
@@ -118,15 +98,8 @@ def bench_status(root: Path, total: int = 21529, chunks: int = 10, done_ratio: f
         s = summarize(batch)
         render(s, chunks)
         times.append(time.monotonic() - t0)
-    t0 = time.monotonic()
-    subprocess.run(
-        [sys.executable, "-m", "entrypoints", "flowportal_status", f"batch_dir={batch}"],
-        cwd=REPO,
-        env=_env(root),
-        check=True,
-        capture_output=True,
-    )
-    cli = time.monotonic() - t0
+    cli = run([sys.executable, "-m", "entrypoints", "flowportal_status", f"batch_dir={batch}"],
+              cwd=REPO, env=_env(root)).seconds
     ok = sum(c["ok"] for c in s["chunks"])
     return [
         f"status over {total} entries in {chunks} chunks ({ok} with markers; setup {setup:.1f} s):",
@@ -144,23 +117,8 @@ def bench_manifest(root: Path, n_files: int = 120) -> list[str]:
     videos = root / "mvideos"
     for i in range(n_files):
         make_mp4(videos / f"m{i:04d}.mp4", 30 + (i * 7) % 200)
-    t0 = time.monotonic()
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "entrypoints",
-            "flowportal_manifest",
-            f"video_dir={videos}",
-            f"batch_dir={root / 'mbatch'}",
-            "num_select=40",
-        ],
-        cwd=REPO,
-        env=_env(root),
-        check=True,
-        capture_output=True,
-    )
-    cli = time.monotonic() - t0
+    cli = run([sys.executable, "-m", "entrypoints", "flowportal_manifest", f"video_dir={videos}",
+               f"batch_dir={root / 'mbatch'}", "num_select=40"], cwd=REPO, env=_env(root)).seconds
     rep = json.loads((root / "mbatch" / "jobs" / "manifest" / "run_report.json").read_text())
     probe = next(s for s in rep["steps"] if s["name"] == "probe")["seconds_probe"]
     rng = random.Random(1)
@@ -205,5 +163,4 @@ def main(out_dir: str | os.PathLike[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
     main(sys.argv[1] if len(sys.argv) > 1 else None)
