@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -98,6 +97,9 @@ def bench_size(n_pages: int, lines: list[str]) -> None:
 
 
 def main(out_dir: Path) -> None:
+    from containers.atomic import write_text
+    from containers.runner import run
+
     lines = [f"command: {Path(sys.executable).name} -m bench newsbag   (cwd {REPO.name}/)",
              f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}", ""]
     for n in (1000, 10000):
@@ -105,8 +107,8 @@ def main(out_dir: Path) -> None:
         print(lines[-1], flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "entrypoints", "newsbag_demo", f"run_dir={tmp}/demo",
-                            "runtime=host"], cwd=REPO, capture_output=True, text=True, check=False)
+        r = run([sys.executable, "-m", "entrypoints", "newsbag_demo", f"run_dir={tmp}/demo", "runtime=host"],
+                cwd=REPO, check=False)
         dt = time.perf_counter() - t0
         acc = Path(tmp) / "demo" / "outputs" / "fusion" / "accuracy.tsv"
         acc_rows = [ln.split("\t") for ln in acc.read_text().splitlines()
@@ -120,5 +122,5 @@ def main(out_dir: Path) -> None:
                   f"{row[cols.index('loc_f1')]}  coverage {row[cols.index('coverage')]}"
                   for row in acc_rows[1:]]
     text = "\n".join(lines) + "\n"
-    (out_dir / "newsbag.txt").write_text(text)
+    write_text(out_dir / "newsbag.txt", text)
     print(text)
