@@ -126,7 +126,7 @@ def _stage_image(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace):
     from containers.submit import build_plan
 
-    if getattr(args, "input_dir", None) is not None:
+    if args.input_dir is not None:
         path = Path(args.input_dir).expanduser().resolve()
         if not path.is_dir():
             raise UserError(f"input directory {args.input_dir} does not exist or is not a directory",
@@ -134,7 +134,7 @@ def _plan(args: argparse.Namespace):
                             fix="pass a folder of inputs readable from the compute nodes")
         value = str(path).replace("\\", "\\\\").replace("'", "\\'")
         args.overrides.append(f"input_dir='{value}'")
-    if getattr(args, "recursive", False):
+    if args.recursive:
         args.overrides.append("recursive=true")
     only = [o for o in args.only.split(",") if o]
     return build_plan(args.pipeline, args.overrides, only=only, run_dir=args.run_dir)
