@@ -21,6 +21,7 @@ from typing import Any
 
 from containers.atomic import atomic_path, write_json
 from containers.errors import UserError
+from entrypoints.flowportal.manifest import frame_count
 from entrypoints.flowportal.stages import model_paths
 
 MARKER = ".complete.json"
@@ -133,23 +134,6 @@ def is_complete(out_dir: Path) -> bool:
     return bool(files)
 
 
-def check_video(path: Path) -> int:
-    """Frames OpenCV can decode from ``path`` (0 when it is not a readable video)."""
-    import cv2
-
-    cap = cv2.VideoCapture(str(path))
-    try:
-        n = 0
-        while n < 2:
-            ok, _ = cap.read()
-            if not ok:
-                break
-            n += 1
-        return n
-    finally:
-        cap.release()
-
-
 def publish(workdir: Path, name: str, out_dir: Path, facts: dict[str, Any]) -> dict[str, Any]:
     """Copy the finished outputs into ``out_dir`` atomically, then write the marker last."""
     res = workdir / "results" / f"flow-edit-{name}"
@@ -159,7 +143,7 @@ def publish(workdir: Path, name: str, out_dir: Path, facts: dict[str, Any]) -> d
         f"{name}_reference.png": workdir / "datasets" / name / f"{name}_reference.png",
     }
     main = wanted["output_video.mp4"]
-    if not main.is_file() or main.stat().st_size == 0 or check_video(main) == 0:
+    if not main.is_file() or main.stat().st_size == 0 or frame_count(main) == 0:
         raise UserError(
             f"stage flowportal exited 0 but {main} is missing, empty or unreadable",
             where=str(res),
