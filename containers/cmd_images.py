@@ -212,7 +212,7 @@ def _build_one(args: argparse.Namespace, image: str, arch_arg: str | None) -> in
     node_local = str(cfg.paths.node_local)
     env = build_env(os.environ, node_local)
     out_dir = Path(node_local) / "builds"
-    sif = out_dir / f"{spec.name}-{arch}-{build_args['LOCK_HASH']}.sif"
+    sif = out_dir / spec.sif.format(name=spec.name, arch=arch, lockhash=build_args["LOCK_HASH"])
     apptainer = which("apptainer") or ("apptainer" if args.dry_run else None)
     if apptainer is None:
         raise UserError("no apptainer on PATH: cannot build here",
@@ -234,7 +234,8 @@ def _build_one(args: argparse.Namespace, image: str, arch_arg: str | None) -> in
     from containers.publish import publish
 
     pointer, copied = publish(sif, Path(str(cfg.paths.images)), name=spec.name, arch=arch,
-                              lockhash=build_args["LOCK_HASH"])
+                              lockhash=build_args["LOCK_HASH"], sif_pattern=spec.sif,
+                              pointer_pattern=spec.pointer)
     print(f"published {copied.dst} (sha256 {copied.sha256[:16]}...); {pointer.name} -> {copied.dst.name}")
     return 0
 
@@ -256,7 +257,7 @@ def _publish(args: argparse.Namespace) -> int:
     arch = require_arch(spec, args.arch or read_sif(args.sif, with_labels=False).arch)
     lockhash = args.lockhash or lock_hash(spec.lock_path(arch))
     pointer, copied = publish(Path(args.sif), _images_dir(args), name=spec.name, arch=arch,
-                              lockhash=lockhash)
+                              lockhash=lockhash, sif_pattern=spec.sif, pointer_pattern=spec.pointer)
     state = "already there" if copied.skipped else (
         f"copied {copied.bytes_copied} bytes" + (f", resumed at {copied.resumed_from}" if copied.resumed_from
                                                  else ""))

@@ -106,7 +106,7 @@ def _stage_image(args: argparse.Namespace) -> int:
     from containers.arch import host_arch
     from containers.atomic import write_text
     from containers.config import compose
-    from containers.images import pointer_target, resolve_sif
+    from containers.images import pointer_path, pointer_target, resolve_sif
     from containers.stage import stage
 
     cfg = compose([f"image={args.image}", *args.overrides])
@@ -115,7 +115,7 @@ def _stage_image(args: argparse.Namespace) -> int:
     staged = Path(args.dst) if args.dst else Path(str(cfg.paths.staged_images))
     resolved = resolve_sif(cfg.image, arch, [shared])
     res = stage(resolved.sif, staged, checksum=args.checksum, lock_timeout=args.lock_timeout, log=_err)
-    pointer = staged / str(cfg.image.pointer).format(name=cfg.image.name, arch=arch)
+    pointer = pointer_path(staged, cfg.image.name, arch, str(cfg.image.pointer))
     if pointer_target(staged, cfg.image, arch) != staged / resolved.sif.name:
         write_text(pointer, resolved.sif.name + "\n")
     if not args.quiet:

@@ -15,6 +15,15 @@ from containers.arch import normalize
 from containers.errors import UserError
 from containers.sif import SifInfo, read_sif
 
+# Defaults of the `sif` / `pointer` keys of hydra_conf/image/*.yaml.
+SIF_PATTERN = "{name}-{arch}-{lockhash}.sif"
+POINTER_PATTERN = "{name}-{arch}.current"
+
+
+def pointer_path(directory: Path, name: str, arch: str, pattern: str = POINTER_PATTERN) -> Path:
+    """Where the pointer naming the current SIF of ``name`` on ``arch`` lives in ``directory``."""
+    return Path(directory) / pattern.format(name=name, arch=arch)
+
 
 @dataclass(frozen=True)
 class ResolvedImage:
@@ -42,7 +51,7 @@ def check_arch_supported(image: Any, arch: str) -> None:
 
 def pointer_target(directory: Path, image: Any, arch: str) -> Path | None:
     """The SIF named by ``<name>-<arch>.current`` in ``directory``, if that pointer exists."""
-    pointer = directory / str(image.pointer).format(name=image.name, arch=arch)
+    pointer = pointer_path(directory, image.name, arch, str(image.get("pointer") or POINTER_PATTERN))
     if not pointer.is_file():
         return None
     target = pointer.read_text(encoding="utf-8").strip()

@@ -21,6 +21,7 @@ from typing import Any
 from containers import REPO_ROOT
 from containers.arch import UNAME, normalize
 from containers.errors import UserError
+from containers.images import POINTER_PATTERN, SIF_PATTERN
 
 LOCK_FORMAT = "containers-lock v1"
 _NAME = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*(.*)$")
@@ -44,6 +45,8 @@ class ImageSpec:
     platforms: dict[str, str]
     unsupported: dict[str, str] = field(default_factory=dict)
     build_env_args: dict[str, str] = field(default_factory=dict)
+    sif: str = SIF_PATTERN
+    pointer: str = POINTER_PATTERN
 
     def lock_path(self, arch: str, repo: Path = REPO_ROOT) -> Path:
         return repo / "recipes" / "locks" / f"{self.name}-{normalize(arch)}.txt"
@@ -66,7 +69,8 @@ def load_images(repo: Path = REPO_ROOT) -> dict[str, ImageSpec]:
                 lock_input=str(lock.get("input", f"recipes/{data['name']}.in")),
                 platforms={normalize(k): str(v) for k, v in (lock.get("platforms") or {}).items()},
                 unsupported={normalize(k): str(v) for k, v in (data.get("unsupported") or {}).items()},
-                build_env_args={str(k): str(v) for k, v in (build.get("env_args") or {}).items()})
+                build_env_args={str(k): str(v) for k, v in (build.get("env_args") or {}).items()},
+                **{k: str(data[k]) for k in ("sif", "pointer") if data.get(k)})
         except KeyError as exc:
             raise UserError(f"image config lacks key {exc}", where=str(path),
                             fix="add it (see the other files in hydra_conf/image/)") from None

@@ -96,16 +96,21 @@ def copy_resumable(src: Path, dst: Path, *, chunk: int = CHUNK,
 
 
 def publish(sif: Path, images_dir: Path, *, name: str, arch: str, lockhash: str,
-            chunk: int = CHUNK, on_chunk: Callable[[int], None] | None = None) -> tuple[Path, Copied]:
-    """Copy ``sif`` to ``<images_dir>/<name>-<arch>-<lockhash>.sif``, then point the pointer at it."""
+            chunk: int = CHUNK, on_chunk: Callable[[int], None] | None = None,
+            sif_pattern: str | None = None, pointer_pattern: str | None = None) -> tuple[Path, Copied]:
+    """Copy ``sif`` to ``<images_dir>/<name>-<arch>-<lockhash>.sif``, then point the pointer at it.
+
+    The name patterns are the image config's ``sif`` / ``pointer`` keys (defaults in images.py).
+    """
+    from containers.images import POINTER_PATTERN, SIF_PATTERN, pointer_path
     from containers.sif import read_sif
 
     info = read_sif(sif, with_labels=False)
     if info.arch != arch:
         raise UserError(f"{sif} is an image for {info.arch}, not {arch}", fix="publish it under its own arch")
-    dst = Path(images_dir) / f"{name}-{arch}-{lockhash}.sif"
+    dst = Path(images_dir) / (sif_pattern or SIF_PATTERN).format(name=name, arch=arch, lockhash=lockhash)
     copied = copy_resumable(Path(sif), dst, chunk=chunk, on_chunk=on_chunk)
-    pointer = Path(images_dir) / f"{name}-{arch}.current"
+    pointer = pointer_path(Path(images_dir), name, arch, pointer_pattern or POINTER_PATTERN)
     write_text(pointer, dst.name + "\n")
     with contextlib.suppress(OSError):
         os.chmod(pointer, 0o644)
