@@ -365,14 +365,16 @@ def _job(
     )
 
 
-_GPU_DIRECTIVE = re.compile(r"^#SBATCH\s+(--gres|--gpus\S*|-G|--gpu-\S+|--partition|-p)\b(.*)$")
+# GPU requests in a script's directives; a --partition directive is harmless (submit's own
+# --partition on the command line overrides it), so partitions are not judged by name here.
+_GPU_DIRECTIVE = re.compile(r"^#SBATCH\s+(--gres|--gpus\S*|-G|--gpu-\S+)\b(.*)$")
 
 
 def _refuse_gpu_directives(name: str, script: Path, where: str) -> None:
     """A script's own ``#SBATCH --gres`` cannot be undone from the command line: refuse it for CPU jobs."""
     for ln in script.read_text(encoding="utf-8", errors="replace").splitlines():
         m = _GPU_DIRECTIVE.match(ln.strip())
-        if m and (m[1] not in ("--partition", "-p") or "gpu" in m[2] or "l40s" in m[2] or "h200" in m[2]):
+        if m and not m[2].strip().lstrip("=").startswith("none"):
             raise UserError(
                 f"CPU job '{name}' uses {script.name}, whose '{ln.strip()}' asks for a GPU",
                 where=where,

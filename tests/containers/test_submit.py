@@ -209,3 +209,17 @@ def test_input_dir_must_exist(tmp_path):
 
     proc = cli("submit", "newsbag", "cluster=torch", "--input-dir", str(tmp_path / "nope"), "--dry-run")
     assert_one_line_error(proc, "does not exist", "--input-dir")
+
+
+def test_gpu_directive_check_reads_requests_not_partition_names(tmp_path):
+    from containers.errors import UserError
+    from containers.submit import _refuse_gpu_directives
+
+    ok = tmp_path / "ok.sbatch"
+    ok.write_text("#!/bin/bash\n#SBATCH --partition=h200_public\n#SBATCH --gres=none\n"
+                  "true\n#SBATCH --gres=gpu:1\n")
+    _refuse_gpu_directives("post", ok, "here")  # command-line --partition wins; directives stop at `true`
+    bad = tmp_path / "bad.sbatch"
+    bad.write_text("#!/bin/bash\n#SBATCH --gpus-per-node=2\ntrue\n")
+    with pytest.raises(UserError, match="asks for a GPU"):
+        _refuse_gpu_directives("post", bad, "here")
