@@ -8,15 +8,23 @@ with ``config_dir=<jobdir>, config_name=config``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from containers import CONF_DIR, REPO_ROOT
 from containers.arch import host_arch
 from containers.errors import UserError
+
+# Node values: what only the compute node knows. A job's config.yaml (written by submit) keeps them
+# as ``${node:NAME}``; the node sets the variables below before anything reads that file
+# (slurm/lib/common.sh, suite_node: the one rule, documented in docs/slurm.md "Node values").
+NODE_VALUES = {"local_root": "CONTAINERS_NODE_LOCAL_ROOT", "deadline": "CONTAINERS_DEADLINE"}
+_NODE_TOKENS = False
+SHELL_OPEN, SHELL_CLOSE = "\x01", "\x02"  # shell_expressions(): "${" and "}" once converted
 
 _GROUP_OVERRIDE = re.compile(r"^[+~]{0,2}(?P<group>[A-Za-z_][\w-]*)=(?P<value>[^\[\]{},]*)$")
 
@@ -58,6 +66,78 @@ def _default_overrides(overrides: Sequence[str]) -> list[str]:
     return extra
 
 
+def node_token(name: str) -> str:
+    return "${node:" + name + "}"
+
+
+def _node_value(name: str) -> str | None:
+    if name not in NODE_VALUES:
+        raise UserError(f"unknown node value '${{node:{name}}}'",
+                        fix=f"use one of: {', '.join(NODE_VALUES)}")
+    if _NODE_TOKENS:
+        return node_token(name)
+    value = os.environ.get(NODE_VALUES[name], "")
+    if name == "local_root" and not value:
+        raise UserError(f"this config needs the node-local root (${{node:{name}}}) and "
+                        f"{NODE_VALUES[name]} is not set",
+                        fix="run the step through its exec.sh on a compute node (it sets the node values)")
+    return value or None
+
+
+def _node_root(default: str, job_var: str | None) -> str:
+    """The node-local root, by the rule slurm/lib/common.sh (suite_node) applies in jobs:
+    $CONTAINERS_NODE_LOCAL, else the folder named by $<job_var> (Slurm's per-job disk), else default."""
+    if _NODE_TOKENS:
+        return node_token("local_root")
+    return os.environ.get("CONTAINERS_NODE_LOCAL") or (os.environ.get(job_var or "") if job_var else "") \
+        or str(default)
+
+
+def _register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    for name, fn in (("node", _node_value), ("node_root", _node_root)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn, use_cache=False)
+
+
+@contextlib.contextmanager
+def shell_expressions() -> Iterator[None]:
+    """Compose into bash: ``${oc.env:X,d}`` -> ``${X:-d}`` and the node rule -> ``${NODE_LOCAL}``.
+
+    How slurm/lib/profiles.sh is generated, so bash on a node applies the same defaults as
+    hydra_conf without Python (containers.jobdir.profiles_sh).
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.resolvers import oc
+
+    # \x01 / \x02 stand for "${" and "}" until the caller converts them: a resolved "${X:-d}"
+    # would be read as an interpolation again. See SHELL_OPEN/SHELL_CLOSE.
+    def env(key: str, default: Any = None) -> str:
+        return f"{SHELL_OPEN}{key}:-{'' if default is None else default}{SHELL_CLOSE}"
+
+    _register_resolvers()
+    OmegaConf.register_new_resolver("oc.env", env, replace=True, use_cache=False)
+    OmegaConf.register_new_resolver("node_root", lambda d, v: f"{SHELL_OPEN}NODE_LOCAL{SHELL_CLOSE}",
+                                    replace=True, use_cache=False)
+    try:
+        yield
+    finally:
+        OmegaConf.register_new_resolver("oc.env", oc.env, replace=True, use_cache=False)
+        OmegaConf.register_new_resolver("node_root", _node_root, replace=True, use_cache=False)
+
+
+@contextlib.contextmanager
+def node_tokens() -> Iterator[None]:
+    """Compose for another machine: node values stay ``${node:...}`` tokens in the result."""
+    global _NODE_TOKENS
+    old, _NODE_TOKENS = _NODE_TOKENS, True
+    try:
+        yield
+    finally:
+        _NODE_TOKENS = old
+
+
 def compose(overrides: Sequence[str] = (), *, config_dir: Path | None = None,
             config_name: str = "config", resolve: bool = True) -> Any:
     """Return the composed (and by default resolved) DictConfig.
@@ -71,6 +151,7 @@ def compose(overrides: Sequence[str] = (), *, config_dir: Path | None = None,
     from omegaconf import OmegaConf
     from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+    _register_resolvers()
     config_dir = Path(config_dir or CONF_DIR).resolve()
     if not (config_dir / f"{config_name}.yaml").is_file():
         raise UserError(f"config file {config_name}.yaml not found", where=str(config_dir),
@@ -103,9 +184,31 @@ def compose(overrides: Sequence[str] = (), *, config_dir: Path | None = None,
             raise UserError(f"config value '{key}' is mandatory (???) and unset",
                             fix=f"pass {key}=... or set it in hydra_conf/local/default.yaml") from None
         except OmegaConfBaseException as exc:
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, UserError):
+                raise cause from None
             raise UserError(f"config does not resolve: {str(exc).splitlines()[0]}",
                             fix="check the interpolations and environment variables named") from None
     return cfg
+
+
+def load_resolved(path: Path) -> Any:
+    """A YAML file written for a node (``${node:...}`` tokens), resolved with this node's values."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    _register_resolvers()
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}",
+                        fix="pass the job folder submit wrote") from None
+    except OmegaConfBaseException as exc:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise UserError(f"{path} does not resolve: {str(exc).splitlines()[0]}",
+                        fix="resubmit to rewrite the job folder") from None
 
 
 def _first_malformed(overrides: Sequence[str]) -> str:
