@@ -96,7 +96,7 @@ def _node_root(default: str, job_var: str | None) -> str:
 def _register_resolvers() -> None:
     from omegaconf import OmegaConf
 
-    for name, fn in (("node", _node_value), ("node_root", _node_root)):
+    for name, fn in (("node", _node_value), ("node_root", _node_root), ("basename", os.path.basename)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn, use_cache=False)
 

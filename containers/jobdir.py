@@ -66,21 +66,28 @@ def _check_path(value: str, what: str) -> None:
 
 
 def step_script(cfg: Any, *, title: str, job_dir: Path, image: str, gpu: bool,
-                argv: Sequence[str], extra_ro: Sequence[str] = ()) -> str:
-    """exec.sh: the step's container command (or, with runtime=host, this node's Python)."""
-    from containers.launch import bind_candidates, static_env
+                argv: Sequence[str], extra_ro: Sequence[str] = (), extra_rw: Sequence[str] = ()) -> str:
+    """exec.sh: the step's container command (or, with runtime=host, this node's Python).
+
+    ``extra_rw`` (staging destinations) are bound writable, and a read-only bind of the same path
+    is dropped; ``extra_ro`` (staging sources) are bound read-only.
+    """
+    from containers.launch import Bind, bind_candidates, static_env
 
     repo = str(cfg.paths.repo)
     env = static_env(cfg)
     env.setdefault("CONTAINERS_CLUSTER", str(cfg.cluster.name))
-    binds = bind_candidates(cfg)
+    writable = {str(p) for p in extra_rw}
+    binds = [b for b in bind_candidates(cfg) if not (b.ro and b.src in writable)]
     seen = {b.src for b in binds}
-    for path in extra_ro:
-        if str(path) not in seen and os.path.isabs(str(path)):
-            from containers.launch import Bind
-
-            binds.append(Bind(str(path), str(path), True))
-            seen.add(str(path))
+    for path, ro in [*((p, True) for p in extra_ro), *((p, False) for p in extra_rw)]:
+        path = str(path)
+        if path not in seen and (os.path.isabs(path) or path.startswith("${node:")):
+            binds.append(Bind(path, path, ro))
+            seen.add(path)
+    # a path under a bind of the same mode is already visible
+    binds = [b for b in binds if not any(o is not b and o.ro == b.ro
+                                         and b.src.startswith(o.src.rstrip("/") + "/") for o in binds)]
     for b in binds:
         _check_path(b.src, "bind path")
     lines = [

@@ -85,15 +85,29 @@ def _typed(schema: type, node: Any, prefix: str, where: str) -> Any:
                         fix="see the schema in containers/pipeline_spec.py (docs/slurm.md)") from None
 
 
+def _escape(value: Any) -> Any:
+    """Keep a resolved ``${...}`` literal (a step override meant for the step's own composition)."""
+    if isinstance(value, str):
+        return value.replace("${", "\\${")
+    if isinstance(value, dict):
+        return {k: _escape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escape(v) for v in value]
+    return value
+
+
 def load(node: Any, where: str) -> PipelineSpec:
-    """Validate a composed ``pipeline`` node; a mismatch is one line naming the key."""
-    spec = _typed(PipelineSpec, node, "", where)
+    """Validate a composed (resolved) ``pipeline`` node; a mismatch is one line naming the key."""
+    from omegaconf import OmegaConf
+
+    raw = _escape(OmegaConf.to_container(node, resolve=False)) if OmegaConf.is_config(node) else node
+    spec = _typed(PipelineSpec, raw, "", where)
     modes: dict[str, dict[str, JobSpec]] = {}
     for mode, jobs in (spec.modes or {}).items():
         if not isinstance(jobs, dict):
             raise UserError(f"pipeline key 'modes.{mode}' must map job names to jobs", where=where,
                             fix="write modes: {MODE: {JOB: {steps: [...]}}}")
-        modes[mode] = {name: _typed(JobSpec, job or {}, f"modes.{mode}.{name}", where)
+        modes[mode] = {name: _typed(JobSpec, _escape(job or {}), f"modes.{mode}.{name}", where)
                        for name, job in jobs.items()}
     spec.modes = modes
     return spec

@@ -236,7 +236,8 @@ def build_plan(
             )
     order = [n for n in _toposort(jobs_spec, pipeline) if not only or n in only]
     runs = Path(str(cfg.paths.runs))
-    given = run_dir or next((ov.split("=", 1)[1] for ov in overrides if ov.lstrip("+").startswith("run_dir=")), None)
+    given = run_dir or next(
+        (ov.split("=", 1)[1] for ov in overrides if ov.lstrip("+").startswith("run_dir=")), None)
     rd = Path(given).absolute() if given else _timestamp_dir(runs / pipeline)
     account = cl.get("account")
     account = None if account in (None, "", "null") else str(account)
@@ -475,7 +476,8 @@ def _write_job(plan: Plan, job: Job, base: list[str], compose: Callable[..., Any
         f"(in {job.steps[0].image})",
         job_dir=job.dir, image=job.steps[0].image, gpu=False,
         argv=["python", "-m", "containers", "stage", "--job", str(job.dir)],
-        extra_ro=[r["src"] for r in stage_rows]))
+        extra_ro=[r["src"] for r in stage_rows], extra_rw=[str(first.paths.staged_models),
+                                                          *(r["dst"] for r in stage_rows)]))
     mkdirs = [str(first.paths.staged_images), str(first.paths.staged_models), *cache_env(first).values()]
     shared = [str(first.paths.images)]
     write_text(job.dir / "job.env", jobdir.job_env(

@@ -340,9 +340,9 @@ suite_run_job() {
       return 0
     fi
     if ((rc != 0)); then
-      printf 'error: step %s of job %s failed with exit code %s (report: %s); fix: read the error above, then rerun the job: sbatch %s %s\n' \
-        "$step" "$(basename "$job")" "$rc" "$job/steps/$step/run_report${task:+.$task}.json" \
-        "$REPO/slurm/run_stage.sbatch" "$job" >&2
+      # the step printed its own error line; this says which step and how to rerun
+      suite_log "step $step of job $(basename "$job") failed with exit code $rc; the later steps did not run;" \
+        "report $job/steps/$step/run_report${task:+.$task}.json; rerun the job: sbatch $REPO/slurm/run_stage.sbatch $job"
       return "$rc"
     fi
   done
