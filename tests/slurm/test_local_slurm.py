@@ -29,6 +29,7 @@ def env(slurm_cluster, isolated_roots):
         "CONTAINERS_RUNTIME": "host",
         "CONTAINERS_GPU_GUARD": "warn",
         "CONTAINERS_ACCOUNT": "suite_test",
+        "PY": sys.executable,  # runtime=host runs the steps in this Python; nodes never assume a .venv
     }
     e.pop("CI", None)
     return e
