@@ -6,8 +6,8 @@ machine and cached outside the checkout (CI clones afresh; a cache inside the cl
 
 API (everything a caller needs; raises :class:`WorldUnavailable` with one line when it cannot):
 
-- ``Recipe(name, suite, arch="amd64", variant="minbase", include=(), strip_dev=False,
-  users=())``: what a root is. ``digest()`` hashes every field plus :data:`STEPS_VERSION`, so a
+- ``Recipe(name, suite, arch="amd64", variant="minbase", include=(), sif_ready=False,
+  users=(), edits=())``: what a root is. ``digest()`` hashes every field plus :data:`STEPS_VERSION`, so a
   changed recipe (or changed build steps) means a different root.
 - ``ensure(recipe, *, cache=None, log=None) -> Path``: the root's directory, built when missing,
   half-built or stale. A root counts as built only when its completion marker (written last, after
@@ -65,9 +65,13 @@ class WorldUnavailable(UserError):
 class Recipe:
     """One cached root: ``debootstrap --arch ARCH --variant VARIANT --include ... SUITE``.
 
-    ``strip_dev`` removes the device nodes debootstrap leaves in /dev (a root packed into a SIF
-    for an unprivileged ``--userns`` build must have none); ``users`` are ``(name, uid)`` pairs
-    added to /etc/passwd (an unprivileged builder needs a name inside the root).
+    ``sif_ready`` removes the device nodes debootstrap leaves in /dev and gives every file to
+    root:root: a SIF used as the base of an unprivileged ``--userns`` build must have neither
+    (the user namespace maps one uid; unsquashfs fails on the shadow/utmp/staff groups).
+    ``users`` are ``(name, uid)`` pairs added to /etc/passwd (a builder needs a name inside).
+    ``edits`` are ``(path in the root, old line, new line)``: a build fails when ``old`` is absent
+    (a package that changed its default must not pass silently).
+    A built root is shared and must stay as built: a root with other packages is another Recipe.
     """
 
     name: str
@@ -75,8 +79,9 @@ class Recipe:
     arch: str = "amd64"
     variant: str = "minbase"
     include: tuple[str, ...] = ()
-    strip_dev: bool = False
+    sif_ready: bool = False
     users: tuple[tuple[str, int], ...] = field(default=())
+    edits: tuple[tuple[str, str, str], ...] = field(default=())
 
     def digest(self) -> str:
         return fingerprint({"recipe": asdict(self), "steps": STEPS_VERSION})
@@ -287,7 +292,7 @@ def _debootstrap(recipe: Recipe, work: Path) -> None:
 
 
 def _finish(recipe: Recipe, work: Path) -> None:
-    """Trim caches, add users, strip device nodes: the steps STEPS_VERSION covers."""
+    """Trim caches, add users, make it SIF-ready: the steps STEPS_VERSION covers."""
     for sub in ("var/cache/apt/archives", "var/lib/apt/lists"):
         for p in (work / sub).glob("*"):
             if p.is_file():
@@ -298,10 +303,26 @@ def _finish(recipe: Recipe, work: Path) -> None:
             fh.write(f"{name}:x:{uid}:{uid}::/tmp:/bin/sh\n")
         with group.open("a") as fh:
             fh.write(f"{name}:x:{uid}:\n")
-    if recipe.strip_dev:
+    for rel, old, new in recipe.edits:
+        target = work / rel.lstrip("/")
+        text = target.read_text() if target.is_file() else ""
+        if old not in text.splitlines():
+            raise WorldUnavailable(f"recipe '{recipe.name}': line {old!r} not found in {rel}",
+                                   fix="update the recipe's edits in tests/world/pieces.py")
+        target.write_text("\n".join(new if ln == old else ln for ln in text.splitlines()) + "\n")
+    if recipe.sif_ready:
         for p in (work / "dev").rglob("*"):
             if not p.is_dir() and not p.is_file() and not p.is_symlink():
                 p.unlink()  # character/block devices, fifos
+        for dirpath, dirnames, filenames in os.walk(work):
+            for n in (*dirnames, *filenames):
+                p = os.path.join(dirpath, n)
+                st = os.lstat(p)
+                if st.st_uid or st.st_gid:
+                    mode = st.st_mode
+                    os.lchown(p, 0, 0)
+                    if not os.path.islink(p):
+                        os.chmod(p, mode & 0o7777)  # chown clears setgid/setuid: keep the mode
     (work / ".oldroot").mkdir(exist_ok=True)
 
 
