@@ -25,3 +25,7 @@ def bookworm(arch: str) -> Recipe:
     """Debian 12 with Python 3.11: the base of the test images (no device nodes: see Recipe)."""
     return Recipe(name=f"bookworm-{arch}", suite="bookworm", arch=arch,
                   include=("python3", "python3-venv"), sif_ready=True)
+
+
+# Roots other parts of the world add (e.g. the arm64 Slurm node) register here so ``gc`` keeps them.
+EXTRA_ROOTS: list[Recipe] = []
