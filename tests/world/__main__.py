@@ -35,6 +35,9 @@ def _build_arch(arch: str) -> str:
 
 def build(arches: list[str]) -> None:
     start = time.monotonic()
+    why = rootfs.ensure_suite_tools()
+    if why:
+        print(f"world: warning: {why}", file=sys.stderr)
     rootfs.ensure(pieces.SID_APPTAINER)
     # The arches' chains run side by side: the arm64 one is mostly emulated CPU, the amd64 one
     # mostly network, so together they take little more than the arm64 chain alone.

@@ -178,6 +178,19 @@ def _ensure_binfmt(arch: str) -> str | None:
     return None
 
 
+# Programs the suite needs on the host besides the roots (make test installs them when root).
+SUITE_TOOLS = {"siftool": "siftool", "mksquashfs": "squashfs-tools", "shellcheck": "shellcheck"}
+
+
+def ensure_suite_tools() -> str | None:
+    """apt-get install the suite's host programs that are missing; None when all are there."""
+    missing = sorted({pkg for prog, pkg in SUITE_TOOLS.items() if not _which(prog)})
+    if not missing:
+        return None
+    why = _apt_install(missing)
+    return f"{' '.join(missing)} missing and {why}" if why else None
+
+
 def why_unavailable(recipe: Recipe | None = None) -> str | None:
     """None when roots (of ``recipe``'s arch) can be built and entered here, else one line why."""
     if os.name != "posix" or os.getuid() != 0:
