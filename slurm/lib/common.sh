@@ -275,11 +275,11 @@ suite_sif() {
     "republish the image (make build IMAGE=$image) or fix the pointer"
   dst="$SUITE_STAGED_IMAGES/$target"
   mkdir -p "$SUITE_STAGED_IMAGES" 2>/dev/null || suite_die "cannot create $SUITE_STAGED_IMAGES on $where" "free the node-local disk"
-  if [[ "$(stat -c '%s %Y' "$dst" 2>/dev/null)" != "$(stat -c '%s %Y' "$src")" ]]; then
+  if [[ "$(stat -c '%s %Y' "$dst" 2>/dev/null)" != "$(stat -L -c '%s %Y' "$src")" ]]; then
     exec {lock}>"$dst.lock" # array tasks on one node: the first copies, the others wait
     command -v flock >/dev/null 2>&1 && flock "$lock"
-    if [[ "$(stat -c '%s %Y' "$dst" 2>/dev/null)" != "$(stat -c '%s %Y' "$src")" ]]; then
-      need="$(stat -c %s "$src")"
+    if [[ "$(stat -c '%s %Y' "$dst" 2>/dev/null)" != "$(stat -L -c '%s %Y' "$src")" ]]; then
+      need="$(stat -L -c %s "$src")"
       avail="$(($(df -Pk "$SUITE_STAGED_IMAGES" | awk 'NR==2 {print $4}') * 1024))"
       ((need < avail)) || suite_die "node-local disk is full: $target needs $need bytes, $SUITE_STAGED_IMAGES has $avail free on $where" \
         "free space there, or export CONTAINERS_NODE_LOCAL=<a local folder with space>"

@@ -259,3 +259,20 @@ def test_full_node_local_disk_leaves_nothing_half_staged(sif_job):
     (images / "mineru-dell-py310-amd64.current").write_text(name + "\n")
     one_error(_sif_probe(job, "mineru-dell-py310", nvme), "node-local disk is full", "free space")
     assert not (nvme / "images" / name).exists() and not list((nvme / "images").glob(".*part"))
+
+
+def test_flowportal_cat_on_a_laptop_with_host_runtime(tmp_path, isolated_roots):
+    """The same script a DGX user types, with runtime=host and no Slurm (a laptop)."""
+    from tests.entrypoints.flowportal.conftest import CHECKOUT, make_mp4, stage_models
+
+    models = stage_models(isolated_roots / "shared" / "models")
+    video = make_mp4(tmp_path / "cat.mp4", 40)
+    out = bash(str(REPO / "slurm" / "flowportal_cat.sbatch"), f"video.input={video}", "video.height=24",
+               "video.width=32", "video.k_frames=9", cwd=tmp_path, CONTAINERS_CLUSTER="laptop",
+               FLOWPORTAL_CHECKOUT=str(CHECKOUT), FLOWPORTAL_MODELS=str(models), CONTAINERS_GPU_GUARD="warn")
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = next((isolated_roots / "scratch" / "runs" / "flowportal").iterdir())
+    marker = json.loads((run / "outputs" / "cat_ic" / ".complete.json").read_text())
+    assert marker["preset"] == "dgx_fast"
+    assert (isolated_roots / "nvme" / "models" / "flowportal" / "Wan2.1-Fun-V1.1-1.3B-Control").is_dir()
+    assert (run / "jobs" / "cat" / "steps" / "01-flowportal" / "exec.sh").is_file()
