@@ -302,12 +302,17 @@ suite_sif() {
 # suite_run_job JOBDIR [key=value ...]: run a job folder written by submit: every image of the job
 # staged first, then the models its apps declare (stage.sh, inside the image), then each step's
 # exec.sh in order. The first failing step stops the job with its exit code; exit 75 (time is
-# up, work remains) chains a continuation of the same job (afterany) and ends this one cleanly.
+# up, work remains) or USR1 (sbatch --signal=B:USR1@N) chains a continuation of the same job
+# (afterany); after exit 75 this one ends cleanly.
 suite_run_job() {
   local job="$1" img step rc=0 task="${SLURM_ARRAY_TASK_ID:-}"
   shift
   suite_node "$job" cpu
   SUITE_TIMELINE="$job/timeline${task:+.$task}.tsv"
+  # sbatch --signal=B:USR1@SECONDS (a job's sbatch_args): chain the continuation before the limit
+  # kills the step; the continuation resumes what has no completion marker.
+  _SUITE_CHAINED=""
+  trap 'suite_log "time limit near (USR1)"; suite_continue "$job"' USR1
   suite_mark job_start "node $(_suite_node_name) runtime $SUITE_RUNTIME"
   if [[ "$SUITE_RUNTIME" != host ]]; then
     for img in "${!SUITE_IMG_ARCHES[@]}"; do suite_sif "$img" >/dev/null; done
@@ -331,8 +336,15 @@ suite_run_job() {
     [[ -n "$task" ]] && report=("report_path=$job/steps/$step/run_report.$task.json")
     suite_log "step $step of job $(basename "$job")"
     suite_mark step_start "$step"
+    # in the background and waited for: a trapped signal (USR1 near the time limit) interrupts wait
+    bash "$job/steps/$step/exec.sh" "${report[@]}" "${extra[@]}" &
+    local pid=$!
     rc=0
-    bash "$job/steps/$step/exec.sh" "${report[@]}" "${extra[@]}" || rc=$?
+    wait "$pid" || rc=$?
+    while kill -0 "$pid" 2>/dev/null; do
+      rc=0
+      wait "$pid" || rc=$?
+    done
     suite_mark step_end "$step $rc"
     if ((rc == 75)); then
       suite_log "step $step stopped before the time limit with work left"
@@ -354,6 +366,8 @@ suite_run_job() {
 suite_continue() {
   local job="$1" hop="${CONTAINERS_CONTINUATION:-0}" jid dep
   local -a args arr=()
+  [[ -z "${_SUITE_CHAINED:-}" ]] || return 0 # once per job (USR1 and exit 75 may both come)
+  _SUITE_CHAINED=1
   if [[ -z "${SLURM_JOB_ID:-}" || ! -f "$job/sbatch.args" ]]; then
     suite_log "not a submitted Slurm job: rerun $job by hand to continue"
     return 0
