@@ -28,7 +28,7 @@ def _seed_cache(tmp: Path) -> Path:
     derivation is timed, not the (much longer, emulated) debootstrap of the base."""
     from tests.world import armnode, rootfs
 
-    base = rootfs.ensure(armnode.base_recipe())
+    base = rootfs.ensure(armnode.NODE.base)
     roots = tmp / "world" / "roots"
     roots.mkdir(parents=True)
     run(["cp", "-al", str(base), str(roots / base.name)], timeout=600)
@@ -59,7 +59,7 @@ def _cluster_start(tmp: Path, arm64_root: Path | None) -> tuple[float, float]:
 
 def main(out_dir: Path) -> None:
     from tests.plugins.slurm_cluster import why_unavailable as slurm_missing
-    from tests.world import armnode
+    from tests.world import armnode, rootfs
 
     missing = (os.getuid() != 0 and "needs root") or slurm_missing() or armnode.why_unavailable()
     if missing:
@@ -70,12 +70,13 @@ def main(out_dir: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-arm64-") as tmp_s:
         tmp = Path(tmp_s)
         cache = _seed_cache(tmp)
+        base_name = rootfs.root_path(armnode.NODE.base, cache).name
         t0 = time.monotonic()
         root = armnode.ensure(cache=cache, log=lambda s: None)
         derive = time.monotonic() - t0
         lines.append(f"node root derived from the cached bookworm arm64 root (copy + apt-get install "
-                     f"{' '.join(armnode.NODE_PACKAGES)}, emulated): {derive:.1f} s")
-        facts = json.loads((cache / "roots" / f"{armnode.base_recipe().name}.done").read_text())
+                     f"{' '.join(armnode.NODE.packages)}, emulated): {derive:.1f} s")
+        facts = json.loads((cache / "roots" / f"{base_name}.done").read_text())
         took = f"{facts['seconds']} s" if "seconds" in facts else "not recorded in this cache's marker"
         lines.append(f"base root (debootstrap --arch=arm64, emulated second stage), from its marker: {took}")
         lines += ["", f"{'spark1 kind':<12} {'cluster start s':>16} {'uname job s':>12}  (median of {N})"]

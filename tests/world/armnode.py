@@ -6,10 +6,10 @@ flattens that away. Here the ``spark`` node's slurmd is Debian's arm64 build, ru
 through qemu-user binfmt_misc (flag F) inside the world's bookworm arm64 root, entered with
 pivot_root (``tests/world/enter.sh``; not chroot: Apptainer's own namespace set-up must work there).
 
-The node root is derived from the world's ``bookworm-arm64`` root (:mod:`tests.world.pieces`) by
-copying it and apt-installing :data:`NODE_PACKAGES` inside (22.05.8, like the host's). It is cached
-next to the other roots and stamped with the base's digest, the packages and :data:`STEPS_VERSION`;
-a half-built or stale copy is deleted and rebuilt, never trusted.
+The node root (``pieces.SPARK_NODE``) is derived from the world's ``bookworm-arm64`` root by
+copying it and apt-installing its packages inside (slurmd 22.05.8, like the host's). It is cached
+next to the other roots, one folder per digest (base digest, packages, derivation steps), with a
+completion marker written last; a half-built copy is deleted and rebuilt, never trusted.
 """
 
 from __future__ import annotations
@@ -21,61 +21,51 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from containers.markers import fingerprint, is_done, write_marker
+from containers.markers import is_done, write_marker
 from containers.runner import run
 from tests.world import rootfs
-from tests.world.pieces import bookworm
+from tests.world.pieces import SPARK_NODE
 
-ARCH = "arm64"
-NAME = "spark-node-arm64"
-NODE_PACKAGES = ("slurmd", "slurm-client", "munge")
-STEPS_VERSION = 1  # bump when _install below changes what the node root contains
+NODE = SPARK_NODE
 # Daemons must not start while packages are installed: nothing may outlive the build.
 POLICY_RC_D = "#!/bin/sh\n# gpu-image-suite test world: never start services in this root\nexit 101\n"
 
 
-def base_recipe() -> rootfs.Recipe:
-    return bookworm(ARCH)
-
-
-def digest() -> str:
-    return fingerprint({"base": base_recipe().digest(), "packages": NODE_PACKAGES, "steps": STEPS_VERSION})
-
-
 def why_unavailable() -> str | None:
     """None when the arm64 node can be built and run here, else one line naming the missing piece."""
-    return rootfs.why_unavailable(base_recipe())
+    return rootfs.why_unavailable(NODE.base)
 
 
-def _paths(cache: Path | None) -> tuple[Path, Path, Path]:
-    base = (cache or rootfs.cache_dir()) / "roots"
-    return base, base / NAME, base / f"{NAME}.done"
+def _paths(cache: Path | None) -> tuple[Path, Path]:
+    root = rootfs.root_path(NODE, cache)  # one folder per digest, like every world root
+    return root, root.with_name(root.name + ".done")
 
 
 def is_built(cache: Path | None = None) -> bool:
-    _, root, marker = _paths(cache)
-    return is_done(marker, digest()) and (root / "usr" / "sbin" / "slurmd").exists()
+    root, marker = _paths(cache)
+    return is_done(marker, NODE.digest()) and (root / "usr" / "sbin" / "slurmd").exists()
 
 
 def ensure(*, cache: Path | None = None, log: Callable[[str], None] | None = None) -> Path:
-    """The node root (built now when missing, half-built or stale); raises rootfs.WorldUnavailable."""
-    base, root, marker = _paths(cache)
+    """The node root (built now when missing or half-built); raises rootfs.WorldUnavailable."""
+    root, marker = _paths(cache)
     if is_built(cache):
         return root
     why = why_unavailable()
     if why:
         raise rootfs.WorldUnavailable(f"the arm64 Slurm node cannot be built: {why}")
-    source = rootfs.ensure(base_recipe(), cache=cache, log=log)
-    with rootfs.piece_lock(base / f".{NAME}.lock"):
+    source = rootfs.ensure(NODE.base, cache=cache, log=log)
+    base = root.parent
+    with rootfs.piece_lock(base / f".{root.name}.lock"):
         if is_built(cache):
             return root
         with contextlib.suppress(FileNotFoundError):
             marker.unlink()
-        for stale in [root, *base.glob(f"{NAME}.building-*")]:
-            rootfs.remove_tree(stale)
-        work = base / f"{NAME}.building-{os.getpid()}"
+        for stale in [root, *base.glob(f"{root.name}.building-*")]:
+            rootfs.remove_tree(stale)  # half-built: never trusted (the lock says no one is building it)
+        work = base / f"{root.name}.building-{os.getpid()}"
         start = time.monotonic()
-        rootfs._say(log, f"world: deriving '{NAME}' from '{source.name}' (+ {' '.join(NODE_PACKAGES)})")
+        rootfs._say(log, f"world: deriving '{NODE.name}' from '{source.name}' (+ {' '.join(NODE.packages)})")
         try:
             run(["cp", "-a", "--reflink=auto", str(source), str(work)], timeout=900,
                 what="copy of the arm64 root")
@@ -86,25 +76,26 @@ def ensure(*, cache: Path | None = None, log: Callable[[str], None] | None = Non
                 rootfs.remove_tree(work)
             raise
         seconds = time.monotonic() - start
-        write_marker(marker, digest(), base=base_recipe().digest(), packages=list(NODE_PACKAGES),
+        write_marker(marker, NODE.digest(), base=NODE.base.digest(), packages=list(NODE.packages),
                      seconds=round(seconds, 1), built=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        rootfs._say(log, f"world: '{NAME}' built in {seconds:.0f} s")
+        rootfs._say(log, f"world: '{NODE.name}' built in {seconds:.0f} s")
         return root
 
 
 def _install(work: Path) -> None:
+    """apt-get install inside the copy (bump SPARK_NODE.steps when this changes)."""
     policy = work / "usr" / "sbin" / "policy-rc.d"
     policy.write_text(POLICY_RC_D)
     policy.chmod(0o755)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     script = ("set -e; apt-get update -qq; "
-              f"apt-get install -y -qq --no-install-recommends {' '.join(NODE_PACKAGES)}; "
+              f"apt-get install -y -qq --no-install-recommends {' '.join(NODE.packages)}; "
               "apt-get clean; rm -rf /var/lib/apt/lists/*")
     proc = rootfs.run_in(work, ["/bin/sh", "-c", script], env=env, timeout=1800, check=False)
     if proc.returncode != 0 or not (work / "usr" / "sbin" / "slurmd").exists():
         said = (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or ["?"])[-1]
         raise rootfs.WorldUnavailable(
-            f"apt-get install {' '.join(NODE_PACKAGES)} in the arm64 root failed: {said}",
+            f"apt-get install {' '.join(NODE.packages)} in the arm64 root failed: {said}",
             fix="check the network to the Debian mirror in /etc/apt/sources*")
 
 

@@ -6,13 +6,16 @@ machine and cached outside the checkout (CI clones afresh; a cache inside the cl
 
 API (everything a caller needs; raises :class:`WorldUnavailable` with one line when it cannot):
 
-- ``Recipe(name, suite, arch="amd64", variant="minbase", include=(), strip_dev=False,
-  users=())``: what a root is. ``digest()`` hashes every field plus :data:`STEPS_VERSION`, so a
+- ``Recipe(name, suite, arch="amd64", variant="minbase", include=(), sif_ready=False,
+  users=(), edits=())``: what a root is. ``digest()`` hashes every field plus :data:`STEPS_VERSION`, so a
   changed recipe (or changed build steps) means a different root.
-- ``ensure(recipe, *, cache=None, log=None) -> Path``: the root's directory, built when missing,
-  half-built or stale. A root counts as built only when its completion marker (written last, after
-  the build directory was renamed into place) holds the recipe's digest; anything else under its
-  name is deleted and rebuilt (never trusted). Concurrent callers wait on one lock per root.
+- ``ensure(recipe, *, cache=None, log=None) -> Path``: the root's directory
+  (``roots/NAME.DIGEST12``), built when missing or half-built. A root counts as built only when
+  its completion marker (written last, after the build directory was renamed into place) holds the
+  recipe's digest; anything else at that path is deleted and rebuilt (never trusted). A changed
+  recipe is a new digest, hence a new folder: checkouts at different commits sharing the cache
+  never delete each other's roots. Concurrent callers wait on one lock per root.
+- ``gc(keep, *, cache=None)``: delete every cached root/image not in ``keep``.
 - ``why_unavailable(recipe) -> str | None``: None when ``ensure`` can work here (root, debootstrap,
   qemu-user binfmt for a foreign arch; installs the Debian packages with apt-get when it can).
 - ``enter_argv(root, argv, *, binds=(), ro_binds=(), cwd=None) -> list[str]``: the argv that
@@ -65,9 +68,13 @@ class WorldUnavailable(UserError):
 class Recipe:
     """One cached root: ``debootstrap --arch ARCH --variant VARIANT --include ... SUITE``.
 
-    ``strip_dev`` removes the device nodes debootstrap leaves in /dev (a root packed into a SIF
-    for an unprivileged ``--userns`` build must have none); ``users`` are ``(name, uid)`` pairs
-    added to /etc/passwd (an unprivileged builder needs a name inside the root).
+    ``sif_ready`` removes the device nodes debootstrap leaves in /dev and gives every file to
+    root:root: a SIF used as the base of an unprivileged ``--userns`` build must have neither
+    (the user namespace maps one uid; unsquashfs fails on the shadow/utmp/staff groups).
+    ``users`` are ``(name, uid)`` pairs added to /etc/passwd (a builder needs a name inside).
+    ``edits`` are ``(path in the root, old line, new line)``: a build fails when ``old`` is absent
+    (a package that changed its default must not pass silently).
+    A built root is shared and must stay as built: a root with other packages is another Recipe.
     """
 
     name: str
@@ -75,8 +82,9 @@ class Recipe:
     arch: str = "amd64"
     variant: str = "minbase"
     include: tuple[str, ...] = ()
-    strip_dev: bool = False
+    sif_ready: bool = False
     users: tuple[tuple[str, int], ...] = field(default=())
+    edits: tuple[tuple[str, str, str], ...] = field(default=())
 
     def digest(self) -> str:
         return fingerprint({"recipe": asdict(self), "steps": STEPS_VERSION})
@@ -170,6 +178,19 @@ def _ensure_binfmt(arch: str) -> str | None:
     return None
 
 
+# Programs the suite needs on the host besides the roots (make test installs them when root).
+SUITE_TOOLS = {"siftool": "siftool", "mksquashfs": "squashfs-tools", "shellcheck": "shellcheck"}
+
+
+def ensure_suite_tools() -> str | None:
+    """apt-get install the suite's host programs that are missing; None when all are there."""
+    missing = sorted({pkg for prog, pkg in SUITE_TOOLS.items() if not _which(prog)})
+    if not missing:
+        return None
+    why = _apt_install(missing)
+    return f"{' '.join(missing)} missing and {why}" if why else None
+
+
 def why_unavailable(recipe: Recipe | None = None) -> str | None:
     """None when roots (of ``recipe``'s arch) can be built and entered here, else one line why."""
     if os.name != "posix" or os.getuid() != 0:
@@ -230,11 +251,21 @@ def _say(log: Callable[[str], None] | None, text: str) -> None:
     (log or (lambda s: print(s, file=sys.stderr, flush=True)))(text)
 
 
+def root_path(recipe: Recipe, cache: Path | None = None) -> Path:
+    """Where ``recipe``'s root lives: one folder per recipe digest.
+
+    Why per digest: two checkouts at different commits (a helper's branch, CI's fresh clone) may
+    use one machine-wide cache at once; with one folder per name, each would delete the root the
+    other is running in. Older digests stay until ``gc`` removes them.
+    """
+    return (cache or cache_dir()) / "roots" / f"{recipe.name}.{recipe.digest()[:12]}"
+
+
 def ensure(recipe: Recipe, *, cache: Path | None = None,
            log: Callable[[str], None] | None = None) -> Path:
-    """The built root of ``recipe`` (built now when missing, half-built or stale)."""
-    base = (cache or cache_dir()) / "roots"
-    root, marker = base / recipe.name, base / f"{recipe.name}.done"
+    """The built root of ``recipe`` (built now when missing or half-built)."""
+    root = root_path(recipe, cache)
+    base, marker = root.parent, root.with_name(root.name + ".done")
     digest = recipe.digest()
     if is_done(marker, digest) and (root / "bin" / "sh").exists():
         return root
@@ -242,14 +273,14 @@ def ensure(recipe: Recipe, *, cache: Path | None = None,
     if why:
         raise WorldUnavailable(f"root filesystem '{recipe.name}' cannot be built: {why}")
     base.mkdir(parents=True, exist_ok=True)
-    with piece_lock(base / f".{recipe.name}.lock"):
+    with piece_lock(base / f".{root.name}.lock"):
         if is_done(marker, digest) and (root / "bin" / "sh").exists():
             return root
         with contextlib.suppress(FileNotFoundError):
             marker.unlink()  # from here on the old root is not vouched for
-        for stale in [root, *base.glob(f"{recipe.name}.building-*")]:
-            remove_tree(stale)
-        work = base / f"{recipe.name}.building-{os.getpid()}"
+        for stale in [root, *base.glob(f"{root.name}.building-*")]:
+            remove_tree(stale)  # half-built: never trusted (the lock says no one is building it)
+        work = base / f"{root.name}.building-{os.getpid()}"
         start = time.monotonic()
         _say(log, f"world: building root '{recipe.name}' ({recipe.suite}/{recipe.arch}) in {root}")
         try:
@@ -265,6 +296,20 @@ def ensure(recipe: Recipe, *, cache: Path | None = None,
                      built=time.strftime("%Y-%m-%dT%H:%M:%S"))
         _say(log, f"world: root '{recipe.name}' built in {seconds:.0f} s")
         return root
+
+
+def gc(keep: Iterable[Path], cache: Path | None = None) -> list[Path]:
+    """Delete cached roots and images not in ``keep`` (other digests, leftovers); returns them."""
+    cache = cache or cache_dir()
+    keep_names = {p.name for p in keep} | {p.name + ".done" for p in keep}
+    removed = []
+    for sub in ("roots", "images"):
+        for p in sorted((cache / sub).glob("*")):
+            if p.name.startswith(".") or p.name in keep_names:
+                continue
+            remove_tree(p)
+            removed.append(p)
+    return removed
 
 
 def _debootstrap(recipe: Recipe, work: Path) -> None:
@@ -287,7 +332,7 @@ def _debootstrap(recipe: Recipe, work: Path) -> None:
 
 
 def _finish(recipe: Recipe, work: Path) -> None:
-    """Trim caches, add users, strip device nodes: the steps STEPS_VERSION covers."""
+    """Trim caches, add users, make it SIF-ready: the steps STEPS_VERSION covers."""
     for sub in ("var/cache/apt/archives", "var/lib/apt/lists"):
         for p in (work / sub).glob("*"):
             if p.is_file():
@@ -298,10 +343,26 @@ def _finish(recipe: Recipe, work: Path) -> None:
             fh.write(f"{name}:x:{uid}:{uid}::/tmp:/bin/sh\n")
         with group.open("a") as fh:
             fh.write(f"{name}:x:{uid}:\n")
-    if recipe.strip_dev:
+    for rel, old, new in recipe.edits:
+        target = work / rel.lstrip("/")
+        text = target.read_text() if target.is_file() else ""
+        if old not in text.splitlines():
+            raise WorldUnavailable(f"recipe '{recipe.name}': line {old!r} not found in {rel}",
+                                   fix="update the recipe's edits in tests/world/pieces.py")
+        target.write_text("\n".join(new if ln == old else ln for ln in text.splitlines()) + "\n")
+    if recipe.sif_ready:
         for p in (work / "dev").rglob("*"):
             if not p.is_dir() and not p.is_file() and not p.is_symlink():
                 p.unlink()  # character/block devices, fifos
+        for dirpath, dirnames, filenames in os.walk(work):
+            for n in (*dirnames, *filenames):
+                p = os.path.join(dirpath, n)
+                st = os.lstat(p)
+                if st.st_uid or st.st_gid:
+                    mode = st.st_mode
+                    os.lchown(p, 0, 0)
+                    if not os.path.islink(p):
+                        os.chmod(p, mode & 0o7777)  # chown clears setgid/setuid: keep the mode
     (work / ".oldroot").mkdir(exist_ok=True)
 
 
@@ -339,9 +400,9 @@ def describe(cache: Path | None = None) -> list[dict]:
     out = []
     for marker in sorted(base.glob("*.done")):
         try:
-            out.append({"name": marker.stem, **json.loads(marker.read_text())})
+            out.append({"dir": marker.name[:-5], **json.loads(marker.read_text())})
         except (OSError, ValueError):
-            out.append({"name": marker.stem, "broken": True})
+            out.append({"dir": marker.name[:-5], "broken": True})
     return out
 
 
