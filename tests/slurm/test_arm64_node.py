@@ -98,3 +98,18 @@ def test_stop_leaves_nothing_in_the_arm64_node(spark_arm64, tmp_path):
     while time.monotonic() < deadline and armnode.pids_in_ns(ns):
         time.sleep(0.2)
     assert armnode.pids_in_ns(ns) == []
+
+
+@pytest.mark.apptainer
+def test_arm64_image_runs_through_the_real_apptainer_on_spark(spark_arm64, real_apptainer, test_sif_arm64,
+                                                             tmp_path):
+    """The launcher (x86 Apptainer in its sid root) works from inside the aarch64 node's root."""
+    probe = "import platform, sys; print(platform.machine(), sys.version_info[:2] >= (3, 11))"
+    out = job(spark_arm64, tmp_path,
+              f"uname -m; command -v apptainer; apptainer --version; "
+              f"apptainer exec --cleanenv --no-home {test_sif_arm64} python3 -c '{probe}'", timeout=600)
+    lines = out.splitlines()
+    assert lines[0] == "aarch64", out
+    assert lines[1] == str(real_apptainer), out
+    assert lines[2].startswith("apptainer version "), out
+    assert lines[-1] == "aarch64 True", out
