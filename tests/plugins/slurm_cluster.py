@@ -240,6 +240,10 @@ class LocalSlurm:
             if len(states) == len(NODES) and all(s in ("idle", "mix", "alloc") for s in states.values()):
                 self._record_arm64_ns()
                 return self
+            dead = self._dead_daemon()
+            if dead:  # a daemon that exited will not come back: say which, now, with its output
+                self.stop()
+                raise RuntimeError(f"local Slurm: {dead}")
             time.sleep(0.3)
         log = (
             (r / "log" / "slurmctld.log").read_text(errors="replace")[-1500:]
@@ -248,6 +252,16 @@ class LocalSlurm:
         )
         self.stop()
         raise RuntimeError(f"local Slurm did not become ready in {timeout:g} s; slurmctld log tail:\n{log}")
+
+    def _dead_daemon(self) -> str | None:
+        for name, pid in self._pids():
+            proc = self._children.get(pid)
+            if proc is not None and proc.poll() is not None:
+                daemon = name.removesuffix(".pid")
+                out = self.root / "log" / f"{daemon}.stdout"
+                tail = out.read_text(errors="replace").strip().splitlines()[-1:] if out.exists() else []
+                return f"{daemon} exited with code {proc.returncode}" + (f": {tail[0]}" if tail else "")
+        return None
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.root / "log" / f"{name}.stdout", "ab")  # noqa: SIM115 (the daemon keeps it)

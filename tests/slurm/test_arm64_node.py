@@ -113,3 +113,14 @@ def test_arm64_image_runs_through_the_real_apptainer_on_spark(spark_arm64, real_
     assert lines[1] == str(real_apptainer), out
     assert lines[2].startswith("apptainer version "), out
     assert lines[-1] == "aarch64 True", out
+
+
+def test_a_broken_node_root_fails_fast_and_leaves_nothing(slurm_cluster, tmp_path):
+    """A node root without a shell: start() names the daemon and its error, and nothing stays up."""
+    bogus = tmp_path / "not-a-root"
+    bogus.mkdir()
+    cluster = LocalSlurm(tmp_path / "slurm", arm64_root=bogus)
+    said = r"slurmd-spark1 exited with code 125: error: enter.sh: .* is not a root filesystem"
+    with pytest.raises(RuntimeError, match=said):
+        cluster.start(timeout=60)
+    assert not cluster.running() and list((cluster.root / "run").glob("*.pid")) == []
