@@ -36,8 +36,9 @@ def _inner(tmp_path, *args, ci=False, env_extra=None):
     env.update({"PID_FILE": str(tmp_path / "pid"), **(env_extra or {})})
     if ci:
         env["CI"] = "true"
-    return [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "tests.plugins.world", "-p", "no:cacheprovider",
-            "-W", "ignore::pytest.PytestUnknownMarkWarning", "--rootdir", str(tmp_path), str(test), *args], env
+    return [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "tests.plugins.world",
+            "-p", "no:cacheprovider", "-W", "ignore::pytest.PytestUnknownMarkWarning",
+            "--rootdir", str(tmp_path), str(test), *args], env
 
 
 def test_missing_piece_is_a_loud_skip_and_a_ci_failure(tmp_path):
@@ -75,7 +76,7 @@ def test_sigterm_ends_the_run_and_its_background_processes(tmp_path):
         os.kill(sleeper, 0)  # running
         inner.send_signal(signal.SIGTERM)
         out, _ = inner.communicate(timeout=60)
-        assert inner.returncode != 0 and ("KeyboardInterrupt" in out or "Interrupted" in out or "!!!" in out), out
+        assert inner.returncode != 0 and ("KeyboardInterrupt" in out or "!!!" in out), out
         gone = False
         for _ in range(50):
             try:
