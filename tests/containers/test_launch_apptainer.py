@@ -35,7 +35,12 @@ APPTAINER_OWN = {"HOME", "PATH", "PWD", "LANG", "TERM", "LD_LIBRARY_PATH", "PS1"
 def roots(monkeypatch, real_apptainer):
     """Scratch, node-local and shared roots outside /tmp (under the world cache, which the
     launcher binds), so only the command's own binds can make them visible inside."""
-    base = rootfs.cache_dir() / "work" / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    work = rootfs.cache_dir() / "work"
+    for old in work.glob("*-*"):  # left by a run that was killed before its teardown
+        pid = old.name.split("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(old, ignore_errors=True)
+    base = work / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     for var, sub in (("CONTAINERS_SCRATCH", "scratch"), ("CONTAINERS_NODE_LOCAL", "nvme"),
                      ("CONTAINERS_SHARED_ROOT", "shared")):
         (base / sub).mkdir(parents=True)
