@@ -8,6 +8,7 @@ by skipping). A failed build is remembered for the session, so it is tried (and 
 
 Fixtures:
 - ``real_apptainer``: puts the launcher first on PATH for the test; returns its path.
+- ``world_launcher_dir``: the launcher's folder, for PATHs a test builds (Slurm jobs, node roots).
 - ``world_sid_root``: the sid root (for tests that enter it directly).
 - ``test_sif_amd64`` / ``test_sif_arm64``: the test images built by the real Apptainer.
 - ``world_procs``: ``start(argv, **popen_kw)`` for background processes; each runs in its own
@@ -81,6 +82,13 @@ def _launcher_dir(_sid_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     base = tmp_path_factory.getbasetemp()
     write_launcher(bin_dir, _sid_root, [str(REPO), str(base), str(rootfs.cache_dir())])
     return bin_dir
+
+
+@pytest.fixture
+def world_launcher_dir(request, _launcher_dir: Path) -> Path:
+    """The folder holding the launcher, for PATHs the test builds itself (Slurm jobs, a node root)."""
+    _require_marker(request, "apptainer")
+    return _launcher_dir
 
 
 @pytest.fixture
