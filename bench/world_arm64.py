@@ -67,8 +67,8 @@ def main(out_dir: Path) -> None:
     lines = ["# bench/world_arm64.py, " + time.strftime("%Y-%m-%d %H:%M:%S")
              + f", {platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs)",
              "# command: python -m bench world_arm64   (make bench ARGS=world_arm64)",
-             "# load average at start (1/5/15 min): {:.1f} {:.1f} {:.1f}; emulated steps vary most with it"
-             .format(*os.getloadavg()), ""]
+             "# load average at start (1/5/15 min): {:.1f} {:.1f} {:.1f}; "
+             "emulated steps slow down most under load".format(*os.getloadavg()), ""]
     with tempfile.TemporaryDirectory(prefix="bench-arm64-") as tmp_s:
         tmp = Path(tmp_s)
         cache = _seed_cache(tmp)
