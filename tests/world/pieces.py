@@ -34,8 +34,8 @@ def bookworm(arch: str) -> Recipe:
 class Derived:
     """A root made from a copy of ``base`` plus apt-installed ``packages`` (tests/world/armnode.py).
 
-    Cheaper than another debootstrap when the base is emulated (arm64): the copy and the install
-    took 40 s on an idle machine, the emulated debootstrap of the base about 7 minutes. ``steps`` is the version of the derivation
+    Cheaper than another debootstrap when the base is emulated (arm64): a copy and an apt-get
+    install instead of a second emulated debootstrap (times: bench/results/world_arm64.txt). ``steps`` is the version of the derivation
     code; ``digest()`` covers the base's digest too, so a new base means a new derived root.
     """
 
