@@ -35,8 +35,9 @@ class Derived:
     """A root made from a copy of ``base`` plus apt-installed ``packages`` (tests/world/armnode.py).
 
     Cheaper than another debootstrap when the base is emulated (arm64): a copy and an apt-get
-    install instead of a second emulated debootstrap (times: bench/results/world_arm64.txt). ``steps`` is the version of the derivation
-    code; ``digest()`` covers the base's digest too, so a new base means a new derived root.
+    install instead of a second emulated debootstrap (times: bench/results/world_arm64.txt).
+    ``steps`` is the version of the derivation code; ``digest()`` covers the base's digest too, so
+    a new base means a new derived root.
     """
 
     name: str
