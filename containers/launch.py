@@ -197,6 +197,21 @@ def default_binds(cfg: Any, extra: Sequence[str] = ()) -> list[Bind]:
     return [b for b in own if Path(b.src).exists()] + given
 
 
+def _sourced_value(key: str, value: str) -> str:
+    """``value`` escaped for the shell line Apptainer writes it into.
+
+    Apptainer (1.4.5 measured) turns every ``--env`` and ``APPTAINERENV_*`` value into
+    ``export KEY="value"`` (escaping only ``"``) in a script the container sources: ``$``, backticks
+    and ``\\`` are live there, so a value ``$(id)`` would run ``id`` and ``$HOME`` would expand.
+    Escaping them makes the value arrive as written. A CR before LF is dropped by that shell and
+    cannot be escaped: refused.
+    """
+    if "\r\n" in value:
+        raise UserError(f"environment variable {key} holds a CR LF line break, which Apptainer drops",
+                        fix=f"remove the carriage return from {key}")
+    return value.replace("\\", "\\\\").replace("$", "\\$").replace("`", "\\`")
+
+
 def _env_flag(key: str, value: str) -> str | None:
     """``KEY=VALUE`` as Apptainer's ``--env`` reads it back exactly, or None where it cannot.
 
@@ -253,9 +268,10 @@ def plan_exec(cfg: Any, *, command: Sequence[str], runtime: str, sif: Path | Non
     argv += ["--cwd" if runtime == "apptainer" else "--pwd", cwd]
     verbatim: dict[str, str] = {}
     for k, v in sorted(cenv.items()):
-        flag = _env_flag(k, v)
+        sourced = _sourced_value(k, v)
+        flag = _env_flag(k, sourced)
         if flag is None:
-            verbatim[f"{'APPTAINER' if runtime == 'apptainer' else 'SINGULARITY'}ENV_{k}"] = v
+            verbatim[f"{'APPTAINER' if runtime == 'apptainer' else 'SINGULARITY'}ENV_{k}"] = sourced
         else:
             argv += ["--env", flag]
     argv += [str(sif), *command]

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from containers.config import compose
-from containers.launch import _env_flag, container_env, nvidia_gpu_present, plan_exec
+from containers.launch import container_env, nvidia_gpu_present, plan_exec
 from containers.runner import run
 from tests.helpers import REPO, assert_one_line_error
 from tests.world import rootfs
@@ -35,7 +35,12 @@ APPTAINER_OWN = {"HOME", "PATH", "PWD", "LANG", "TERM", "LD_LIBRARY_PATH", "PS1"
 def roots(monkeypatch, real_apptainer):
     """Scratch, node-local and shared roots outside /tmp (under the world cache, which the
     launcher binds), so only the command's own binds can make them visible inside."""
-    base = rootfs.cache_dir() / "work" / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    work = rootfs.cache_dir() / "work"
+    for old in work.glob("*-*"):  # left by a run that was killed before its teardown
+        pid = old.name.split("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(old, ignore_errors=True)
+    base = work / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     for var, sub in (("CONTAINERS_SCRATCH", "scratch"), ("CONTAINERS_NODE_LOCAL", "nvme"),
                      ("CONTAINERS_SHARED_ROOT", "shared")):
         (base / sub).mkdir(parents=True)
@@ -144,19 +149,15 @@ ENV_VALUES = {
     "EQUALS_TRAILING_QUOTE": 'x=1 "2"',
     "NEWLINE": "line one\nline two",
     "EQUALS_NEWLINE": "a=b\nc=d",
-    "CRLF": "a=b\r\nc",
+    "LONE_CR": "a=b\rc",
     "UNICODE": "ünïcödé ✓ 日本",
     "EMPTY": "",
     "SPACES": "  padded  ",
-    "SHELLISH": "$HOME `id` $(id) \\ 'single'",
+    "SHELLISH": "$HOME `id` $(id) ${X:-y} \\ 'single'",  # Apptainer sources values: must not expand
+    "BACKSLASH_QUOTE": 'a\\"b',
+    "TRAILING_BACKSLASH": "x\\",
+    "TAB": "a\tb",
 }
-
-
-def test_env_flag_forms_follow_apptainers_parser():
-    assert _env_flag("A", "x,y") == '"A=x,y"'
-    assert _env_flag("A", 'say "hi"') == 'A=say "hi"'
-    assert _env_flag("A", "a=b,c") == '"A=a=b,c"'
-    assert _env_flag("A", 'ends "') is None and _env_flag("A", "a=b\r\n") is None
 
 
 def test_env_values_arrive_exactly(roots, test_sif_amd64):
@@ -165,6 +166,20 @@ def test_env_values_arrive_exactly(roots, test_sif_amd64):
     seen = _seen(_run(plan))
     got = {k[len("CONTAINERS_T_"):]: v for k, v in seen["env"].items() if k.startswith("CONTAINERS_T_")}
     assert got == ENV_VALUES
+
+
+def test_crlf_value_is_refused_with_one_line(roots, test_sif_amd64):
+    environ = {**os.environ, "CONTAINERS_T_CRLF": "a\r\nb"}
+    proc = run([sys.executable, "-m", "containers", "exec", str(test_sif_amd64), "cluster=torch",
+                "--runtime", "apptainer", "--cpu", "--", "true"], env=environ, check=False, timeout=60)
+    assert_one_line_error(proc, "CONTAINERS_T_CRLF", "CR LF")
+
+
+def test_apptainer_sources_env_values(real_apptainer, test_sif_amd64):
+    """The fact behind _sourced_value: an unescaped --env value is shell-evaluated inside."""
+    proc = run(["apptainer", "exec", "--cleanenv", "--env", "C=$(echo evaluated)", test_sif_amd64,
+                "python3", "-c", "import os; print(os.environ['C'])"], check=False)
+    assert proc.stdout.strip() == "evaluated", proc.stderr
 
 
 def test_csv_doubled_quotes_are_not_what_apptainer_reads(real_apptainer, test_sif_amd64):
@@ -178,18 +193,22 @@ def test_dry_run_command_line_runs_the_same(roots, test_sif_amd64, tmp_path):
     """`containers exec --dry-run` prints a command that, pasted into a shell, gives the same env
     (values Apptainer's --env cannot carry go as APPTAINERENV_* in front of it)."""
     environ = {**os.environ, **{f"CONTAINERS_T_{k}": v for k, v in ENV_VALUES.items()}}
-    proc = run([sys.executable, "-m", "containers", "exec", str(test_sif_amd64), "cluster=torch",
-                "--runtime", "apptainer", "--cpu", "--dry-run", "--", *PROBE], env=environ, check=False)
+    # bytes, not text: text mode would turn the lone CR of the printed line into a newline
+    proc = subprocess.run([sys.executable, "-m", "containers", "exec", str(test_sif_amd64), "cluster=torch",
+                           "--runtime", "apptainer", "--cpu", "--dry-run", "--", *PROBE],
+                          env=environ, capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "APPTAINERENV_CONTAINERS_T_TRAILING_QUOTE=" in proc.stdout
-    shell = run(["bash", "-c", proc.stdout.strip()], env=environ, cwd=tmp_path, check=False, timeout=180)
+    assert b"APPTAINERENV_CONTAINERS_T_TRAILING_QUOTE=" in proc.stdout
+    line = proc.stdout.decode().rstrip("\n")
+    shell = run(["bash", "-c", line], env=environ, cwd=tmp_path, check=False, timeout=180)
     seen = _seen(shell)
     got = {k[len("CONTAINERS_T_"):]: v for k, v in seen["env"].items() if k.startswith("CONTAINERS_T_")}
     assert got == ENV_VALUES
 
 
-def _hostile(tmp_path: Path) -> dict:
-    home = tmp_path / "home"
+def _hostile(roots: Path) -> dict:
+    """A user environment out to break the container; $HOME outside /tmp (Apptainer shares /tmp)."""
+    home = roots / "home"
     site = home / ".local" / "lib" / "python3.11" / "site-packages"
     site.mkdir(parents=True)
     (site / "hostile_user_site.py").write_text("raise SystemExit('user site leaked')\n")
@@ -201,7 +220,7 @@ def _hostile(tmp_path: Path) -> dict:
 
 
 def test_cleanenv_against_hostile_host_variables(roots, test_sif_amd64, tmp_path):
-    environ = _hostile(tmp_path)
+    environ = _hostile(roots)
     plan = _plan(test_sif_amd64, [*PROBE, f"e:{environ['HOME']}/marker-in-home"], environ=environ)
     assert not any(k.startswith(("APPTAINERENV_", "SINGULARITYENV_")) for k in plan.env)
     seen = _seen(_run(plan))
@@ -218,7 +237,7 @@ def test_the_argv_alone_in_a_hostile_shell(roots, test_sif_amd64, tmp_path):
     """The same argv run with the user's whole environment (a script pasting the command):
     --cleanenv keeps host variables out and the explicit --env values win, but Apptainer passes
     APPTAINERENV_* through --cleanenv by design; that is why the launcher's env drops them."""
-    environ = _hostile(tmp_path)
+    environ = _hostile(roots)
     plan = _plan(test_sif_amd64, environ=environ)
     seen = _seen(_run(plan, env={k: v for k, v in environ.items() if k != "APPTAINER_BIND"}))
     env = seen["env"]
@@ -227,14 +246,21 @@ def test_the_argv_alone_in_a_hostile_shell(roots, test_sif_amd64, tmp_path):
     assert env.get("EVIL") == "1"  # Apptainer's documented behaviour, not ours
 
 
-def test_no_home_hides_the_host_home(roots, test_sif_amd64, tmp_path):
-    environ = _hostile(tmp_path)
+def test_no_home_hides_the_host_home(roots, test_sif_amd64):
+    environ = _hostile(roots)
     environ = {k: v for k, v in environ.items() if not k.startswith(("APPTAINER", "SINGULARITY"))}
-    plan = _plan(test_sif_amd64, [*PROBE, f"e:{environ['HOME']}"], environ=environ)
+    home = environ["HOME"]
+    plan = _plan(test_sif_amd64, [*PROBE, f"e:{home}/marker-in-home"], environ=environ)
     assert "--no-home" in plan.argv
-    seen = _seen(_run(plan, cwd=roots))
-    assert seen["env"]["HOME"] != environ["HOME"]
-    assert seen["exists"][environ["HOME"]] is False
+    seen = _seen(_run(plan))
+    assert seen["env"]["HOME"] != home
+    assert seen["exists"][f"{home}/marker-in-home"] is False
+    # Started from inside $HOME, Apptainer mounts the working directory (home and all) despite
+    # --no-home; for a cluster user $HOME inside is that same path, so PYTHONNOUSERSITE is what
+    # keeps ~/.local out of sys.path (here $HOME inside is root's, so only the mount is shown).
+    seen = _seen(_run(plan, cwd=Path(home)))
+    assert seen["exists"][f"{home}/marker-in-home"] is True
+    assert seen["no_user_site"] and seen["hostile_user_site"] is False
 
 
 def test_working_directory(roots, test_sif_amd64):

@@ -8,6 +8,7 @@ by skipping). A failed build is remembered for the session, so it is tried (and 
 
 Fixtures:
 - ``real_apptainer``: puts the launcher first on PATH for the test; returns its path.
+- ``world_launcher_dir``: the launcher's folder, for PATHs a test builds (Slurm jobs, node roots).
 - ``world_sid_root``: the sid root (for tests that enter it directly).
 - ``test_sif_amd64`` / ``test_sif_arm64``: the test images built by the real Apptainer.
 - ``world_procs``: ``start(argv, **popen_kw)`` for background processes; each runs in its own
@@ -65,16 +66,29 @@ def _require_marker(request: pytest.FixtureRequest, *markers: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def world_sid_root() -> Path:
+def _sid_root() -> Path:
     return _piece("apptainer", "the sid root with Apptainer", lambda: rootfs.ensure(pieces.SID_APPTAINER))
 
 
+@pytest.fixture
+def world_sid_root(request, _sid_root: Path) -> Path:
+    _require_marker(request, "apptainer")
+    return _sid_root
+
+
 @pytest.fixture(scope="session")
-def _launcher_dir(world_sid_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _launcher_dir(_sid_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     bin_dir = tmp_path_factory.mktemp("world-bin")
     base = tmp_path_factory.getbasetemp()
-    write_launcher(bin_dir, world_sid_root, [str(REPO), str(base), str(rootfs.cache_dir())])
+    write_launcher(bin_dir, _sid_root, [str(REPO), str(base), str(rootfs.cache_dir())])
     return bin_dir
+
+
+@pytest.fixture
+def world_launcher_dir(request, _launcher_dir: Path) -> Path:
+    """The folder holding the launcher, for PATHs the test builds itself (Slurm jobs, a node root)."""
+    _require_marker(request, "apptainer")
+    return _launcher_dir
 
 
 @pytest.fixture
@@ -92,12 +106,12 @@ def _arm64_ready() -> Path:
 
 
 @pytest.fixture(scope="session")
-def _sif_amd64(world_sid_root: Path) -> Path:
+def _sif_amd64(_sid_root: Path) -> Path:
     return _piece("apptainer", "the amd64 test image", lambda: images.test_sif("amd64"))
 
 
 @pytest.fixture(scope="session")
-def _sif_arm64(world_sid_root: Path) -> Path:
+def _sif_arm64(_sid_root: Path) -> Path:
     return _piece("arm64", "the arm64 test image (qemu-user binfmt + Apptainer)", _arm64_ready)
 
 

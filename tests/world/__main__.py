@@ -30,7 +30,12 @@ REPO = Path(__file__).resolve().parents[2]
 def _build_arch(arch: str) -> str:
     start = time.monotonic()
     sif = images.test_sif(arch)
-    return f"{arch}: {sif} ready ({time.monotonic() - start:.0f} s)"
+    line = f"{arch}: {sif} ready ({time.monotonic() - start:.0f} s)"
+    if arch == "arm64":  # the local Slurm's aarch64 node, derived from the same arm64 root
+        from tests.world import armnode
+
+        line += f"; Slurm node root {armnode.ensure()} ready ({time.monotonic() - start:.0f} s)"
+    return line
 
 
 def build(arches: list[str]) -> None:

@@ -15,7 +15,8 @@ API (everything a caller needs; raises :class:`WorldUnavailable` with one line w
   recipe's digest; anything else at that path is deleted and rebuilt (never trusted). A changed
   recipe is a new digest, hence a new folder: checkouts at different commits sharing the cache
   never delete each other's roots. Concurrent callers wait on one lock per root.
-- ``gc(keep, *, cache=None)``: delete every cached root/image not in ``keep``.
+- ``gc(keep, *, cache=None)``: delete every cached root/image named ``NAME.DIGEST12...`` not in
+  ``keep`` (other folders in the cache are left alone).
 - ``why_unavailable(recipe) -> str | None``: None when ``ensure`` can work here (root, debootstrap,
   qemu-user binfmt for a foreign arch; installs the Debian packages with apt-get when it can).
 - ``enter_argv(root, argv, *, binds=(), ro_binds=(), cwd=None) -> list[str]``: the argv that
@@ -302,11 +303,12 @@ def gc(keep: Iterable[Path], cache: Path | None = None) -> list[Path]:
     """Delete cached roots and images not in ``keep`` (other digests, leftovers); returns them."""
     cache = cache or cache_dir()
     keep_names = {p.name for p in keep} | {p.name + ".done" for p in keep}
+    ours = re.compile(r"^[\w.-]+\.[0-9a-f]{12}(\.sif)?(\.done|\.building-[\w-]+(\.sif)?)?$")
     removed = []
     for sub in ("roots", "images"):
         for p in sorted((cache / sub).glob("*")):
-            if p.name.startswith(".") or p.name in keep_names:
-                continue
+            if p.name.split(".building-")[0] in keep_names or not ours.match(p.name):
+                continue  # kept (or being built now), or not named the way ensure()/images name them
             remove_tree(p)
             removed.append(p)
     return removed
