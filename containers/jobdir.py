@@ -107,8 +107,8 @@ def step_script(cfg: Any, *, title: str, job_dir: Path, image: str, gpu: bool,
         "fi",
         *(f"suite_bind {shell_word(b.src)} {'ro' if b.ro else 'rw'}" for b in binds),
         f"sif=\"$(suite_sif {shell_word(image)})\"",
-        'exec env -i "${SUITE_RUNTIME_ENV[@]}" "${SUITE_PASS[@]/#/$SUITE_ENV_PREFIX}" '
-        '"${vars[@]/#/$SUITE_ENV_PREFIX}" \\',
+        'suite_container_env "${vars[@]}"',
+        'exec env -i "${SUITE_RUNTIME_ENV[@]}" "${SUITE_CENV[@]}" \\',
         '  "$SUITE_RUNTIME" exec "${SUITE_NV[@]}" --cleanenv --no-home "${SUITE_BINDS[@]}" '
         f'--pwd {shell_word(repo)} "$sif" "${{cmd[@]}}"',
     ]

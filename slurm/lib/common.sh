@@ -205,6 +205,26 @@ _suite_env() {
   return 0
 }
 
+# suite_container_env NAME=VALUE...: SUITE_CENV = this node's allowed variables and the given ones,
+# as <runtime>ENV_NAME=VALUE for `env -i` (no --env: Apptainer passes these verbatim, no CSV). Apptainer
+# writes each into a script the container sources (export NAME="value"), so $, ` and \ are escaped
+# (containers.launch._sourced_value is the Python twin); a CR LF cannot be carried: one error line.
+suite_container_env() {
+  local kv name value
+  SUITE_CENV=()
+  for kv in "${SUITE_PASS[@]}" "$@"; do
+    name="${kv%%=*}" value="${kv#*=}"
+    if [[ "$value" == *$'\r\n'* ]]; then
+      suite_die "environment variable $name holds a CR LF line break, which Apptainer drops" \
+        "remove the carriage return from $name"
+    fi
+    value="${value//\\/\\\\}"
+    value="${value//\$/\\\$}"
+    value="${value//\`/\\\`}"
+    SUITE_CENV+=("$SUITE_ENV_PREFIX$name=$value")
+  done
+}
+
 _suite_gpu_present() { [[ -e /dev/nvidiactl ]] || compgen -G '/proc/driver/nvidia/gpus/*' >/dev/null; }
 
 # suite_node JOBDIR [gpu|cpu]: everything a step needs from this node, by the job's job.env:
@@ -415,8 +435,8 @@ suite_job_here() {
     SUITE_BINDS=()
     for d in "$REPO" "$SUITE_P_SCRATCH" "$NODE_LOCAL"; do suite_bind "$d" rw; done
     suite_bind "$SUITE_P_MODELS" ro
-    job="$(env -i "${SUITE_RUNTIME_ENV[@]}" "${SUITE_PASS[@]/#/$SUITE_ENV_PREFIX}" \
-      "${SUITE_ENV_PREFIX}PYTHONPATH=$REPO" "${SUITE_ENV_PREFIX}PYTHONNOUSERSITE=1" \
+    suite_container_env "PYTHONPATH=$REPO" PYTHONNOUSERSITE=1
+    job="$(env -i "${SUITE_RUNTIME_ENV[@]}" "${SUITE_CENV[@]}" \
       "$SUITE_RUNTIME" exec --cleanenv --no-home "${SUITE_BINDS[@]}" --pwd "$REPO" "$sif" python "${argv[@]}")" ||
       exit $?
   fi

@@ -121,3 +121,17 @@ def test_torch_split_mode_in_apptainer(torch_world, slurm_cluster, tmp_path, iso
     assert (nvme / "models" / "dell" / "layout_model_new.onnx").is_file()  # staged before the app ran
     sources = (run / "outputs" / "fusion" / "source_leaderboard.tsv").read_text()
     assert "dell" in sources and "cdla" in sources
+
+
+@pytest.mark.apptainer
+def test_node_side_variables_arrive_verbatim(real_apptainer, test_sif_amd64, tmp_path):
+    """What exec.sh hands Apptainer (suite_container_env) reaches the process byte for byte."""
+    value = "$(id) `uname` a\\b, \"quoted\" =x ünï"
+    code = (f'source {REPO}/slurm/lib/common.sh; SUITE_ENV_PREFIX=APPTAINERENV_; '
+            'SUITE_PASS=("CONTAINERS_PROBE=$PROBE"); suite_container_env "STATIC=$PROBE"; '
+            f'env -i PATH="$PATH" "${{SUITE_CENV[@]}}" apptainer exec --cleanenv --no-home {test_sif_amd64} '
+            'python3 -c "import os; print(repr((os.environ[\'CONTAINERS_PROBE\'], os.environ[\'STATIC\'])))"')
+    out = subprocess.run(["bash", "-c", code], env={**os.environ, "PROBE": value}, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == repr((value, value))

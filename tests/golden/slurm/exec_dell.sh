@@ -37,5 +37,6 @@ suite_bind <REPO> rw
 suite_bind "$NODE_LOCAL"/models ro
 suite_bind <ROOT>/shared/scans ro
 sif="$(suite_sif mineru-dell-py310)"
-exec env -i "${SUITE_RUNTIME_ENV[@]}" "${SUITE_PASS[@]/#/$SUITE_ENV_PREFIX}" "${vars[@]/#/$SUITE_ENV_PREFIX}" \
+suite_container_env "${vars[@]}"
+exec env -i "${SUITE_RUNTIME_ENV[@]}" "${SUITE_CENV[@]}" \
   "$SUITE_RUNTIME" exec "${SUITE_NV[@]}" --cleanenv --no-home "${SUITE_BINDS[@]}" --pwd <REPO> "$sif" "${cmd[@]}"
