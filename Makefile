@@ -31,7 +31,12 @@ $(STAMP): pyproject.toml
 	  "(an SMB share?): the venv goes to local disk at $(VENV) (SUITE_VENV=/path to move it)"; fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	@# Outside the checkout (SMB: setuptools cannot write its egg-info there), the dependencies come
+	@# from a copy of pyproject.toml and a .pth file puts the checkout itself on the venv's path.
+	@if [ "$(VENV)" = .venv ]; then $(PY) -m pip install -q -e '.[dev]'; else \
+	  tmp=$$(mktemp -d) && cp pyproject.toml "$$tmp/" && $(PY) -m pip install -q "$$tmp[dev]" && rm -rf "$$tmp" && \
+	  $(PY) -c 'import site, sys; open(site.getsitepackages()[0] + "/gpu-image-suite-checkout.pth", "w").write(sys.argv[1] + "\n")' "$$PWD" && \
+	  echo "$(PY) -m pip install '.[dev]' done outside the checkout; $$PWD is on its path (gpu-image-suite-checkout.pth)"; fi
 	@touch $@
 
 venv: $(STAMP) ## create the venv (.venv, or on local disk when the checkout is on SMB) with the host toolkit
