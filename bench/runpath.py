@@ -129,7 +129,7 @@ def _bench(work: Path, files: int, repeat: int) -> list[str]:
     run_dir = work / "run"
     run([sys.executable, "-m", "containers", "submit", "selftest", "cluster=torch", "--only", "post",
          "--dry-run", "--run-dir", str(run_dir),
-         f"pipeline.modes.single.post.stage=[{{src:'{src}',dst:models}}]"], env=env, cwd=REPO, timeout=120)
+         f"+pipeline.modes.single.post.stage=[{{src:'{src}',dst:models}}]"], env=env, cwd=REPO, timeout=120)
     job = run_dir / "jobs" / "post"
     report = job / "steps" / "01-doctor" / "run_report.json"
     script = [str(REPO / "slurm" / "run_stage.sbatch"), str(job)]

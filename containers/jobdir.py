@@ -158,7 +158,8 @@ def _stage_srcs(node: Any) -> Iterable[str]:
 
 
 def job_env(*, job: Any, plan: Any, base: Any, images: dict[str, Any], node_fixed: str | None,
-            mkdirs: Sequence[str], shared: Sequence[str], steps: Sequence[str]) -> str:
+            mkdirs: Sequence[str], shared: Sequence[str], steps: Sequence[str],
+            staged: Sequence[str] = ()) -> str:
     """job.env: the node-side runner's inputs (rule inputs, images, dirs), as bash assignments."""
     from containers.images import POINTER_PATTERN
     from containers.launch import HOST_ONLY, PASS_PREFIXES, PASS_THROUGH
@@ -206,6 +207,8 @@ def job_env(*, job: Any, plan: Any, base: Any, images: dict[str, Any], node_fixe
         "suite_job_paths() {",
         f"  SUITE_STAGED_IMAGES={shell_word(base.paths.staged_images)}",
         _array("SUITE_MKDIRS", mkdirs, indent="  "),
+        "  # every staging source and its staged copy: their stats are the stage check's inputs",
+        _array("SUITE_STAGED_PATHS", staged, indent="  "),
         "}",
     ]
     return "\n".join(lines) + "\n"

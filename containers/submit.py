@@ -482,6 +482,7 @@ def _write_job(plan: Plan, job: Job, base: list[str], compose: Callable[..., Any
     shared = [str(first.paths.images)]
     write_text(job.dir / "job.env", jobdir.job_env(
         job=job, plan=plan, base=first, images=images, node_fixed=fixed, mkdirs=mkdirs,
+        staged=[p for r in stage_rows for p in (r["src"], f"{r['dst']}/{os.path.basename(r['src'])}")],
         shared=shared, steps=[st.dir.name for st in job.steps]))
     write_text(job.dir / "steps.tsv", "".join(
         "\t".join([str(i), st.app, st.image, "gpu" if st.gpu else "cpu", str(st.dir)]) + "\n"

@@ -338,10 +338,21 @@ suite_run_job() {
     for img in "${!SUITE_IMG_ARCHES[@]}"; do suite_sif "$img" >/dev/null; done
   fi
   suite_mark sifs_ready
-  if grep -q 'src:' "$job/stage.yaml" 2>/dev/null; then
-    suite_log "staging the models of job $(basename "$job") -> $NODE_LOCAL"
-    bash "$job/stage.sh" || suite_die "staging the models of job $(basename "$job") failed (exit $?)" \
-      "read the error line above; nothing half-staged is trusted by a rerun"
+  if ((${#SUITE_STAGED_PATHS[@]})); then
+    # The staging step's last verdict, keyed by the stats (path, size, mtime in ns) of every source
+    # and staged file: while none changed, the copy is current and no container needs to start.
+    local stamp listing
+    stamp="$NODE_LOCAL/.suite-stage/$(printf '%s' "$job" | cksum | cut -d' ' -f1).stamp"
+    listing="$(_suite_listing "${SUITE_STAGED_PATHS[@]}")"
+    if [[ -f "$stamp" && "$(cat "$stamp")" == "$listing" ]]; then
+      suite_log "models of job $(basename "$job"): unchanged since they were staged (stat only)"
+    else
+      suite_log "staging the models of job $(basename "$job") -> $NODE_LOCAL"
+      bash "$job/stage.sh" || suite_die "staging the models of job $(basename "$job") failed (exit $?)" \
+        "read the error line above; nothing half-staged is trusted by a rerun"
+      mkdir -p "$(dirname "$stamp")"
+      _suite_listing "${SUITE_STAGED_PATHS[@]}" >"$stamp.$$" && mv -f "$stamp.$$" "$stamp"
+    fi
   fi
   suite_mark models_ready
   local -a extra=("$@")
@@ -380,6 +391,11 @@ suite_run_job() {
   done
   suite_mark job_end
   suite_log "job $(basename "$job") done"
+}
+
+# _suite_listing PATH...: one checksum over every file's path, size and mtime (ns) under PATHs.
+_suite_listing() {
+  { find "$@" -printf '%p %s %T@\n' 2>/dev/null || true; } | sort | cksum
 }
 
 # suite_continue JOBDIR: resubmit this job (same array index) to start after this one ends.

@@ -134,7 +134,13 @@ def test_submitted_models_root_and_node_root_meet_in_the_app(tmp_path, monkeypat
     assert (job_tmp / "cache" / "hf").is_dir()  # caches under the same node root
     again = on_node(tmp_path, str(run / "jobs" / "vlm"), SLURM_TMPDIR=str(job_tmp))
     assert again.returncode == 0, again.stderr
-    assert "copied 0 (0.0 MB)" in again.stdout + again.stderr  # the staged copy is reused
+    assert "unchanged since they were staged (stat only)" in again.stderr  # no container, no copy
+    source = models / "dell" / "layout_model_new.onnx"
+    os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 1))  # a changed source
+    third = on_node(tmp_path, str(run / "jobs" / "vlm"), SLURM_TMPDIR=str(job_tmp))
+    assert third.returncode == 0, third.stderr
+    assert "copied 1 (" in third.stdout + third.stderr
+    assert staged.stat().st_mtime_ns == source.stat().st_mtime_ns
 
 
 def test_plain_sbatch_script_runs_the_same_job_folder(tmp_path, isolated_roots):
