@@ -186,6 +186,7 @@ def job_env(*, job: Any, plan: Any, base: Any, images: dict[str, Any], node_fixe
         f"SUITE_NODE_DEFAULT={shell_word(cl.node_local_default)}",
         f"SUITE_NODE_VAR={shell_word(cl.get('node_local_job_var') or '')}",
         f"SUITE_IMAGES_DIR={shell_word(base.paths.images)}",
+        f"SUITE_LOGIN_ARCH={shell_word(_uname(cl.login_arch))}",
         _array("SUITE_SHARED", shared),
         _array("SUITE_STEPS", steps),
         _array("SUITE_PASS_NAMES", PASS_THROUGH),
@@ -212,6 +213,13 @@ def job_env(*, job: Any, plan: Any, base: Any, images: dict[str, Any], node_fixe
         "}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _uname(arch: Any) -> str:
+    """amd64 -> x86_64, arm64 -> aarch64 (what `uname -m` says on a node); other text as is."""
+    from containers.arch import UNAME
+
+    return UNAME.get(str(arch), str(arch))
 
 
 _BASH_SAFE = re.compile(r'^(?:[^$`"\\]|\$\{[A-Za-z_][A-Za-z0-9_]*(?::-)?)*$')
@@ -258,6 +266,7 @@ def profiles_sh(config_dir: Path | None = None) -> str:
                 f"    {name})",
                 f"      SUITE_NODE_DEFAULT={_dq(cl.node_local_default)}",
                 f"      SUITE_NODE_VAR={_dq(cl.get('node_local_job_var') or '')}",
+                f"      SUITE_LOGIN_ARCH={_dq(_uname(cl.login_arch))}",
                 "      suite_node_root",
                 *(f"      SUITE_P_{k.upper()}={_dq(p[k])}" for k in
                   ("shared", "scratch", "runs", "images", "models", "staged_images", "staged_models")),

@@ -146,9 +146,11 @@ _suite_check_py() {
   local node_arch py_arch where
   where="node $(_suite_node_name)"
   node_arch="$(uname -m)"
+  local login="${SUITE_LOGIN_ARCH:-}"
+  [[ "$login" == "$node_arch" || "$login" == *native* ]] && login="" # the same machine kind: say nothing
   if ! command -v "$PY" >/dev/null 2>&1; then
-    suite_die "PY=$PY does not exist on $where ($node_arch)" \
-      "unset PY: the steps run inside the image (runtime=apptainer); or point PY at a $node_arch Python with the toolkit"
+    suite_die "PY=$PY does not exist on $where ($node_arch${login:+; a venv made on the $login login node is not there and could not run here})" \
+      "unset PY: the steps run inside the $node_arch image (runtime=apptainer); or point PY at a $node_arch Python with the toolkit"
   fi
   if ! "$PY" -c 'import hydra, omegaconf' >/dev/null 2>&1; then
     py_arch="$(_suite_elf_arch "$(command -v "$PY")")"
@@ -342,7 +344,7 @@ suite_run_job() {
     # The staging step's last verdict, keyed by the stats (path, size, mtime in ns) of every source
     # and staged file: while none changed, the copy is current and no container needs to start.
     local stamp listing
-    stamp="$NODE_LOCAL/.suite-stage/$(printf '%s' "$job" | cksum | cut -d' ' -f1).stamp"
+    stamp="$NODE_LOCAL/.suite-stage/$(printf '%s\n' "${SUITE_STAGED_PATHS[@]}" | cksum | cut -d' ' -f1).stamp"
     listing="$(_suite_listing "${SUITE_STAGED_PATHS[@]}")"
     if [[ -f "$stamp" && "$(cat "$stamp")" == "$listing" ]]; then
       suite_log "models of job $(basename "$job"): unchanged since they were staged (stat only)"

@@ -10,6 +10,7 @@ suite_profile() {
     dgx_spark)
       SUITE_NODE_DEFAULT="/mnt/nvme/${USER:-nobody}"
       SUITE_NODE_VAR=""
+      SUITE_LOGIN_ARCH="x86_64"
       suite_node_root
       SUITE_P_SHARED="${CONTAINERS_SHARED_ROOT:-/mnt/shared/${USER:-nobody}/gpu-image-suite}"
       SUITE_P_SCRATCH="${CONTAINERS_SCRATCH:-${CONTAINERS_SHARED_ROOT:-/mnt/shared/${USER:-nobody}/gpu-image-suite}/scratch}"
@@ -23,6 +24,7 @@ suite_profile() {
     laptop)
       SUITE_NODE_DEFAULT="${HOME:-/tmp}/.cache/gpu-image-suite/local"
       SUITE_NODE_VAR=""
+      SUITE_LOGIN_ARCH="${CONTAINERS_HOST_ARCH:-native}"
       suite_node_root
       SUITE_P_SHARED="${CONTAINERS_SHARED_ROOT:-${HOME:-/tmp}/.cache/gpu-image-suite}"
       SUITE_P_SCRATCH="${CONTAINERS_SCRATCH:-${HOME:-/tmp}/.cache/gpu-image-suite/scratch}"
@@ -36,6 +38,7 @@ suite_profile() {
     torch)
       SUITE_NODE_DEFAULT="/tmp/${USER:-nobody}"
       SUITE_NODE_VAR="SLURM_TMPDIR"
+      SUITE_LOGIN_ARCH="x86_64"
       suite_node_root
       SUITE_P_SHARED="${CONTAINERS_SHARED_ROOT:-/scratch/${USER:-nobody}/gpu-image-suite}"
       SUITE_P_SCRATCH="${CONTAINERS_SCRATCH:-/scratch/${USER:-nobody}}"

@@ -150,9 +150,15 @@ def test_flowportal_cat_on_the_aarch64_node(dgx, tmp_path):
 @pytest.mark.smb
 @pytest.mark.arm64
 @pytest.mark.apptainer
-def test_login_venv_named_in_py_stops_the_job_in_one_line(dgx, tmp_path):
-    """A user who points PY at the login node's x86 venv: one line naming both arches and the fix."""
-    env = {**dgx["env"], "PY": str(Path(sys.executable))}
+@pytest.mark.parametrize("where", ["login venv", "visible x86 binary"])
+def test_login_python_named_in_py_stops_the_job_in_one_line(dgx, tmp_path, where):
+    """PY pointing at the login node's x86 venv (not on the node) or at an x86 Python the node can
+    see: one line naming both arches and the fix."""
+    py = Path(sys.executable)
+    if where == "visible x86 binary":
+        py = tmp_path / "python3"  # /tmp is visible on the node; the ELF is x86-64
+        shutil.copy2(os.path.realpath(sys.executable), py)
+    env = {**dgx["env"], "PY": str(py)}
     cluster = dgx["cluster"]
     jid = cluster.sbatch([*SMALL, "slurm/flowportal_cat.sbatch"], env=env, cwd=dgx["repo"])
     states = cluster.wait(jid, timeout=300)
