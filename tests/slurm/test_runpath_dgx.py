@@ -221,3 +221,44 @@ def test_flowportal_batch_array_with_a_time_limit_continuation_on_the_aarch64_no
     for chunk in (0, 1):
         log = (batch / "progress" / f"chunk{chunk}.log").read_text().splitlines()
         assert len([ln for ln in log if " OK " in ln]) == 2, log
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+@pytest.mark.smb
+@pytest.mark.arm64
+@pytest.mark.apptainer
+def test_native_arm64_build_on_the_node_publishes_to_the_share(dgx, test_sif_arm64, tmp_path):
+    """slurm/build_image.sbatch (what `make build-arm64` submits) on the aarch64 node: Apptainer builds
+    there, the new image publishes itself onto the share, pointer last. The recipe is a small test
+    definition on the world's arm64 image (the product recipes need registries this machine lacks;
+    `make build-arm64`'s lint and routing are checked in tests/containers/test_build.py)."""
+    from containers.sif import read_sif
+
+    repo, name = dgx["repo"], f"tiny-{tmp_path.name[-12:].strip('_').lower()}"
+    (repo / "recipes" / f"{name}.def").write_text(
+        f"Bootstrap: localimage\nFrom: {test_sif_arm64}\n\n%labels\n    org.gpu-image-suite.role build-test\n"
+        "    arch {{ ARCH }}\n    lock_hash {{ LOCK_HASH }}\n    git_rev {{ GIT_REV }}\n\n"
+        "%environment\n    export PATH=/opt/venv/bin:$PATH\n    export PYTHONNOUSERSITE=1\n")
+    (repo / "recipes" / "locks" / f"{name}-arm64.txt").write_text("# what the image holds\n")
+    (repo / "hydra_conf" / "image" / f"{name}.yaml").write_text(
+        f"name: {name}\nrecipe: recipes/{name}.def\narches: [arm64]\npython: '3.11'\ngpu: false\n")
+    try:
+        env = {**dgx["env"], "BUILD_IMAGE": name, "BUILD_ARCH": "arm64", "CONTAINERS_CLUSTER": "dgx_spark"}
+        cluster = dgx["cluster"]
+        jid = cluster.sbatch([*SMALL, "--partition=spark", f"--output={tmp_path}/build-%j.out",
+                              "slurm/build_image.sbatch"], env=env, cwd=repo)
+        states = cluster.wait(jid, timeout=1800)
+        log = (tmp_path / f"build-{jid}.out").read_text()
+        assert states[jid] == ["COMPLETED"], log[-4000:]
+        assert "native on aarch64" in log
+        images = dgx["root"] / "images"
+        pointer = images / f"{name}-arm64.current"
+        sif = images / pointer.read_text().strip()
+        assert sif.name.startswith(f"{name}-arm64-") and read_sif(sif).arch == "arm64"
+        assert pointer.stat().st_mtime_ns >= sif.stat().st_mtime_ns  # the pointer came last
+        assert not [p.name for p in images.iterdir() if p.name.startswith(".")], list(images.iterdir())
+    finally:
+        for p in (repo / "recipes" / f"{name}.def", repo / "recipes" / "locks" / f"{name}-arm64.txt",
+                  repo / "hydra_conf" / "image" / f"{name}.yaml"):
+            p.unlink(missing_ok=True)
