@@ -225,7 +225,8 @@ def test_flowportal_batch_continues_past_the_time_limit_on_the_submit_path(slurm
     hang_flag = tmp_path / "hung.flag"
     fp_env = {**env, "FLOWPORTAL_CHUNKS": "2", "FLOWPORTAL_ARRAY": "0-1", "FLOWPORTAL_MEM": "1G",
               "FLOWPORTAL_MODELS": str(models), "CONTAINERS_TEST_FLOWPORTAL_HANG_ONCE": str(hang_flag)}
-    args = ["cluster=dgx_spark", f"video_dir={videos}", f"batch_dir={batch}", "num_select=0",
+    # torch's x86 nodes: in a session with arm64 tests, spark1 is the aarch64 node (no host Python there)
+    args = ["cluster=torch", f"video_dir={videos}", f"batch_dir={batch}", "num_select=0",
             f"flowportal.checkout={CHECKOUT}", "video.height=24", "video.width=32", "deadline_margin_s=5",
             "pipeline.modes.batch.infer.time='00:01:00'", "pipeline.modes.batch.infer.cpus_per_task=1",
             "pipeline.modes.batch.manifest.cpus_per_task=1", "pipeline.modes.batch.manifest.mem=1G",
