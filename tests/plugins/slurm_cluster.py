@@ -33,6 +33,7 @@ CPU_PARTITION = "cpu_short"  # the torch profile's default CPU partition name
 # name, partition, gres type, GPU count
 NODES = (
     ("l40s1", "l40s_public", "l40s", 4),
+    ("l40s2", "l40s_public", "l40s", 4),  # a second GPU node: the multi-node DDP tests
     ("h200n1", "h200_public", "h200", 4),
     ("spark1", "spark", "gb10", 1),
     ("cpu1", CPU_PARTITION, None, 0),
