@@ -51,13 +51,14 @@ def _env(args: argparse.Namespace) -> int:
     """Shell assignments for every rank; a wrong task shape stops the job here with one line."""
     import shlex
 
-    from omegaconf import OmegaConf
-
     from containers.config import compose
-    from containers.ddp import Shape, check_shape, job_env
+    from containers.ddp import Shape, check_shape, cluster_ddp, job_env
     from containers.runner import run
 
     env = os.environ
+    if not env.get("SLURM_JOB_ID") or not env.get("SLURM_JOB_NODELIST"):
+        raise UserError("not inside a Slurm job (no SLURM_JOB_ID / SLURM_JOB_NODELIST)",
+                        fix="submit with sbatch slurm/ddp.sbatch, or python -m containers submit")
     gpus = int(env.get("SLURM_GPUS_ON_NODE") or 0)
     per_node = int((env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE") or "1").split("(")[0])
     if "SLURM_NTASKS_PER_NODE" not in env and int(env.get("SLURM_NTASKS") or 1) > 1:
@@ -71,7 +72,7 @@ def _env(args: argparse.Namespace) -> int:
                       gpus_per_node=gpus, launcher=args.launcher),
                 where=f"Slurm job {env.get('SLURM_JOB_ID')}")
     cfg = compose(args.overrides)
-    ddp_cfg = OmegaConf.to_container(cfg.cluster.get("ddp") or {}, resolve=True) or {}
+    ddp_cfg = cluster_ddp(cfg.cluster)
     if args.nproc_per_node:
         ddp_cfg["nproc_per_node"] = args.nproc_per_node
     values = job_env(env, ddp_cfg, lambda argv: run(argv, timeout=60, what=argv[0]).stdout,

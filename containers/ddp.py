@@ -51,7 +51,7 @@ def parse_mem_gb(text: str | int | float | None, *, what: str = "mem",
 
 
 def _gb(x: float) -> str:
-    return f"{x:.0f} GB" if x >= 10 or x == int(x) else f"{x:.1f} GB"
+    return f"{x:.0f} GB" if abs(x - round(x)) < 0.05 else f"{x:.1f} GB"
 
 
 @dataclass
@@ -189,6 +189,14 @@ def memory_check(shape: Shape, loader: Loader, *, reserve: float = 0.1) -> Memor
     line = (f"{head} > {_gb(usable * shape.nodes)} usable for the job ({_gb(mem)} per node x "
             f"{shape.nodes}); {per_node}; fix: {' or '.join(fixes)}")
     return MemoryVerdict(False, line, warnings, need, usable)
+
+
+def cluster_ddp(cluster: object) -> dict[str, object]:
+    """The cluster profile's ``ddp:`` block as a plain dict (empty where the profile has none)."""
+    from omegaconf import OmegaConf
+
+    node = cluster.get("ddp") if hasattr(cluster, "get") else None
+    return dict(OmegaConf.to_container(node, resolve=True) or {}) if node is not None else {}
 
 
 # --------------------------------------------------------------------------- at job time
@@ -338,7 +346,7 @@ def lint_script(path: Path, *, extra: Sequence[str] = (), loader: Loader | None 
             errors.append(f"{name}:{n}: '{ln.strip()[:60]}' starts {lm[1]} without srun: only the batch "
                           f"script's one task runs, so 1 of {world} ranks joins "
                           f"('1/{world} clients joined'); "
-                          f"fix: srun {ln.strip()[:40]}... or use slurm/ddp.sbatch")
+                          f"fix: 'srun {ln.strip()[:50]}', or use slurm/ddp.sbatch")
     warnings: list[str] = []
     if ntasks_pn and not errors:
         shape = Shape(nodes=nodes, ntasks_per_node=int(ntasks_pn), gpus_per_node=gpus,

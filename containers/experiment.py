@@ -211,6 +211,8 @@ def plan(pipeline: str, args: Sequence[str], *, run_dir: str | None = None) -> E
     if opts.get("gpu"):
         overrides.append(f"cluster.gpu.type={opts['gpu']}")
     pipe_overrides, step_overrides = route_overrides(overrides)
+    # Any schema key may be set whether or not the YAML spells it out; typos fail the schema below.
+    pipe_overrides = [f"++{o}" if o.startswith("pipeline.") else o for o in pipe_overrides]
     cfg = compose([f"+pipeline={pipeline}", *pipe_overrides])
     try:
         spec_cfg = OmegaConf.merge(OmegaConf.structured(ExperimentSpec), cfg.pipeline)
@@ -235,6 +237,7 @@ def plan(pipeline: str, args: Sequence[str], *, run_dir: str | None = None) -> E
     order = _check_dag(spec, where)
     _check_names(spec, where)
     warnings = _check_resources(cl, spec, where)
+    composed = _compose_apps(spec, step_overrides, where)
     resume = opts.get("resume")
     if resume is not None and not resume:
         raise UserError("resume= names no run directory", where="command line", fix="resume=<run dir>")
@@ -259,7 +262,7 @@ def plan(pipeline: str, args: Sequence[str], *, run_dir: str | None = None) -> E
                      overrides=given, gpu=opts.get("gpu"))
     try:
         _expand(exp, order)
-        _stage_configs(exp, where)
+        _stage_configs(exp, composed)
         _check_memory(exp, where)
         for inst in exp.instances.values():
             upstream = {d: exp.instances[d].fingerprint for d in inst.deps}
@@ -269,9 +272,10 @@ def plan(pipeline: str, args: Sequence[str], *, run_dir: str | None = None) -> E
         if exp.resumed:
             _resume_filter(exp)
     except UserError:
-        if created is not None:
+        if created is not None:  # leave no empty run dir (nor an empty <runs>/<pipeline>) behind
             with contextlib.suppress(OSError):
                 created.rmdir()
+                created.parent.rmdir()
         raise
     return exp
 
@@ -354,12 +358,12 @@ def _check_resources(cl: Any, spec: ExperimentSpec, where: str) -> list[str]:
     """Partitions, GPU/CPU placement and DDP shapes, before anything is written; returns warnings."""
     from omegaconf import OmegaConf
 
-    from containers.ddp import Shape, check_shape
+    from containers.ddp import Shape, check_shape, cluster_ddp
 
     warnings: list[str] = []
     parts = OmegaConf.to_container(cl.partitions, resolve=True) or {}
     gpu_default = cl.gpu.type if cl.get("gpu") else None
-    ddp_cfg = OmegaConf.to_container(cl.get("ddp") or {}, resolve=True) or {}
+    ddp_cfg = cluster_ddp(cl)
     for stage, st in spec.stages.items():
         key = st.partition or (gpu_default if st.gpu else "cpu")
         if key not in parts:
@@ -397,11 +401,10 @@ def _check_resources(cl: Any, spec: ExperimentSpec, where: str) -> list[str]:
 
 def _check_memory(exp: Experiment, where: str) -> None:
     """The memory preflight of DDP stages, with the loader workers the stage's config will use."""
-    from omegaconf import OmegaConf
 
-    from containers.ddp import Loader, Shape, memory_check
+    from containers.ddp import Loader, Shape, cluster_ddp, memory_check
 
-    ddp_cfg = OmegaConf.to_container(exp.cluster.get("ddp") or {}, resolve=True) or {}
+    ddp_cfg = cluster_ddp(exp.cluster)
     seen: set[str] = set()
     for inst in exp.instances.values():
         st = inst.spec
@@ -422,24 +425,44 @@ def _check_memory(exp: Experiment, where: str) -> None:
             raise UserError(f"stage '{inst.stage}' would run out of memory: {verdict.line}", where=where)
 
 
-def _stage_configs(exp: Experiment, where: str) -> None:
-    """Each stage's app config, composed once per (app, image) and specialised per seed."""
-    from omegaconf import OmegaConf, open_dict
-    from omegaconf.errors import OmegaConfBaseException
-
+def _compose_apps(spec: ExperimentSpec, step_overrides: Sequence[str],
+                  where: str) -> dict[tuple[str, str], Any]:
+    """Each (app, image) composed once; stage settings must be keys the app has."""
     from containers.config import compose
-    from containers.markers import code_version
-    from entrypoints import APP_DIR
 
     composed: dict[tuple[str, str], Any] = {}
-    for stage, st in exp.spec.stages.items():
+    for stage, st in spec.stages.items():
         key = (st.app, st.image)
         if key not in composed:
-            composed[key] = compose([f"app={st.app}", f"image={st.image}", *exp.step_overrides])
+            composed[key] = compose([f"app={st.app}", f"image={st.image}", *step_overrides])
         unknown = sorted(str(k) for k in st.settings if str(k) not in composed[key])
         if unknown:
             raise UserError(f"stage '{stage}' sets {', '.join(unknown)}, which app {st.app} does not have",
                             where=where, fix=f"see python -m entrypoints {st.app} --help for its settings")
+    return composed
+
+
+def _override_values(overrides: Sequence[str]) -> dict[str, Any]:
+    """key -> value of plain ``key=value`` overrides, parsed by Hydra's own grammar."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    out: dict[str, Any] = {}
+    for ov in OverridesParser.create().parse_overrides(list(overrides)):
+        if not ov.is_delete() and ov.package is None:
+            out[ov.key_or_group] = ov.value()
+    return out
+
+
+def _stage_configs(exp: Experiment, composed: Mapping[tuple[str, str], Any]) -> None:
+    """Each stage's app config, specialised per seed, with what its fingerprint is made of."""
+    from omegaconf import OmegaConf, open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
+    from containers.markers import code_version
+    from entrypoints import APP_DIR
+
+    where = f"hydra_conf/pipeline/{exp.pipeline}.yaml"
+    cli_values = _override_values(exp.step_overrides)
     app_keys: dict[str, list[str]] = {}
     for inst in exp.instances.values():
         st = inst.spec
@@ -450,6 +473,9 @@ def _stage_configs(exp: Experiment, where: str) -> None:
         with open_dict(cfg):
             try:
                 cfg.merge_with(OmegaConf.create(st.settings))
+                for key, value in cli_values.items():  # the command line wins over the pipeline file
+                    if key.split(".")[0] in st.settings:
+                        OmegaConf.update(cfg, key, value, force_add=True)
             except OmegaConfBaseException as exc:
                 raise UserError(f"settings of stage '{inst.stage}' do not merge: {str(exc).splitlines()[0]}",
                                 where=where) from None
