@@ -442,17 +442,6 @@ def _compose_apps(spec: ExperimentSpec, step_overrides: Sequence[str],
     return composed
 
 
-def _override_values(overrides: Sequence[str]) -> dict[str, Any]:
-    """key -> value of plain ``key=value`` overrides, parsed by Hydra's own grammar."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    out: dict[str, Any] = {}
-    for ov in OverridesParser.create().parse_overrides(list(overrides)):
-        if not ov.is_delete() and ov.package is None:
-            out[ov.key_or_group] = ov.value()
-    return out
-
-
 def _stage_configs(exp: Experiment, composed: Mapping[tuple[str, str], Any]) -> None:
     """Each stage's app config, specialised per seed, with what its fingerprint is made of."""
     from omegaconf import OmegaConf, open_dict
@@ -462,7 +451,6 @@ def _stage_configs(exp: Experiment, composed: Mapping[tuple[str, str], Any]) -> 
     from entrypoints import APP_DIR
 
     where = f"hydra_conf/pipeline/{exp.pipeline}.yaml"
-    cli_values = _override_values(exp.step_overrides)
     app_keys: dict[str, list[str]] = {}
     for inst in exp.instances.values():
         st = inst.spec
@@ -472,10 +460,9 @@ def _stage_configs(exp: Experiment, composed: Mapping[tuple[str, str], Any]) -> 
         cfg = composed[(st.app, st.image)].copy()
         with open_dict(cfg):
             try:
+                # a stage's own settings beat a plain key=value given for every stage (the more
+                # specific wins); pipeline.stages.NAME.settings.KEY=VALUE targets one stage
                 cfg.merge_with(OmegaConf.create(st.settings))
-                for key, value in cli_values.items():  # the command line wins over the pipeline file
-                    if key.split(".")[0] in st.settings:
-                        OmegaConf.update(cfg, key, value, force_add=True)
             except OmegaConfBaseException as exc:
                 raise UserError(f"settings of stage '{inst.stage}' do not merge: {str(exc).splitlines()[0]}",
                                 where=where) from None

@@ -55,6 +55,9 @@ def test_seeds_share_seed_independent_stages(data):
     assert inst["train_mlp.s1"].fingerprint != inst["train_mlp.s2"].fingerprint
     assert inst["train_mlp.s1"].settings["seed"] == 1 and "seed" not in inst["setup"].settings
     assert inst["train_linear.s1"].settings["model"] == "linear" and inst["train_mlp.s1"].settings["hidden"] == 32
+    # a stage's own settings beat a plain key=value: the FGSM attack never depends on the shift file
+    assert inst["attack_fgsm.s1"].settings["shift_file"] is None and inst["attack_fgsm.s1"].input_files == []
+    assert inst["attack_shift.s1"].input_files == [str(data[1])]
 
 
 def test_dry_run_renders_every_job_with_afterok_and_kill_on_invalid_dep(data, tmp_path, monkeypatch):
@@ -132,7 +135,7 @@ def test_bad_input_on_the_command_line_exits_2_without_submitting(data):
     # the status quo's OOM: 4 nodes x 4 L40S, 8 workers per GPU at ~2 GB, 256 GB for the job
     (["pipeline.stages.train.nodes=4", "pipeline.stages.train.gpus=4", "pipeline.stages.train.mem=64G",
       "pipeline.stages.train.cpus_per_task=9", "pipeline.stages.train.ddp.worker_rss=2G",
-      "pipeline.stages.train.ddp.rank_rss=4G", "num_workers=8"],
+      "pipeline.stages.train.ddp.rank_rss=4G", "pipeline.stages.train.settings.num_workers=8"],
      ["would run out of memory", "16 ranks x 8 workers x ~2 GB = 256 GB", "fix: num_workers=5 or mem=89G"]),
 ])
 def test_ddp_shapes_and_memory_are_refused_before_submission(data, extra, needles):
@@ -146,10 +149,11 @@ def test_ddp_shapes_and_memory_are_refused_before_submission(data, extra, needle
 def test_the_memory_fix_passes(data, tmp_path):
     common = ["pipeline.stages.train.nodes=4", "pipeline.stages.train.gpus=4", "pipeline.stages.train.cpus_per_task=9",
               "pipeline.stages.train.ddp.worker_rss=2G", "pipeline.stages.train.ddp.rank_rss=4G"]
-    for fix in (["pipeline.stages.train.mem=64G", "num_workers=5"], ["pipeline.stages.train.mem=128G", "num_workers=8"]):
+    for fix in (["pipeline.stages.train.mem=64G", "pipeline.stages.train.settings.num_workers=5"],
+                ["pipeline.stages.train.mem=128G", "pipeline.stages.train.settings.num_workers=8"]):
         exp = plan("ddp_demo", ["cluster=torch", f"data_file={data[0]}", *common, *fix],
                    run_dir=str(tmp_path / fix[0][-4:]))
-        assert exp.instances["train.s1"].cfg.num_workers == int(fix[1][-1])  # the command line won
+        assert exp.instances["train.s1"].cfg.num_workers == int(fix[1][-1])
 
 
 def test_missing_mandatory_input_setting_is_one_line():
