@@ -29,6 +29,7 @@ PASS_THROUGH = (
     "SSL_CERT_FILE",
     # DDP rendezvous (slurm/ddp.sbatch): every rank needs them inside the image
     "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK",
+    "SLURMD_NODENAME",  # which node a rank ran on (the run report's slurm.node)
 )
 PASS_PREFIXES = ("SLURM_", "CONTAINERS_", "FLOWPORTAL_", "NEWSBAG_", "NCCL_", "TORCH_NCCL_", "GLOO_")
 # Variables a host-runtime process needs that a container gets from its image.

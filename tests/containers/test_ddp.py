@@ -35,7 +35,8 @@ def test_status_quo_oom_is_refused_with_the_numbers():
     """256 GB for the job (64 GB per node x 4): 128 workers x 2 GB alone fill it."""
     v = memory_check(Shape(**STATUS_QUO, mem_per_node="64G"), LOADER)
     assert not v.ok
-    assert "16 ranks x 8 workers x ~2 GB = 256 GB of data-loader workers + 16 ranks x ~4 GB = 320 GB" in v.line
+    assert ("16 ranks x 8 workers x ~2 GB = 256 GB of data-loader workers + 16 ranks x ~4 GB = 320 GB"
+            in v.line)
     assert "> 230.4 GB usable for the job (64 GB per node x 4)" in v.line
     assert "per node 4 ranks need 80 GB > 57.6 GB usable of 64 GB (--mem=64G" in v.line
     assert v.line.endswith("fix: num_workers=5 or mem=89G per node")
@@ -75,7 +76,8 @@ def test_fewer_tasks_than_gpus_and_torchrun_with_many_tasks_are_refused():
         check_shape(Shape(nodes=2, ntasks_per_node=2, gpus_per_node=4), where="job")
     with pytest.raises(UserError, match="torchrun starts each node's ranks itself"):
         check_shape(Shape(nodes=2, ntasks_per_node=4, gpus_per_node=4, launcher="torchrun"), where="job")
-    assert check_shape(Shape(nodes=4, ntasks_per_node=1, gpus_per_node=4, launcher="torchrun"), where="j") == []
+    torchrun = Shape(nodes=4, ntasks_per_node=1, gpus_per_node=4, launcher="torchrun")
+    assert check_shape(torchrun, where="j") == []
     assert check_shape(Shape(nodes=4, ntasks_per_node=4, gpus_per_node=4), where="j") == []
 
 
@@ -85,7 +87,7 @@ def test_master_port_follows_lightning():
 
 def test_master_addr_falls_back_to_slurms_node_address():
     said = {("scontrol", "show", "hostnames", "gpu[01-04]"): "gpu01\ngpu02\ngpu03\ngpu04\n",
-            ("scontrol", "-o", "show", "node", "gpu01"): "NodeName=gpu01 Arch=x86_64 NodeAddr=10.0.0.1 Foo=1\n"}
+            ("scontrol", "-o", "show", "node", "gpu01"): "NodeName=gpu01 NodeAddr=10.0.0.1 Foo=1\n"}
 
     def scontrol(argv):
         return said[tuple(argv)]
@@ -118,8 +120,8 @@ def test_lint_finds_the_status_quos_shapes(tmp_path):
                       "--ntasks-per-node=4", "--gres=gpu:l40s:4")
     errors, _ = lint_script(no_srun)
     assert "job.sbatch:6" in errors[0] and "without srun" in errors[0] and "1/16 clients joined" in errors[0]
-    good = _script(tmp_path, "srun python train.py\n", "--nodes=4", "--ntasks-per-node=4", "--gres=gpu:l40s:4",
-                   "--mem=64G", "--cpus-per-task=9")
+    good = _script(tmp_path, "srun python train.py\n", "--nodes=4", "--ntasks-per-node=4",
+                   "--gres=gpu:l40s:4", "--mem=64G", "--cpus-per-task=9")
     assert lint_script(good) == ([], [])
     errors, _ = lint_script(good, loader=LOADER)
     assert "256 GB of data-loader workers" in errors[0]
@@ -129,7 +131,8 @@ def test_ddp_check_command_is_one_line(tmp_path):
     script = _script(tmp_path, "python train.py\n", "--ntasks-per-node=4", "--gres=gpu:l40s:4")
     out = cli("ddp-check", str(script), "--", "--nodes=4")
     assert_one_line_error(out, "without srun", "1/16 clients joined")
-    good = _script(tmp_path, "srun python train.py\n", "--ntasks-per-node=4", "--gres=gpu:l40s:4", "--mem=256G")
+    good = _script(tmp_path, "srun python train.py\n", "--ntasks-per-node=4", "--gres=gpu:l40s:4",
+                   "--mem=256G")
     out = cli("ddp-check", str(good), "--num-workers", "8", "--", "--nodes=4", "--cpus-per-task=9")
     assert out.returncode == 0 and out.stdout.startswith("ok: "), out.stderr
 

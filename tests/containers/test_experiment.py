@@ -24,7 +24,8 @@ def make_points(path: Path, n: int = 120, seed: int = 0, shift: float = 0.0) -> 
     lines = ["x1,x2,label"]
     for i in range(n):
         label = i % 2
-        lines.append(f"{rng.gauss(2.0 * label + shift, 1.0):.4f},{rng.gauss(-label + shift, 1.0):.4f},{label}")
+        x1, x2 = rng.gauss(2.0 * label + shift, 1.0), rng.gauss(-label + shift, 1.0)
+        lines.append(f"{x1:.4f},{x2:.4f},{label}")
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -54,7 +55,8 @@ def test_seeds_share_seed_independent_stages(data):
     # a seed changes the fingerprint of every per-seed stage, never of the shared setup
     assert inst["train_mlp.s1"].fingerprint != inst["train_mlp.s2"].fingerprint
     assert inst["train_mlp.s1"].settings["seed"] == 1 and "seed" not in inst["setup"].settings
-    assert inst["train_linear.s1"].settings["model"] == "linear" and inst["train_mlp.s1"].settings["hidden"] == 32
+    assert inst["train_linear.s1"].settings["model"] == "linear"
+    assert inst["train_mlp.s1"].settings["hidden"] == 32
     # a stage's own settings beat a plain key=value: the FGSM attack never depends on the shift file
     assert inst["attack_fgsm.s1"].settings["shift_file"] is None and inst["attack_fgsm.s1"].input_files == []
     assert inst["attack_shift.s1"].input_files == [str(data[1])]
@@ -80,7 +82,8 @@ def test_dry_run_renders_every_job_with_afterok_and_kill_on_invalid_dep(data, tm
 
 def test_ddp_stage_renders_the_srun_shape(data, tmp_path):
     rd = tmp_path / "run"
-    out = cli("submit", "ddp_demo", "cluster=torch", f"data_file={data[0]}", "--dry-run", "--run-dir", str(rd))
+    out = cli("submit", "ddp_demo", "cluster=torch", f"data_file={data[0]}", "--dry-run",
+              "--run-dir", str(rd))
     assert out.returncode == 0, out.stderr
     train = next(ln for ln in out.stdout.splitlines() if "--job-name=ddp_demo.train.s1" in ln)
     for flag in ("--gres=gpu:l40s:2", "--nodes=2", "--ntasks-per-node=2", "--cpus-per-task=2", "--mem=16G",
@@ -122,13 +125,15 @@ def test_bad_input_is_one_line_and_nothing_is_written(data, extra, needles):
 
 
 def test_bad_input_on_the_command_line_exits_2_without_submitting(data):
-    for extra, needle in ((["pipeline.stages.setup.after=[aggregate]"], "cycle"), (["seeds=[]"], "seed list is empty")):
+    for extra, needle in ((["pipeline.stages.setup.after=[aggregate]"], "cycle"),
+                          (["seeds=[]"], "seed list is empty")):
         assert_one_line_error(cli("submit", "tinyexp", *args(data, *extra)), needle)
     assert not runs_dir().exists() or not any(runs_dir().rglob("*"))
 
 
 @pytest.mark.parametrize("extra,needles", [
-    (["pipeline.stages.train.gpus=4", "pipeline.stages.train.ntasks_per_node=8", "pipeline.stages.train.nodes=1"],
+    (["pipeline.stages.train.gpus=4", "pipeline.stages.train.ntasks_per_node=8",
+      "pipeline.stages.train.nodes=1"],
      ["8 tasks per node but 4 GPUs per node", "MEMBER: 4/8", "ntasks_per_node: 4"]),
     (["pipeline.stages.train.ddp.launcher=torchrun", "pipeline.stages.train.ntasks_per_node=2"],
      ["torchrun starts each node's ranks itself"]),
@@ -147,7 +152,8 @@ def test_ddp_shapes_and_memory_are_refused_before_submission(data, extra, needle
 
 
 def test_the_memory_fix_passes(data, tmp_path):
-    common = ["pipeline.stages.train.nodes=4", "pipeline.stages.train.gpus=4", "pipeline.stages.train.cpus_per_task=9",
+    common = ["pipeline.stages.train.nodes=4", "pipeline.stages.train.gpus=4",
+              "pipeline.stages.train.cpus_per_task=9",
               "pipeline.stages.train.ddp.worker_rss=2G", "pipeline.stages.train.ddp.rank_rss=4G"]
     for fix in (["pipeline.stages.train.mem=64G", "pipeline.stages.train.settings.num_workers=5"],
                 ["pipeline.stages.train.mem=128G", "pipeline.stages.train.settings.num_workers=8"]):
@@ -157,7 +163,7 @@ def test_the_memory_fix_passes(data, tmp_path):
 
 
 def test_missing_mandatory_input_setting_is_one_line():
-    with pytest.raises(UserError, match="data_file.*mandatory"):
+    with pytest.raises(UserError, match=r"data_file.*mandatory"):
         plan("tinyexp", ["cluster=torch"])
 
 
@@ -193,8 +199,9 @@ def test_cpu_stages_check_inputs_flag_last_and_never_import_torch(data, tmp_path
              "except SystemExit as e:\n    assert 'torch' not in sys.modules, 'torch imported'\n    raise")
     for job in ("setup", "prep.s1"):
         step = next((rd / "jobs" / job / "steps").iterdir())
-        out = subprocess.run([sys.executable, "-c", probe, step.name.split("-", 1)[1], "--config-path", str(step),
-                              "--config-name", "config"], capture_output=True, text=True, cwd=REPO, timeout=300)
+        argv = [sys.executable, "-c", probe, step.name.split("-", 1)[1], "--config-path", str(step),
+                "--config-name", "config"]
+        out = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=300)
         assert out.returncode == 0, out.stderr
     flag = json.loads((rd / "outputs" / "setup" / COMPLETE).read_text())
     assert flag["fingerprint"] == exp.instances["setup"].fingerprint  # the stage and submit agree
@@ -232,7 +239,8 @@ def test_resume_reruns_what_lacks_a_valid_flag_and_what_follows(data, tmp_path):
 def test_resume_with_other_settings_is_refused(data, tmp_path):
     rd = tmp_path / "run"
     write_record(plan("tinyexp", args(data, "seeds=[1,2]"), run_dir=str(rd)))
-    for extra, needle in ((["pipeline.stages.train_mlp.settings.lr=0.01"], "train_mlp.s1: lr = 0.5 there, 0.01 now"),
+    for extra, needle in ((["pipeline.stages.train_mlp.settings.lr=0.01"],
+                           "train_mlp.s1: lr = 0.5 there, 0.01 now"),
                           (["seeds=[1,2,3]"], "other seeds or stages")):
         out = cli("submit", "tinyexp", f"resume={rd}", *extra)
         assert_one_line_error(out, "was made with other settings", needle)
@@ -240,7 +248,8 @@ def test_resume_with_other_settings_is_refused(data, tmp_path):
     # resources are not settings: a longer time limit resumes fine (here: a dry run)
     ok = cli("submit", "tinyexp", f"resume={rd}", "pipeline.stages.train_mlp.time=02:00:00", "--dry-run")
     assert ok.returncode == 0, ok.stderr
-    assert "--time=02:00:00" in next(ln for ln in ok.stdout.splitlines() if "train_mlp.s1" in ln and "sbatch" in ln)
+    line = next(ln for ln in ok.stdout.splitlines() if "train_mlp.s1" in ln and "sbatch" in ln)
+    assert "--time=02:00:00" in line
 
 
 def test_resume_of_a_folder_that_is_not_an_experiment(tmp_path):

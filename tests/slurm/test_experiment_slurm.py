@@ -60,7 +60,8 @@ def test_two_seeds_fail_fix_resume(slurm_cluster, env, tmp_path):
     assert len(ids) == 1 + 6 * 2 + 1
     shown = {n: slurm_cluster.show_job(i) for n, i in ids.items()}
     assert f"afterok:{ids['evaluate.s2']}" in shown["attack_shift.s2"]["Dependency"]
-    assert shown["train_mlp.s1"]["Partition"] == "l40s_public" and shown["prep.s1"]["Partition"] == "cpu_short"
+    assert shown["train_mlp.s1"]["Partition"] == "l40s_public"
+    assert shown["prep.s1"]["Partition"] == "cpu_short"
 
     # a resume while the first submission still runs would start a second copy of each stage
     busy = submit(env, f"resume={rd}")
