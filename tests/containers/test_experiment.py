@@ -159,7 +159,7 @@ def test_the_memory_fix_passes(data, tmp_path):
                 ["pipeline.stages.train.mem=128G", "pipeline.stages.train.settings.num_workers=8"]):
         exp = plan("ddp_demo", ["cluster=torch", f"data_file={data[0]}", *common, *fix],
                    run_dir=str(tmp_path / fix[0][-4:]))
-        assert exp.instances["train.s1"].cfg.num_workers == int(fix[1][-1])
+        assert exp.instances["train.s1"].cfg["num_workers"] == int(fix[1][-1])
 
 
 def test_missing_mandatory_input_setting_is_one_line():
@@ -255,6 +255,23 @@ def test_resume_with_other_settings_is_refused(data, tmp_path):
 def test_resume_of_a_folder_that_is_not_an_experiment(tmp_path):
     out = cli("submit", "tinyexp", f"resume={tmp_path}")
     assert_one_line_error(out, "is not an experiment run directory")
+
+
+@pytest.mark.parametrize("app", ["exp_setup", "exp_prep", "exp_train", "exp_eval", "exp_attack",
+                                 "exp_aggregate", "fusion", "doctor"])
+def test_app_config_equals_hydras_composition(app, data):
+    """The one-composition shortcut gives exactly what Hydra gives (or falls back to Hydra)."""
+    from omegaconf import OmegaConf
+
+    from containers.config import compose
+
+    overrides = ["cluster=torch", f"++data_file={data[0]}", "++steps=7", "++fusion.grid=32"]
+    base = OmegaConf.to_container(compose(["cluster=torch", "+pipeline=tinyexp"]), resolve=True)
+    base.pop("pipeline")
+    fast = experiment.app_config(base, app, "flowportal-cu130", overrides)
+    slow = OmegaConf.to_container(compose([f"app={app}", "image=flowportal-cu130", *overrides]), resolve=True)
+    fast.pop("run_dir"), slow.pop("run_dir")  # ${now:...}: the second it was composed
+    assert fast == slow
 
 
 def test_is_experiment_reads_the_kind_line():

@@ -104,3 +104,14 @@ def test_two_seeds_fail_fix_resume(slurm_cluster, env, tmp_path):
 
     done = submit(env, f"resume={rd}")
     assert done.returncode == 0 and "nothing to resubmit" in done.stdout
+
+
+def test_preflight_asks_slurm_about_every_job_and_writes_nothing(slurm_cluster, env, tmp_path):
+    data = make_points(tmp_path / "points.csv")
+    argv = [sys.executable, "-m", "containers", "preflight", "tinyexp", "cluster=torch", "seeds=[1,2]",
+            f"data_file={data}", f"shift_file={data}"]
+    out = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr + out.stdout
+    assert out.stdout.count("ok  ") == 14 and "aggregate: sbatch: Job " in out.stdout
+    runs = Path(env["CONTAINERS_SCRATCH"]) / "runs"
+    assert not runs.exists() or not any(runs.rglob("*"))
