@@ -66,6 +66,14 @@ def _ids(stdout: str) -> list[str]:
             if ln.startswith("  ") and len(ln.split()) > 2 and ln.split()[1].isdigit()]
 
 
+def _children_cpu() -> float:
+    """User + system CPU seconds of finished child processes (the submit commands and their sbatch)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def bench_submit(cluster, env: dict[str, str], work: Path, repeat: int) -> list[str]:
     data = make_points(work / "points.csv")
     base = [sys.executable, "-m", "containers", "submit", "tinyexp", "cluster=torch", "seeds=[1,2,3]",
@@ -82,19 +90,23 @@ def bench_submit(cluster, env: dict[str, str], work: Path, repeat: int) -> list[
     for p in parts:
         run(["scontrol", "update", f"PartitionName={p}", "State=DOWN"], env=env, timeout=60)
     times: dict[str, list[float]] = {k: [] for k in [*variants, "bash master script, 24 sbatch"]}
+    cpu: dict[str, list[float]] = {k: [] for k in times}
+    load = os.getloadavg()[0]
     counts: dict[str, int] = {}
     try:
         for _ in range(repeat):
             for name, extra in variants.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), _children_cpu()
                 res = run([*base, *extra], env=env, cwd=REPO, timeout=300)
                 times[name].append(time.perf_counter() - t0)
+                cpu[name].append(_children_cpu() - c0)
                 ids = _ids(res.stdout)
                 counts[name] = len(ids)
                 run(["scancel", *ids], env=env, check=False, timeout=60)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), _children_cpu()
             res = run(["bash", str(peer), str(graph)], env=env, cwd=work, timeout=300)
             times["bash master script, 24 sbatch"].append(time.perf_counter() - t0)
+            cpu["bash master script, 24 sbatch"].append(_children_cpu() - c0)
             ids = res.stdout.split()
             counts["bash master script, 24 sbatch"] = len(ids)
             run(["scancel", *ids], env=env, check=False, timeout=60)
@@ -102,12 +114,14 @@ def bench_submit(cluster, env: dict[str, str], work: Path, repeat: int) -> list[
         for p in parts:
             run(["scontrol", "update", f"PartitionName={p}", "State=UP"], env=env, check=False, timeout=60)
     peer_s = statistics.median(times["bash master script, 24 sbatch"])
-    lines = [f"submission, 8-stage experiment x 3 seeds, command start to return (median of {repeat}):"]
+    lines = [f"submission, 8-stage experiment x 3 seeds, command start to return (median of {repeat}; "
+             f"load average {load:.1f} on {os.cpu_count()} CPUs when it started):"]
     for name, ts in times.items():
         ratio = "" if name.startswith("bash") else \
             f"   {statistics.median(ts) / peer_s:.2f} x the bash script"
-        lines.append(f"  {name:<36} {counts[name]:>3} jobs  {statistics.median(ts):6.2f} s"
-                     f"  (runs: {', '.join(f'{t:.2f}' for t in ts)}){ratio}")
+        lines.append(f"  {name:<36} {counts[name]:>3} jobs  {statistics.median(ts):6.2f} s wall, "
+                     f"{statistics.median(cpu[name]):.2f} s CPU  "
+                     f"(runs: {', '.join(f'{t:.2f}' for t in ts)}){ratio}")
     lines.append("  (ours also composes the config once, validates the DAG, resources and memory, writes "
                  "every job's config, fingerprints and experiment.json; the bash script only calls sbatch)")
     return lines
@@ -144,8 +158,13 @@ def bench_ddp(cluster, env: dict[str, str], work: Path) -> list[str]:
                      f"{', '.join(f'{x:.2f}' for x in per_rank)} s; ranks started over "
                      f"{max(start.values()) - min(start.values()):.2f} s; job {job.get('StartTime')} .. "
                      f"{job.get('EndTime')}")
-    lines.append("  (all 4 ranks share this machine's 2 cores; each rank imports torch after srun starts it, "
-                 "which is most of the job's wall time, not the rendezvous)")
+    t0 = time.perf_counter()
+    run([sys.executable, "-c", "import torch._dynamo"], timeout=600)
+    dynamo = time.perf_counter() - t0
+    lines.append(f"  (rendezvous itself is the 'all joined' part; joined -> first step is mostly DDP's lazy "
+                 f"import of torch._dynamo in every rank: 'python -c \"import torch._dynamo\"' alone took "
+                 f"{dynamo:.1f} s "
+                 f"here just now; all 4 ranks share this machine's {os.cpu_count()} cores)")
     return lines
 
 
