@@ -46,7 +46,8 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
         parser.add_argument(
             "overrides",
             nargs="*",
-            help="cluster=torch, gpu=l40s|h200|split, mode=NAME, other Hydra overrides",
+            help="cluster=torch, gpu=l40s|h200|split, mode=NAME, other Hydra overrides; "
+            "experiment pipelines also take seeds=[1,2,3] and resume=RUN_DIR",
         )
         parser.add_argument("--only", default="", help="comma list of jobs to submit (others are left out)")
         parser.add_argument("--input-dir", help="directory of inputs (scans, videos) for the pipeline's apps")
@@ -141,9 +142,12 @@ def _plan(args: argparse.Namespace):
 
 
 def _submit(args: argparse.Namespace) -> int:
+    from containers import experiment
     from containers.runner import quote
     from containers.submit import submit, watch_hint, write_job_files
 
+    if experiment.is_experiment(args.pipeline):  # kind: experiment (DAG x seeds, resume): its own module
+        return experiment.cli(args)
     plan = _plan(args)
     write_job_files(plan)
     ids = submit(plan, dry_run=args.dry_run)
@@ -165,8 +169,11 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _preflight(args: argparse.Namespace) -> int:
+    from containers import experiment
     from containers.submit import preflight
 
+    if experiment.is_experiment(args.pipeline):
+        return experiment.cli(args, preflight=True)
     plan = _plan(args)
     results = preflight(plan)
     bad = 0

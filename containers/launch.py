@@ -27,8 +27,11 @@ PASS_THROUGH = (
     "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TOKENIZERS_PARALLELISM",
     "PYTORCH_CUDA_ALLOC_CONF", "TZ", "LANG", "LC_ALL", "TERM", "USER", "NO_COLOR",
     "SSL_CERT_FILE",
+    # DDP rendezvous (slurm/ddp.sbatch): every rank needs them inside the image
+    "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK",
+    "SLURMD_NODENAME",  # which node a rank ran on (the run report's slurm.node)
 )
-PASS_PREFIXES = ("SLURM_", "CONTAINERS_", "FLOWPORTAL_", "NEWSBAG_")
+PASS_PREFIXES = ("SLURM_", "CONTAINERS_", "FLOWPORTAL_", "NEWSBAG_", "NCCL_", "TORCH_NCCL_", "GLOO_")
 # Variables a host-runtime process needs that a container gets from its image.
 # Caches the doctor checks for writability (the ML libraries' own; XDG/matplotlib are incidental).
 CACHE_VARS = ("HF_HOME", "TORCH_HOME", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "PADDLE_PDX_CACHE_HOME")
