@@ -26,8 +26,10 @@ from containers.rundir import holder_facts
 from containers.runner import run as run_cmd
 from containers.runner import which
 
-ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED",
-          "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"}
+# Slurm states of a job that runs or will run. Not COMPLETING: its processes are being killed, and
+# the continuation that depends on it (afterany) may see it in that state for a few seconds.
+ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "SUSPENDED", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
+          "RESIZING", "SIGNALING", "STOPPED"}
 
 
 def describe(h: dict[str, Any]) -> str:

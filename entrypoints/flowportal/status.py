@@ -148,9 +148,7 @@ def queued_chunks(batch_dir: Path) -> dict[int, str]:
     """Chunks with a pending or running array task of this batch (by job name), from ``squeue -r``."""
     if not which("squeue"):
         return {}
-    argv = ["squeue", "-h", "-r", "-o", "%j|%K|%T|%i"]
-    if os.environ.get("USER"):
-        argv[2:2] = ["-u", os.environ["USER"]]
+    argv = ["squeue", "-h", "-r", "-u", str(os.getuid()), "-o", "%j|%K|%T|%i"]
     try:
         res = run_cmd(argv, check=False, timeout=30)
     except UserError:
