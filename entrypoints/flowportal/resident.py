@@ -36,16 +36,57 @@ from typing import Any
 _STATS = {"hits": 0, "misses": 0}
 
 
-def _memoize(spec: str) -> str | None:
+class _PatchOnImport:
+    """A meta-path finder that applies pending caches the moment their module is first imported.
+
+    A loader whose module only becomes importable once the script has run (it extends
+    ``sys.path`` itself, as MatAnyone's script does) is still cached from its very first call.
+    """
+
+    def __init__(self) -> None:
+        self.pending: dict[str, list[str]] = {}
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name not in self.pending:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                specs, loader = self.pending.pop(name), spec.loader
+                original = loader.exec_module
+
+                def exec_module(module: Any, _orig: Any = original, _specs: list[str] = specs) -> None:
+                    _orig(module)
+                    for s in _specs:
+                        _memoize(s, importing=module)
+
+                loader.exec_module = exec_module  # type: ignore[method-assign]
+                return spec
+        return None
+
+
+_HOOK = _PatchOnImport()
+
+
+def _memoize(spec: str, importing: Any = None) -> str | None:
     """Wrap ``module:Owner.attr`` (or ``module:function``) with a cache; None when done, else why not."""
     mod_name, _, path = spec.partition(":")
     try:
-        owner: Any = importlib.import_module(mod_name)
+        owner: Any = importing if importing is not None else importlib.import_module(mod_name)
         parts = path.split(".")
         for p in parts[:-1]:
             owner = getattr(owner, p)
         name = parts[-1]
         original = getattr(owner, name)
+    except ModuleNotFoundError as exc:  # importable only once the script extends sys.path: patch on import
+        if importing is None and exc.name == mod_name:
+            _HOOK.pending.setdefault(mod_name, []).append(spec)
+            if _HOOK not in sys.meta_path:
+                sys.meta_path.insert(0, _HOOK)
+            return None
+        return f"{spec}: {type(exc).__name__}: {exc}"
     except Exception as exc:  # an optional library the script may not use
         return f"{spec}: {type(exc).__name__}: {exc}"
     if getattr(original, "_resident_cache", None) is not None:

@@ -173,9 +173,12 @@ def record_or_check(batch_dir: Path, settings: dict[str, Any], mode: str, holder
     if rec["digest"] == d:
         return d
     diffs = _diff(rec["settings"], settings)
+    name = (rec["settings"].get("preset") or {}).get("name")
+    asked = (settings.get("preset") or {}).get("name")
+    if name != asked:  # the preset first: it explains most of the other differences
+        diffs = [f"preset: recorded {name}, this run {asked}", *(d for d in diffs if not d.startswith("preset."))]
     first = diffs[0] if diffs else "settings differ"
     more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
-    name = (rec["settings"].get("preset") or {}).get("name")
     raise UserError(
         f"this batch dir was started with other settings: {first}{more}",
         where=str(batch_dir / BATCH_FILE),
