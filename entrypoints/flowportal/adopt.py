@@ -54,8 +54,11 @@ def run(cfg: Any, run: Any) -> int:
     batch_dir = Path(str(cfg.batch_dir))
     results = Path(str(cfg.results_dir))
     if not results.is_dir():
-        raise UserError(f"results_dir {results} does not exist", where="results_dir",
-                        fix="pass the status quo's results/ folder (it holds flow-edit-<video>/)")
+        raise UserError(
+            f"results_dir {results} does not exist",
+            where="results_dir",
+            fix="pass the status quo's results/ folder (it holds flow-edit-<video>/)",
+        )
     datasets = Path(str(cfg.datasets_dir)) if cfg.get("datasets_dir") else None
     man = mf.load(batch_dir)
     src_prompt, prompts = mf.read_prompts(man.prompts())
@@ -63,8 +66,10 @@ def run(cfg: Any, run: Any) -> int:
     _, settings, mode = batch_settings(cfg, batch_dir)
     sdigest = st.record_or_check(batch_dir, settings, mode, holder_facts())
     width, height = int(cfg.video.width), int(cfg.video.height)
-    print(f"adopting as preset {cfg.preset.name} at {width}x{height} "
-          f"(transfer_blurring {cfg.video.transfer_blurring}, partial_edit {cfg.video.partial_edit})")
+    print(
+        f"adopting as preset {cfg.preset.name} at {width}x{height} "
+        f"(transfer_blurring {cfg.video.transfer_blurring}, partial_edit {cfg.video.partial_edit})"
+    )
     counts = {"adopted": 0, "present": 0, "absent": 0, "refused": 0}
     with run.step("adopt") as step:
         for i in range(man.num_chunks):
@@ -90,15 +95,24 @@ def run(cfg: Any, run: Any) -> int:
                     run.skip(name, why)
                     print(f"  not adopted {name}: {why}")
                     continue
-                wanted = {"output_video.mp4": res / "output_video.mp4",
-                          "compare_output_video.mp4": res / "compare_output_video.mp4"}
+                wanted = {
+                    "output_video.mp4": res / "output_video.mp4",
+                    "compare_output_video.mp4": res / "compare_output_video.mp4",
+                }
                 if datasets is not None:
                     wanted[f"{name}_reference.png"] = datasets / name / f"{name}_reference.png"
-                wd.publish_files(out_dir, name, wanted, {"preset": str(cfg.preset.name), "adopted_from": str(res),
-                                                         "stages": [], "seconds": None}, fp)
+                wd.publish_files(
+                    out_dir,
+                    name,
+                    wanted,
+                    {"preset": str(cfg.preset.name), "adopted_from": str(res), "stages": [], "seconds": None},
+                    fp,
+                )
                 counts["adopted"] += 1
         step.update(**counts)
     run.report["adopt"] = counts
-    print(f"{counts['adopted']} adopted, {counts['present']} already marked, {counts['refused']} refused "
-          f"(see the run report), {counts['absent']} without a status-quo output")
+    print(
+        f"{counts['adopted']} adopted, {counts['present']} already marked, {counts['refused']} refused "
+        f"(see the run report), {counts['absent']} without a status-quo output"
+    )
     return 0

@@ -25,8 +25,11 @@ def video_from_cfg(cfg: Any, root: Path) -> Video:
     try:
         k = int(v.k_frames)
     except (TypeError, ValueError):
-        raise UserError(f"video.k_frames={v.k_frames!r} is not a whole number", where="video.k_frames",
-                        fix="use one of 49, 41, 21, 13, 9") from None
+        raise UserError(
+            f"video.k_frames={v.k_frames!r} is not a whole number",
+            where="video.k_frames",
+            fix="use one of 49, 41, 21, 13, 9",
+        ) from None
     return Video(
         name=str(v.name),
         input=str(src),
@@ -71,8 +74,10 @@ def run(cfg: Any, run: Any) -> int:
     if bool(cfg.dry_run):
         print(plan_text(cfg, checkout, video, work))
         for need in modelset.missing(cfg, checkout.root):
-            print(f"# note: not staged yet: stage {need.stage} needs {need.what} at {need.options[0]}",
-                  file=sys.stderr)
+            print(
+                f"# note: not staged yet: stage {need.stage} needs {need.what} at {need.options[0]}",
+                file=sys.stderr,
+            )
         return 0
     if not Path(video.input).is_file():
         raise UserError(
@@ -100,13 +105,28 @@ def run(cfg: Any, run: Any) -> int:
     run.save()
     out_dir = Path(str(cfg.run_dir)) / "outputs" / video.name
     settings = st.output_settings(cfg, checkout, modelset.facts(cfg, checkout.root))
-    fp = st.video_fingerprint(st.digest(settings), {"k_frames": video.k_frames}, video.prompt_tar,
-                              video.prompt_src, Path(video.input))
+    fp = st.video_fingerprint(
+        st.digest(settings),
+        {"k_frames": video.k_frames},
+        video.prompt_tar,
+        video.prompt_src,
+        Path(video.input),
+    )
     env = execute.stage_env(cfg)
     runner = execute.stage_runner(cfg, env)
     try:
-        outcome = execute.run_video(cfg, checkout, video, work, out_dir, env=env, fingerprint=fp, runner=runner,
-                                    step=run.step, failed_logs=Path(str(cfg.run_dir)) / "logs")
+        outcome = execute.run_video(
+            cfg,
+            checkout,
+            video,
+            work,
+            out_dir,
+            env=env,
+            fingerprint=fp,
+            runner=runner,
+            step=run.step,
+            failed_logs=Path(str(cfg.run_dir)) / "logs",
+        )
     finally:
         runner.close()
     run.report["flowportal"]["outcome"] = outcome.__dict__

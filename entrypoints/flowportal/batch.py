@@ -66,8 +66,11 @@ def chunk_index(cfg: Any) -> int:
     try:
         return int(raw) + int(cfg.chunk_offset or 0)
     except (TypeError, ValueError):
-        raise UserError(f"chunk index {raw!r} (offset {cfg.chunk_offset!r}) is not a number", where="chunk",
-                        fix="pass chunk=N (an array task sets it from SLURM_ARRAY_TASK_ID)") from None
+        raise UserError(
+            f"chunk index {raw!r} (offset {cfg.chunk_offset!r}) is not a number",
+            where="chunk",
+            fix="pass chunk=N (an array task sets it from SLURM_ARRAY_TASK_ID)",
+        ) from None
 
 
 def check_range(man: mf.Manifest, i: int) -> None:
@@ -101,8 +104,14 @@ def render_log(rows: list[dict[str, Any]], state: dict[str, Any]) -> str:
     return "\n".join(out) + ("\n" if out else "")
 
 
-def precheck(r: dict[str, Any], src: Path | None, local: Path | None, prompts: dict[str, str], cfg: Any,
-             video_dir: Path) -> str | None:
+def precheck(
+    r: dict[str, Any],
+    src: Path | None,
+    local: Path | None,
+    prompts: dict[str, str],
+    cfg: Any,
+    video_dir: Path,
+) -> str | None:
     """Reason a row cannot run (missing input, unknown prompt id, unreadable, too short at its fps)."""
     if src is None:
         return f"input video {video_dir / (r['video_name'] + '.mp4')} does not exist"
@@ -116,8 +125,10 @@ def precheck(r: dict[str, Any], src: Path | None, local: Path | None, prompts: d
     if k is None:
         return f"too short: {n} frames at {rate:g} fps give fewer than 9 frames at {cfg.video.fps} fps"
     if int(r["k_frames"]) > k:
-        return (f"k_frames={r['k_frames']} but at its real {rate:g} fps the video has only enough frames for {k} "
-                "(regenerate the manifest: it now reads each video's rate)")
+        return (
+            f"k_frames={r['k_frames']} but at its real {rate:g} fps the video has only enough frames for {k} "
+            "(regenerate the manifest: it now reads each video's rate)"
+        )
     return None
 
 
@@ -131,8 +142,13 @@ def sweep_workdirs(root: Path, mine: Path) -> list[str]:
         if d == mine or not d.is_dir():
             continue
         tag = d.name.rsplit("-", 1)[-1]
-        holder = ({"job": tag[1:], "host": "", "pid": ""} if tag.startswith("j") else
-                  {"host": me["host"], "pid": tag[1:]} if tag.startswith("p") else None)
+        holder = (
+            {"job": tag[1:], "host": "", "pid": ""}
+            if tag.startswith("j")
+            else {"host": me["host"], "pid": tag[1:]}
+            if tag.startswith("p")
+            else None
+        )
         if holder is None or not tag[1:].isdigit():
             continue
         if claims.alive(holder, me) is False:
@@ -148,10 +164,15 @@ def _deadline(cfg: Any) -> float | None:
     try:
         value = float(raw)
     except (TypeError, ValueError):
-        raise UserError(f"deadline={raw!r} is not epoch seconds", where="deadline",
-                        fix="leave it unset (the sbatch script sets it from the job's time limit)") from None
+        raise UserError(
+            f"deadline={raw!r} is not epoch seconds",
+            where="deadline",
+            fix="leave it unset (the sbatch script sets it from the job's time limit)",
+        ) from None
     if value <= time.time():
-        print(f"warning: ignoring deadline {raw}: it is in the past (a stale FLOWPORTAL_DEADLINE?)", flush=True)
+        print(
+            f"warning: ignoring deadline {raw}: it is in the past (a stale FLOWPORTAL_DEADLINE?)", flush=True
+        )
         return None
     return value
 
@@ -160,12 +181,16 @@ def batch_settings(cfg: Any, batch_dir: Path) -> tuple[co.Checkout, dict[str, An
     """(checkout, output settings, settings mode) after the checks every batch run makes first."""
     mode = str(cfg.get("settings") or "request")
     if mode not in st.SETTINGS_MODES:
-        raise UserError(f"settings={mode!r} is not one of {', '.join(st.SETTINGS_MODES)}", where="settings",
-                        fix="pass settings=request (default), recorded or replace")
+        raise UserError(
+            f"settings={mode!r} is not one of {', '.join(st.SETTINGS_MODES)}",
+            where="settings",
+            fix="pass settings=request (default), recorded or replace",
+        )
     if mode == "recorded":
         st.apply_recorded(cfg, batch_dir)
-    checkout = co.load(cfg.flowportal.checkout, flavor=str(cfg.flowportal.flavor),
-                       need_fbc=bool(cfg.video.get("bg_path")))
+    checkout = co.load(
+        cfg.flowportal.checkout, flavor=str(cfg.flowportal.flavor), need_fbc=bool(cfg.video.get("bg_path"))
+    )
     execute.preflight(cfg, checkout)
     return checkout, st.output_settings(cfg, checkout, modelset.facts(cfg, checkout.root)), mode
 
@@ -185,30 +210,64 @@ def run(cfg: Any, run: Any) -> int:
     deadline = _deadline(cfg)
     with claims.held(claims.claim_path(batch_dir, "chunk", f"chunk{i}"), f"chunk {i} of {batch_dir}"):
         sdigest = st.record_or_check(batch_dir, settings, mode, holder_facts())
-        return _loop(cfg, run, batch_dir, i, rows, src_prompt, prompts, checkout, sdigest, deadline,
-                     max_attempts, t_start)
+        return _loop(
+            cfg,
+            run,
+            batch_dir,
+            i,
+            rows,
+            src_prompt,
+            prompts,
+            checkout,
+            sdigest,
+            deadline,
+            max_attempts,
+            t_start,
+        )
 
 
-def _loop(cfg: Any, run: Any, batch_dir: Path, i: int, rows: list[dict[str, Any]], src_prompt: str,
-          prompts: dict[str, str], checkout: co.Checkout, sdigest: str, deadline: float | None,
-          max_attempts: int, t_start: float) -> int:
+def _loop(
+    cfg: Any,
+    run: Any,
+    batch_dir: Path,
+    i: int,
+    rows: list[dict[str, Any]],
+    src_prompt: str,
+    prompts: dict[str, str],
+    checkout: co.Checkout,
+    sdigest: str,
+    deadline: float | None,
+    max_attempts: int,
+    t_start: float,
+) -> int:
     job = os.environ.get("SLURM_JOB_ID")
     root = Path(str(cfg.flowportal.workdir_root))
     work = root / f"chunk{i}-{'j' + job if job else 'p' + str(os.getpid())}"
     swept = sweep_workdirs(root, work)
     run.report["flowportal"] = {
-        "chunk": i, "videos": len(rows), "workdir": str(work), "swept_workdirs": swept,
-        "links": wd.prepare(cfg, checkout.root, work), "flavor": checkout.flavor,
-        "preset": str(cfg.preset.name), "settings_digest": sdigest,
+        "chunk": i,
+        "videos": len(rows),
+        "workdir": str(work),
+        "swept_workdirs": swept,
+        "links": wd.prepare(cfg, checkout.root, work),
+        "flavor": checkout.flavor,
+        "preset": str(cfg.preset.name),
+        "settings_digest": sdigest,
     }
     env = execute.stage_env(cfg)
     spath, tpath = state_path(batch_dir, i), tasks_path(batch_dir, i)
     log = batch_dir / "progress" / f"chunk{i}.log"
     state = load_state(spath)
     tasks = load_tasks(tpath)
-    task = {"job": job, "host": holder_facts()["host"], "started": now_iso(),
-            "staging_s": float(cfg.staging_seconds) if cfg.get("staging_seconds") not in (None, "") else None,
-            "startup_s": None, "videos_run": 0, "stopped": None}
+    task = {
+        "job": job,
+        "host": holder_facts()["host"],
+        "started": now_iso(),
+        "staging_s": float(cfg.staging_seconds) if cfg.get("staging_seconds") not in (None, "") else None,
+        "startup_s": None,
+        "videos_run": 0,
+        "stopped": None,
+    }
     tasks.append(task)
     video_dir = Path(str(cfg.video_dir))
     stop_file = batch_dir / "control" / f"chunk{i}.stop"
@@ -231,8 +290,11 @@ def _loop(cfg: Any, run: Any, batch_dir: Path, i: int, rows: list[dict[str, Any]
             todo.append((n, r, src, fp))
     prefetch = Prefetcher(work / "inputs", int(cfg.prefetch))
     runner = execute.stage_runner(cfg, env)
-    durations = [float(s["seconds"]) for s in state.values()
-                 if isinstance(s, dict) and s.get("status") == "OK" and s.get("seconds")]
+    durations = [
+        float(s["seconds"])
+        for s in state.values()
+        if isinstance(s, dict) and s.get("status") == "OK" and s.get("seconds")
+    ]
     stopped = None
     last_end: float | None = None
     try:
@@ -242,7 +304,9 @@ def _loop(cfg: Any, run: Any, batch_dir: Path, i: int, rows: list[dict[str, Any]
                 stopped = f"stop requested ({stop_file})"
                 break
             if deadline is not None:
-                need = (sum(durations) / len(durations) if durations else 0.0) * 1.2 + float(cfg.deadline_margin_s)
+                need = (sum(durations) / len(durations) if durations else 0.0) * 1.2 + float(
+                    cfg.deadline_margin_s
+                )
                 if time.time() + need > deadline:
                     stopped = f"{deadline - time.time():.0f} s left, a video needs ~{need:.0f} s"
                     break
@@ -259,8 +323,26 @@ def _loop(cfg: Any, run: Any, batch_dir: Path, i: int, rows: list[dict[str, Any]
                 print(f"  skip {name}: {exc.what}", flush=True)
                 continue
             try:
-                entry = _one(cfg, run, batch_dir, r, n, len(rows), src, fp, prompts, src_prompt, checkout, work,
-                             env, runner, prefetch, video_dir, failed_logs, state.get(name) or {})
+                entry = _one(
+                    cfg,
+                    run,
+                    batch_dir,
+                    r,
+                    n,
+                    len(rows),
+                    src,
+                    fp,
+                    prompts,
+                    src_prompt,
+                    checkout,
+                    work,
+                    env,
+                    runner,
+                    prefetch,
+                    video_dir,
+                    failed_logs,
+                    state.get(name) or {},
+                )
             finally:
                 claims.release(claims.claim_path(batch_dir, "video", name), vclaim)
                 if src is not None:
@@ -287,10 +369,26 @@ def _loop(cfg: Any, run: Any, batch_dir: Path, i: int, rows: list[dict[str, Any]
     return _finish(cfg, run, batch_dir, i, rows, state, tasks, counts, stopped, runner, log)
 
 
-def _one(cfg: Any, run: Any, batch_dir: Path, r: dict[str, Any], n: int, total: int, src: Path | None, fp: str,
-         prompts: dict[str, str], src_prompt: str, checkout: co.Checkout, work: Path, env: dict[str, str],
-         runner: Any, prefetch: Prefetcher, video_dir: Path, failed_logs: Path | None,
-         before: dict[str, Any]) -> dict[str, Any]:
+def _one(
+    cfg: Any,
+    run: Any,
+    batch_dir: Path,
+    r: dict[str, Any],
+    n: int,
+    total: int,
+    src: Path | None,
+    fp: str,
+    prompts: dict[str, str],
+    src_prompt: str,
+    checkout: co.Checkout,
+    work: Path,
+    env: dict[str, str],
+    runner: Any,
+    prefetch: Prefetcher,
+    video_dir: Path,
+    failed_logs: Path | None,
+    before: dict[str, Any],
+) -> dict[str, Any]:
     """One video: recheck, precheck, five stages, publish; its state entry with timings."""
     name = r["video_name"]
     out_dir = batch_dir / "outputs" / name
@@ -314,13 +412,29 @@ def _one(cfg: Any, run: Any, batch_dir: Path, r: dict[str, Any], n: int, total: 
             negative_prompt=str(cfg.video.negative_prompt),
         )
         print(f"[{n}/{total}] {name} k_frames={r['k_frames']} prompt_id={r['prompt_id']}", flush=True)
-        outcome = execute.run_video(cfg, checkout, video, work, out_dir, env=env, fingerprint=fp, runner=runner,
-                                    failed_logs=failed_logs)
+        outcome = execute.run_video(
+            cfg,
+            checkout,
+            video,
+            work,
+            out_dir,
+            env=env,
+            fingerprint=fp,
+            runner=runner,
+            failed_logs=failed_logs,
+        )
     entry: dict[str, Any] = {
-        "status": outcome.status, "stage": outcome.stage, "reason": outcome.reason, "seconds": outcome.seconds,
-        "stages": outcome.stages, "publish": outcome.publish_seconds or None,
-        "cleanup": outcome.cleanup_seconds or None, "precheck": pre_s, "prefetch": pf,
-        "at": now_iso(), "job": os.environ.get("SLURM_JOB_ID"),
+        "status": outcome.status,
+        "stage": outcome.stage,
+        "reason": outcome.reason,
+        "seconds": outcome.seconds,
+        "stages": outcome.stages,
+        "publish": outcome.publish_seconds or None,
+        "cleanup": outcome.cleanup_seconds or None,
+        "precheck": pre_s,
+        "prefetch": pf,
+        "at": now_iso(),
+        "job": os.environ.get("SLURM_JOB_ID"),
     }
     if outcome.status == "FAILED":
         entry["attempts"] = attempts + 1
@@ -337,16 +451,30 @@ def _one(cfg: Any, run: Any, batch_dir: Path, r: dict[str, Any], n: int, total: 
     return entry
 
 
-def _finish(cfg: Any, run: Any, batch_dir: Path, i: int, rows: list[dict[str, Any]], state: dict[str, Any],
-            tasks: list[dict[str, Any]], counts: dict[str, int], stopped: str | None, runner: Any,
-            log: Path) -> int:
+def _finish(
+    cfg: Any,
+    run: Any,
+    batch_dir: Path,
+    i: int,
+    rows: list[dict[str, Any]],
+    state: dict[str, Any],
+    tasks: list[dict[str, Any]],
+    counts: dict[str, int],
+    stopped: str | None,
+    runner: Any,
+    log: Path,
+) -> int:
     done = counts["OK"] + counts["SKIPPED"] + counts["FAILED"] + counts["GAVE_UP"]
     pending = len(rows) - done
     names = {r["video_name"] for r in rows}
     timings = stats.aggregate((s for k, s in state.items() if k in names and isinstance(s, dict)), tasks)
     summary = {
-        "chunk": i, "total": len(rows), **{k.lower(): v for k, v in counts.items()}, "pending": pending,
-        "stopped": stopped, "timings": timings,
+        "chunk": i,
+        "total": len(rows),
+        **{k.lower(): v for k, v in counts.items()},
+        "pending": pending,
+        "stopped": stopped,
+        "timings": timings,
     }
     if isinstance(runner, execute.Resident):
         summary["resident"] = runner.pool.summary()
@@ -356,7 +484,8 @@ def _finish(cfg: Any, run: Any, batch_dir: Path, i: int, rows: list[dict[str, An
     given_up = [n for n, s in state.items() if n in names and isinstance(s, dict) and s.get("gave_up")]
     print(
         f"chunk {i}: {len(rows)} videos: {counts['OK']} OK, {counts['SKIPPED']} skipped (done before), "
-        f"{counts['FAILED']} failed, {pending} pending" + (f"; stopped: {stopped}" if stopped else "")
+        f"{counts['FAILED']} failed, {pending} pending"
+        + (f"; stopped: {stopped}" if stopped else "")
         + (f"; {len(given_up)} gave up after {int(cfg.max_attempts)} attempts" if given_up else "")
         + (f"; {counts['BUSY']} claimed by another driver" if counts["BUSY"] else "")
     )
@@ -364,8 +493,14 @@ def _finish(cfg: Any, run: Any, batch_dir: Path, i: int, rows: list[dict[str, An
         return EXIT_CONTINUE
     if counts["FAILED"] or given_up:
         what = f"{counts['FAILED']} videos failed" if counts["FAILED"] else "no new failures"
-        more = (f"; {len(given_up)} gave up ({', '.join(given_up[:3])}{'...' if len(given_up) > 3 else ''}): "
-                f"fix the cause, then rerun with max_attempts={int(cfg.max_attempts) + 1}") if given_up else ""
+        more = (
+            (
+                f"; {len(given_up)} gave up ({', '.join(given_up[:3])}{'...' if len(given_up) > 3 else ''}): "
+                f"fix the cause, then rerun with max_attempts={int(cfg.max_attempts) + 1}"
+            )
+            if given_up
+            else ""
+        )
         print(f"error: {what}{more}; see {log}", file=sys.stderr)
         return 1
     return 0

@@ -36,8 +36,11 @@ def bind_args(cfg: Any) -> list[str]:
     args: list[str] = []
     for p, ro in declared(cfg):
         if ":" in p or "," in p:
-            raise UserError(f"input path '{p}' contains ':' or ','", where="binds",
-                            fix="Apptainer cannot bind such paths; rename or move the folder")
+            raise UserError(
+                f"input path '{p}' contains ':' or ','",
+                where="binds",
+                fix="Apptainer cannot bind such paths; rename or move the folder",
+            )
         args += ["--bind", f"{p}:{p}" + (":ro" if ro else "")]
     return args
 

@@ -28,8 +28,18 @@ from containers.runner import which
 
 # Slurm states of a job that runs or will run. Not COMPLETING: its processes are being killed, and
 # the continuation that depends on it (afterany) may see it in that state for a few seconds.
-ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "SUSPENDED", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
-          "RESIZING", "SIGNALING", "STOPPED"}
+ACTIVE = {
+    "PENDING",
+    "RUNNING",
+    "CONFIGURING",
+    "SUSPENDED",
+    "REQUEUED",
+    "REQUEUE_FED",
+    "REQUEUE_HOLD",
+    "RESIZING",
+    "SIGNALING",
+    "STOPPED",
+}
 
 
 def describe(h: dict[str, Any]) -> str:
@@ -108,11 +118,17 @@ def acquire(path: Path, what: str, **extra: Any) -> dict[str, Any]:
                 continue  # released meanwhile: try again
             live = alive(h, me)
             if live is None:
-                raise UserError(f"{what} is claimed by {describe(h)} (cannot tell from here whether it runs)",
-                                where=str(path), fix=f"if that run is gone, delete {path}")
+                raise UserError(
+                    f"{what} is claimed by {describe(h)} (cannot tell from here whether it runs)",
+                    where=str(path),
+                    fix=f"if that run is gone, delete {path}",
+                )
             if live:
-                raise UserError(f"{what} is already being processed by {describe(h)}", where=str(path),
-                                fix="wait for it (flowportal_status shows it), or scancel that job first")
+                raise UserError(
+                    f"{what} is already being processed by {describe(h)}",
+                    where=str(path),
+                    fix="wait for it (flowportal_status shows it), or scancel that job first",
+                )
             tomb = path.with_name(f"{path.name}.stale-{uuid.uuid4().hex[:8]}")
             try:
                 os.rename(path, tomb)  # one renamer wins; the others find nothing or a fresh claim
@@ -126,11 +142,17 @@ def acquire(path: Path, what: str, **extra: Any) -> dict[str, Any]:
                 _create(path, moved)
             with contextlib.suppress(OSError):
                 tomb.unlink()
-        raise UserError(f"{what}: could not claim it (others keep claiming it)", where=str(path),
-                        fix="check for duplicate submissions with squeue")
+        raise UserError(
+            f"{what}: could not claim it (others keep claiming it)",
+            where=str(path),
+            fix="check for duplicate submissions with squeue",
+        )
     except OSError as exc:
-        raise UserError(f"cannot write the claim for {what}: {exc.strerror}", where=str(path.parent),
-                        fix="make the batch dir writable") from None
+        raise UserError(
+            f"cannot write the claim for {what}: {exc.strerror}",
+            where=str(path.parent),
+            fix="make the batch dir writable",
+        ) from None
 
 
 def release(path: Path, mine: dict[str, Any]) -> None:

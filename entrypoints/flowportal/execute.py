@@ -181,8 +181,13 @@ def run_video(
 
 def _timing(name: str, t0: float, t: float, status: str) -> dict[str, Any]:
     now = time.monotonic()
-    return {"name": name, "seconds": round(now - t, 3), "status": status,
-            "start": round(t - t0, 3), "end": round(now - t0, 3)}
+    return {
+        "name": name,
+        "seconds": round(now - t, 3),
+        "status": status,
+        "start": round(t - t0, 3),
+        "end": round(now - t0, 3),
+    }
 
 
 def _keep_logs(src: Path, dst: Path) -> str | None:
@@ -198,8 +203,9 @@ def _keep_logs(src: Path, dst: Path) -> str | None:
     return str(dst)
 
 
-def _run_stage(s: Stage, work: Path, env: dict[str, str], logs: Path, log_tail: int,
-               runner: Subprocesses | Resident) -> None:
+def _run_stage(
+    s: Stage, work: Path, env: dict[str, str], logs: Path, log_tail: int, runner: Subprocesses | Resident
+) -> None:
     log = logs / f"{s.name}.log"
     log.write_text(f"$ {s.shell()}\n", encoding="utf-8")
     t = time.monotonic()
@@ -207,7 +213,9 @@ def _run_stage(s: Stage, work: Path, env: dict[str, str], logs: Path, log_tail: 
     with open(log, "a", encoding="utf-8") as fh:
         fh.write(f"\n# exit {rc} after {time.monotonic() - t:.1f} s\n")
     if rc != 0:
-        lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines()[1:-1] if ln.strip()]
+        lines = [
+            ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines()[1:-1] if ln.strip()
+        ]
         for ln in lines[-log_tail:]:
             print(f"  | {ln}")
         raise UserError(

@@ -42,10 +42,18 @@ MODES = ("selected", "unselected")
 POINTER = "manifest.json"
 # our file -> the original generator's (scripts/h2s/generate_h2s_manifest.py), said in manifest.json
 ORIGINAL_NAMES = {
-    "selected": {"rows": "h2s_manifest.csv", "chunk": "h2s_manifest_chunk{i}.csv",
-                 "videos": "h2s_selected_videos.txt", "prompts": "h2s_prompts.txt"},
-    "unselected": {"rows": "h2s_unselected_manifest.csv", "chunk": "h2s_unselected_chunk{i}.csv",
-                   "videos": "h2s_unselected_videos.txt", "prompts": "h2s_prompts.txt"},
+    "selected": {
+        "rows": "h2s_manifest.csv",
+        "chunk": "h2s_manifest_chunk{i}.csv",
+        "videos": "h2s_selected_videos.txt",
+        "prompts": "h2s_prompts.txt",
+    },
+    "unselected": {
+        "rows": "h2s_unselected_manifest.csv",
+        "chunk": "h2s_unselected_chunk{i}.csv",
+        "videos": "h2s_unselected_videos.txt",
+        "prompts": "h2s_prompts.txt",
+    },
 }
 
 
@@ -83,8 +91,11 @@ def is_mp4(name: str) -> bool:
 def check_video_name(name: str, where: str) -> str:
     """A video name becomes a folder name (outputs/<name>, datasets/<name>): no path parts."""
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or name.startswith("."):
-        raise UserError(f"video name {name!r} is not a plain file name", where=where,
-                        fix="regenerate the manifest from a folder of <name>.mp4 files")
+        raise UserError(
+            f"video name {name!r} is not a plain file name",
+            where=where,
+            fix="regenerate the manifest from a folder of <name>.mp4 files",
+        )
     return name
 
 
@@ -124,8 +135,11 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
             fix="generate it first: python -m entrypoints flowportal_manifest",
         ) from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise UserError(f"cannot read {path.name}: {exc}", where=str(path),
-                        fix="regenerate it with python -m entrypoints flowportal_manifest") from None
+        raise UserError(
+            f"cannot read {path.name}: {exc}",
+            where=str(path),
+            fix="regenerate it with python -m entrypoints flowportal_manifest",
+        ) from None
     for i, r in enumerate(rows, 2):
         check_video_name(str(r.get("video_name") or ""), f"{path}:{i}")
     return rows
@@ -137,8 +151,11 @@ def read_prompts(path: Path) -> tuple[str, dict[str, str]]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read the prompts file: {exc}", where=str(path),
-                        fix="regenerate the manifest (it writes prompts.txt)") from None
+        raise UserError(
+            f"cannot read the prompts file: {exc}",
+            where=str(path),
+            fix="regenerate the manifest (it writes prompts.txt)",
+        ) from None
     for ln in text.splitlines():
         if not ln.strip():
             continue
@@ -178,16 +195,22 @@ class Manifest:
         facts = self.info["files"].get(name)
         p = self.gen_dir / name
         if facts is None:
-            raise UserError(f"{name} is not part of the current manifest", where=str(self.gen_dir),
-                            fix="regenerate the manifest with python -m entrypoints flowportal_manifest")
+            raise UserError(
+                f"{name} is not part of the current manifest",
+                where=str(self.gen_dir),
+                fix="regenerate the manifest with python -m entrypoints flowportal_manifest",
+            )
         if verify:
             try:
                 ok = p.stat().st_size == facts["bytes"] and _sha256(p) == facts["sha256"]
             except OSError:
                 ok = False
             if not ok:
-                raise UserError(f"{name} does not match manifest.json (changed, truncated or missing)",
-                                where=str(p), fix="regenerate the manifest; never edit its files by hand")
+                raise UserError(
+                    f"{name} does not match manifest.json (changed, truncated or missing)",
+                    where=str(p),
+                    fix="regenerate the manifest; never edit its files by hand",
+                )
         return p
 
     def chunk(self, i: int) -> Path:
@@ -203,19 +226,28 @@ def load(batch_dir: Path) -> Manifest:
     try:
         info = json.loads(pointer.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UserError(f"no manifest under {batch_dir}", where="batch_dir",
-                        fix="generate it: python -m entrypoints flowportal_manifest video_dir=... "
-                            f"batch_dir={batch_dir}") from None
+        raise UserError(
+            f"no manifest under {batch_dir}",
+            where="batch_dir",
+            fix=f"generate it: python -m entrypoints flowportal_manifest video_dir=... batch_dir={batch_dir}",
+        ) from None
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {POINTER}: {exc}", where=str(pointer),
-                        fix="regenerate the manifest") from None
+        raise UserError(
+            f"cannot read {POINTER}: {exc}", where=str(pointer), fix="regenerate the manifest"
+        ) from None
     if not isinstance(info, dict) or not isinstance(info.get("files"), dict) or "generation" not in info:
-        raise UserError(f"{POINTER} is from an older version or damaged (no generation/files)",
-                        where=str(pointer), fix="regenerate the manifest (same videos give the same rows)")
+        raise UserError(
+            f"{POINTER} is from an older version or damaged (no generation/files)",
+            where=str(pointer),
+            fix="regenerate the manifest (same videos give the same rows)",
+        )
     gen = str(info["generation"])
     if not gen.startswith("gen-") or "/" in gen or ".." in gen:
-        raise UserError(f"{POINTER} names an invalid generation {gen!r}", where=str(pointer),
-                        fix="regenerate the manifest")
+        raise UserError(
+            f"{POINTER} names an invalid generation {gen!r}",
+            where=str(pointer),
+            fix="regenerate the manifest",
+        )
     return Manifest(batch_dir, info)
 
 
@@ -223,21 +255,28 @@ def check_cfg(cfg: Any) -> tuple[str, int]:
     """Enumerations and ranges of the manifest settings (named key, allowed values)."""
     mode = str(cfg.mode)
     if mode not in MODES:
-        raise UserError(f"mode={mode!r} is not one of {', '.join(MODES)}", where="mode",
-                        fix="pass mode=selected or mode=unselected")
+        raise UserError(
+            f"mode={mode!r} is not one of {', '.join(MODES)}",
+            where="mode",
+            fix="pass mode=selected or mode=unselected",
+        )
     try:
         n_chunks = int(cfg.num_chunks)
     except (TypeError, ValueError):
-        raise UserError(f"num_chunks={cfg.num_chunks!r} is not a whole number", where="num_chunks",
-                        fix="pass num_chunks=N with N >= 1") from None
+        raise UserError(
+            f"num_chunks={cfg.num_chunks!r} is not a whole number",
+            where="num_chunks",
+            fix="pass num_chunks=N with N >= 1",
+        ) from None
     if n_chunks < 1:
         raise UserError(f"num_chunks={n_chunks}", where="num_chunks", fix="use num_chunks >= 1")
     for key, low in (("num_select", 0), ("seed", None)):
         try:
             value = int(getattr(cfg, key))
         except (TypeError, ValueError):
-            raise UserError(f"{key}={getattr(cfg, key)!r} is not a whole number", where=key,
-                            fix=f"pass {key}=N") from None
+            raise UserError(
+                f"{key}={getattr(cfg, key)!r} is not a whole number", where=key, fix=f"pass {key}=N"
+            ) from None
         if low is not None and value < low:
             raise UserError(f"{key}={value} is out of range", where=key, fix=f"pass {key}>={low}")
     for key in ("input_fps", "target_fps"):
@@ -246,8 +285,11 @@ def check_cfg(cfg: Any) -> tuple[str, int]:
         except (TypeError, ValueError):
             ok = False
         if not ok:
-            raise UserError(f"{key}={getattr(cfg, key)!r} must be a positive number", where=key,
-                            fix=f"pass {key}=24 (input) / 8 (target)")
+            raise UserError(
+                f"{key}={getattr(cfg, key)!r} must be a positive number",
+                where=key,
+                fix=f"pass {key}=24 (input) / 8 (target)",
+            )
     if not list(cfg.prompts_tar):
         raise UserError("prompts_tar is empty", where="prompts_tar", fix="give at least one target prompt")
     return mode, n_chunks
@@ -269,8 +311,11 @@ def build(videos: dict[str, int], *, cfg: Any, fps: dict[str, float] | None = No
             short.append(fname)
             continue
         real = fps.get(fname) or 0.0
-        k_real = k if real <= 0 or abs(real - float(cfg.input_fps)) < 0.01 else (
-            k_frames_for(n, real, float(cfg.target_fps)))
+        k_real = (
+            k
+            if real <= 0 or abs(real - float(cfg.input_fps)) < 0.01
+            else (k_frames_for(n, real, float(cfg.target_fps)))
+        )
         if k_real is None:
             slow.append(fname)  # kept (the split must not move) but it cannot run: the batch says FAILED
         elif k_real != k:
@@ -326,8 +371,9 @@ def write_generation(batch_dir: Path, files: dict[str, str], summary: dict[str, 
         for name, text in files.items():
             write_text(gen / name, text)
             facts[name] = {"bytes": (gen / name).stat().st_size, "sha256": _sha256(gen / name)}
-        write_json(mdir / POINTER, {**summary, "generation": gen.name, "previous_generation": prev,
-                                    "files": facts})
+        write_json(
+            mdir / POINTER, {**summary, "generation": gen.name, "previous_generation": prev, "files": facts}
+        )
         for old in _old_generations(mdir, {gen.name, str(prev)}):
             shutil.rmtree(old, ignore_errors=True)
         for legacy in mdir.glob("chunk*.csv"):  # the flat layout of earlier versions: never read again
@@ -342,8 +388,9 @@ def run(cfg: Any, run: Any) -> int:
     except (TypeError, ValueError):
         workers = 0
     if workers < 1:
-        raise UserError(f"workers={cfg.workers!r} must be a whole number >= 1", where="workers",
-                        fix="pass workers=8")
+        raise UserError(
+            f"workers={cfg.workers!r} must be a whole number >= 1", where="workers", fix="pass workers=8"
+        )
     src = Path(str(cfg.video_dir))
     if not src.is_dir():
         raise UserError(
@@ -356,8 +403,11 @@ def run(cfg: Any, run: Any) -> int:
         try:
             files = sorted(p for p in src.iterdir() if is_mp4(p.name) and p.is_file())
         except OSError as exc:
-            raise UserError(f"cannot list {src}: {exc.strerror}", where="video_dir",
-                            fix="check the folder and its permissions") from None
+            raise UserError(
+                f"cannot list {src}: {exc.strerror}",
+                where="video_dir",
+                fix="check the folder and its permissions",
+            ) from None
         t0 = time.monotonic()
         with ThreadPoolExecutor(workers) as pool:
             probed = dict(zip((p.name for p in files), pool.map(probe, files), strict=True))
@@ -378,8 +428,11 @@ def run(cfg: Any, run: Any) -> int:
     for f in res["short"]:
         run.skip(f, f"too short: fewer than 9 frames at {cfg.target_fps} fps (n_frames={probed[f][0]})")
     for f in res["too_short_at_real_fps"]:
-        run.skip(f, f"kept in the split, but at its real {probed[f][1]:g} fps it has fewer than 9 frames at "
-                    f"{cfg.target_fps} fps: the batch lists it FAILED")
+        run.skip(
+            f,
+            f"kept in the split, but at its real {probed[f][1]:g} fps it has fewer than 9 frames at "
+            f"{cfg.target_fps} fps: the batch lists it FAILED",
+        )
     other = {f: r for f, (n, r) in probed.items() if n and r > 0 and abs(r - float(cfg.input_fps)) >= 0.01}
     summary = {
         "mode": mode,
@@ -395,10 +448,12 @@ def run(cfg: Any, run: Any) -> int:
         "num_chunks_requested": n_req,
         "chunks": [len(c) for c in res["chunks"]],
         "video_dir": str(src),
-        "original_names": {f"{mode}.csv": ORIGINAL_NAMES[mode]["rows"],
-                           "chunk<i>.csv": ORIGINAL_NAMES[mode]["chunk"].replace("{i}", "<i>"),
-                           f"{mode}_videos.txt": ORIGINAL_NAMES[mode]["videos"],
-                           "prompts.txt": ORIGINAL_NAMES[mode]["prompts"]},
+        "original_names": {
+            f"{mode}.csv": ORIGINAL_NAMES[mode]["rows"],
+            "chunk<i>.csv": ORIGINAL_NAMES[mode]["chunk"].replace("{i}", "<i>"),
+            f"{mode}_videos.txt": ORIGINAL_NAMES[mode]["videos"],
+            "prompts.txt": ORIGINAL_NAMES[mode]["prompts"],
+        },
     }
     with run.step("write"):
         prompts = [f"SRC|{cfg.prompt_src}", *(f"{i}|{p}" for i, p in enumerate(cfg.prompts_tar))]

@@ -30,15 +30,22 @@ from containers.errors import UserError
 
 LAYOUTS = ("suite", "status_quo")
 MATANYONE_RESNETS = ("resnet50-19c8e357.pth", "resnet18-5c106cde.pth")
-ANNOTATORS = {"hed": ("ControlNetHED.pth",), "depth": ("dpt_hybrid-midas-501f0c75.pt",),
-              "combined": ("ControlNetHED.pth", "dpt_hybrid-midas-501f0c75.pt"), "canny": ()}
+ANNOTATORS = {
+    "hed": ("ControlNetHED.pth",),
+    "depth": ("dpt_hybrid-midas-501f0c75.pt",),
+    "combined": ("ControlNetHED.pth", "dpt_hybrid-midas-501f0c75.pt"),
+    "canny": (),
+}
 BIREFNET = "zhengpeng7/BiRefNet"
 SD15 = "stablediffusionapi/realistic-vision-v51"
 # What the checkout's wan_civitai.yaml says when it cannot be read (the fork's values).
-WAN_DEFAULTS = {"transformer_subpath": "./", "vae_subpath": "Wan2.1_VAE.pth",
-                "text_encoder_subpath": "models_t5_umt5-xxl-enc-bf16.pth",
-                "tokenizer_subpath": "google/umt5-xxl",
-                "image_encoder_subpath": "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"}
+WAN_DEFAULTS = {
+    "transformer_subpath": "./",
+    "vae_subpath": "Wan2.1_VAE.pth",
+    "text_encoder_subpath": "models_t5_umt5-xxl-enc-bf16.pth",
+    "tokenizer_subpath": "google/umt5-xxl",
+    "image_encoder_subpath": "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
+}
 
 
 @dataclass(frozen=True)
@@ -56,8 +63,11 @@ class Need:
 def check_layout(cfg: Any) -> str:
     layout = str(cfg.flowportal.get("layout") or "suite")
     if layout not in LAYOUTS:
-        raise UserError(f"flowportal.layout={layout!r} is not one of {', '.join(LAYOUTS)}",
-                        where="flowportal.layout", fix="use suite (ours) or status_quo (pretrained_models/)")
+        raise UserError(
+            f"flowportal.layout={layout!r} is not one of {', '.join(LAYOUTS)}",
+            where="flowportal.layout",
+            fix="use suite (ours) or status_quo (pretrained_models/)",
+        )
     return layout
 
 
@@ -78,8 +88,12 @@ def wan_subpaths(checkout_root: Path | None) -> dict[str, str]:
         from omegaconf import OmegaConf
 
         c = OmegaConf.to_container(OmegaConf.load(conf))
-        for section in ("transformer_additional_kwargs", "vae_kwargs", "text_encoder_kwargs",
-                        "image_encoder_kwargs"):
+        for section in (
+            "transformer_additional_kwargs",
+            "vae_kwargs",
+            "text_encoder_kwargs",
+            "image_encoder_kwargs",
+        ):
             for k, v in (c.get(section) or {}).items():
                 if k in out and v:
                     out[k] = str(v)
@@ -108,47 +122,83 @@ def needs(cfg: Any, checkout_root: Path | None) -> list[Need]:
     check_layout(cfg)
     m = paths(cfg)
     out: list[Need] = []
-    out += _hf_needs("preprocess", m["hf_hub"], BIREFNET, [
-        ("config.json", ("config.json",)),
-        ("weights", ("model.safetensors", "pytorch_model.bin")),
-        ("remote code birefnet.py", ("birefnet.py",)),
-        ("remote code BiRefNet_config.py", ("BiRefNet_config.py",)),
-    ])
+    out += _hf_needs(
+        "preprocess",
+        m["hf_hub"],
+        BIREFNET,
+        [
+            ("config.json", ("config.json",)),
+            ("weights", ("model.safetensors", "pytorch_model.bin")),
+            ("remote code birefnet.py", ("birefnet.py",)),
+            ("remote code BiRefNet_config.py", ("BiRefNet_config.py",)),
+        ],
+    )
     edge = str(cfg.preset.edge_mode)
     for f in ANNOTATORS.get(edge, ()):
         out.append(Need("preprocess", f"Annotators {f} (edge_mode={edge})", (m["annotators"] / f,)))
     out.append(Need("matanyone", "MatAnyone checkpoint", (m["matanyone"],)))
     for f in MATANYONE_RESNETS:
-        out.append(Need("matanyone", f"torch hub {f} (MatAnyone encoders)",
-                        (m["torch_home"] / "hub" / "checkpoints" / f,)))
+        out.append(
+            Need(
+                "matanyone",
+                f"torch hub {f} (MatAnyone encoders)",
+                (m["torch_home"] / "hub" / "checkpoints" / f,),
+            )
+        )
     bg = bool(cfg.video.get("bg_path"))
-    out.append(Need("iclight", "IC-Light fbc" if bg else "IC-Light fc", (m["iclight_fbc" if bg else "iclight_fc"],)))
-    out += _hf_needs("iclight", m["hf_hub"], SD15, [
-        ("tokenizer/vocab.json", ("tokenizer/vocab.json",)),
-        ("tokenizer/merges.txt", ("tokenizer/merges.txt",)),
-        ("text_encoder/config.json", ("text_encoder/config.json",)),
-        ("text_encoder weights", ("text_encoder/model.safetensors", "text_encoder/pytorch_model.bin")),
-        ("vae/config.json", ("vae/config.json",)),
-        ("vae weights", ("vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.bin")),
-        ("unet/config.json", ("unet/config.json",)),
-        ("unet weights", ("unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.bin")),
-    ])
+    out.append(
+        Need("iclight", "IC-Light fbc" if bg else "IC-Light fc", (m["iclight_fbc" if bg else "iclight_fc"],))
+    )
+    out += _hf_needs(
+        "iclight",
+        m["hf_hub"],
+        SD15,
+        [
+            ("tokenizer/vocab.json", ("tokenizer/vocab.json",)),
+            ("tokenizer/merges.txt", ("tokenizer/merges.txt",)),
+            ("text_encoder/config.json", ("text_encoder/config.json",)),
+            ("text_encoder weights", ("text_encoder/model.safetensors", "text_encoder/pytorch_model.bin")),
+            ("vae/config.json", ("vae/config.json",)),
+            ("vae weights", ("vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.bin")),
+            ("unet/config.json", ("unet/config.json",)),
+            (
+                "unet weights",
+                ("unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.bin"),
+            ),
+        ],
+    )
     wan = m["wan"]
     sub = wan_subpaths(checkout_root)
     tr = wan / sub["transformer_subpath"]
     tok = wan / sub["tokenizer_subpath"]
     out += [
         Need("flowportal", "Wan transformer config.json", (tr / "config.json",)),
-        Need("flowportal", "Wan transformer weights",
-             (tr / "diffusion_pytorch_model.safetensors", tr / "diffusion_pytorch_model.bin")),
+        Need(
+            "flowportal",
+            "Wan transformer weights",
+            (tr / "diffusion_pytorch_model.safetensors", tr / "diffusion_pytorch_model.bin"),
+        ),
         Need("flowportal", f"Wan VAE {sub['vae_subpath']}", (wan / sub["vae_subpath"],)),
-        Need("flowportal", f"Wan T5 encoder {sub['text_encoder_subpath']}", (wan / sub["text_encoder_subpath"],)),
-        Need("flowportal", f"umt5 tokenizer {sub['tokenizer_subpath']}/tokenizer_config.json",
-             (tok / "tokenizer_config.json",)),
-        Need("flowportal", f"umt5 tokenizer {sub['tokenizer_subpath']}/spiece.model or tokenizer.json",
-             (tok / "spiece.model", tok / "tokenizer.json")),
-        Need("flowportal", f"Wan CLIP image encoder {sub['image_encoder_subpath']}",
-             (wan / sub["image_encoder_subpath"],)),
+        Need(
+            "flowportal",
+            f"Wan T5 encoder {sub['text_encoder_subpath']}",
+            (wan / sub["text_encoder_subpath"],),
+        ),
+        Need(
+            "flowportal",
+            f"umt5 tokenizer {sub['tokenizer_subpath']}/tokenizer_config.json",
+            (tok / "tokenizer_config.json",),
+        ),
+        Need(
+            "flowportal",
+            f"umt5 tokenizer {sub['tokenizer_subpath']}/spiece.model or tokenizer.json",
+            (tok / "spiece.model", tok / "tokenizer.json"),
+        ),
+        Need(
+            "flowportal",
+            f"Wan CLIP image encoder {sub['image_encoder_subpath']}",
+            (wan / sub["image_encoder_subpath"],),
+        ),
     ]
     return out
 
@@ -181,6 +231,6 @@ def preflight(cfg: Any, checkout_root: Path | None) -> None:
     raise UserError(
         f"missing model file for stage {n.stage}: {n.what} at {n.options[0]}{alt}{more}",
         where="flowportal.models",
-        fix=f"put it into the shared model set ({src}, layout {check_layout(cfg)}, docs/flowportal.md) and stage it: "
-            f"python -m containers stage {src} {Path(str(cfg.flowportal.models)).parent}",
+        fix=f"put it into the shared model set ({src}, layout {check_layout(cfg)}, docs/flowportal.md) "
+        f"and stage it: python -m containers stage {src} {Path(str(cfg.flowportal.models)).parent}",
     )

@@ -60,8 +60,12 @@ class Prefetcher:
                 ahead = True
         except OSError as exc:
             return src, {"where": "share", "error": str(exc)[:200], "wait": round(time.monotonic() - t, 3)}
-        return path, {"where": "nvme", "wait": round(time.monotonic() - t, 3), "copy": round(copy_s, 3),
-                      "ahead": ahead}
+        return path, {
+            "where": "nvme",
+            "wait": round(time.monotonic() - t, 3),
+            "copy": round(copy_s, 3),
+            "ahead": ahead,
+        }
 
     def discard(self, name: str, src: Path) -> None:
         self.jobs.pop(name, None)

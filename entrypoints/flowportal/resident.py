@@ -160,9 +160,17 @@ def worker(spec_json: str) -> int:
         with contextlib.suppress(Exception):
             if torch is not None and torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        reply.write(json.dumps({"rc": rc, "seconds": round(time.monotonic() - t0, 3),
-                                "hits": _STATS["hits"] - before["hits"],
-                                "misses": _STATS["misses"] - before["misses"]}) + "\n")
+        reply.write(
+            json.dumps(
+                {
+                    "rc": rc,
+                    "seconds": round(time.monotonic() - t0, 3),
+                    "hits": _STATS["hits"] - before["hits"],
+                    "misses": _STATS["misses"] - before["misses"],
+                }
+            )
+            + "\n"
+        )
     return 0
 
 
@@ -174,7 +182,10 @@ class Pool:
 
     def __init__(self, env: dict[str, str], cache: dict[str, list[str]]) -> None:
         repo = str(Path(__file__).resolve().parents[2])
-        self.env = {**env, "PYTHONPATH": repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")}
+        self.env = {
+            **env,
+            "PYTHONPATH": repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""),
+        }
         self.cache = cache
         self.workers: dict[str, Any] = {}
         self.starts: dict[str, int] = {}
@@ -187,16 +198,23 @@ class Pool:
         from containers.runner import start
 
         spec = json.dumps({"script": script, "cache": list(self.cache.get(key) or [])})
-        proc = start([python, "-m", "entrypoints.flowportal.resident", spec], env=self.env, cwd=str(cwd),
-                     what=f"resident worker for {Path(script).name}")
+        proc = start(
+            [python, "-m", "entrypoints.flowportal.resident", spec],
+            env=self.env,
+            cwd=str(cwd),
+            what=f"resident worker for {Path(script).name}",
+        )
         hello = proc.stdout.readline()
         try:
             info = json.loads(hello)
         except ValueError:
             proc.kill()
             proc.wait()
-            raise UserError(f"the resident worker for {Path(script).name} did not start: {hello.strip()[:200]}",
-                            where="flowportal.resident", fix="run without flowportal.resident.enabled") from None
+            raise UserError(
+                f"the resident worker for {Path(script).name} did not start: {hello.strip()[:200]}",
+                where="flowportal.resident",
+                fix="run without flowportal.resident.enabled",
+            ) from None
         self.notes[key] = info.get("not_cached", [])
         self.starts[key] = self.starts.get(key, 0) + 1
         return proc
@@ -239,8 +257,12 @@ class Pool:
             self._stop(script)
 
     def summary(self) -> dict[str, Any]:
-        return {"worker_starts": dict(self.starts), "cache_hits": self.hits, "cache_misses": self.misses,
-                "not_cached": self.notes}
+        return {
+            "worker_starts": dict(self.starts),
+            "cache_hits": self.hits,
+            "cache_misses": self.misses,
+            "not_cached": self.notes,
+        }
 
 
 if __name__ == "__main__":

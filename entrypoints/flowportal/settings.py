@@ -81,11 +81,16 @@ def digest(settings: dict[str, Any]) -> str:
     return fingerprint(settings)
 
 
-def video_fingerprint(settings_digest: str, row: dict[str, Any], prompt_tar: str, prompt_src: str,
-                      source: Path | None) -> str:
+def video_fingerprint(
+    settings_digest: str, row: dict[str, Any], prompt_tar: str, prompt_src: str, source: Path | None
+) -> str:
     """The fingerprint a video's marker must carry: batch settings + its row + its input video."""
-    per_video = {"batch": settings_digest, "k_frames": int(row["k_frames"]),
-                 "prompt_tar": prompt_tar, "prompt_src": prompt_src}
+    per_video = {
+        "batch": settings_digest,
+        "k_frames": int(row["k_frames"]),
+        "prompt_tar": prompt_tar,
+        "prompt_src": prompt_src,
+    }
     return fingerprint(per_video, [source] if source is not None else [])
 
 
@@ -111,11 +116,17 @@ def read_record(batch_dir: Path) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {BATCH_FILE}: {exc}", where=str(path),
-                        fix="restore it, or pass settings=replace to record this run's settings") from None
+        raise UserError(
+            f"cannot read {BATCH_FILE}: {exc}",
+            where=str(path),
+            fix="restore it, or pass settings=replace to record this run's settings",
+        ) from None
     if not isinstance(data, dict) or "digest" not in data or "settings" not in data:
-        raise UserError(f"{BATCH_FILE} is damaged", where=str(path),
-                        fix="pass settings=replace to record this run's settings")
+        raise UserError(
+            f"{BATCH_FILE} is damaged",
+            where=str(path),
+            fix="pass settings=replace to record this run's settings",
+        )
     return data
 
 
@@ -147,8 +158,11 @@ def _create_exclusive(path: Path, doc: dict[str, Any]) -> bool:
             os.fsync(fh.fileno())
         return True
     except OSError as exc:
-        raise UserError(f"cannot write {path.name}: {exc.strerror}", where=str(path.parent),
-                        fix="make the batch dir writable") from None
+        raise UserError(
+            f"cannot write {path.name}: {exc.strerror}",
+            where=str(path.parent),
+            fix="make the batch dir writable",
+        ) from None
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -159,8 +173,11 @@ def record_or_check(batch_dir: Path, settings: dict[str, Any], mode: str, holder
     from containers.atomic import write_json
 
     if mode not in SETTINGS_MODES:
-        raise UserError(f"settings={mode!r} is not one of {', '.join(SETTINGS_MODES)}", where="settings",
-                        fix="pass settings=request (default), recorded or replace")
+        raise UserError(
+            f"settings={mode!r} is not one of {', '.join(SETTINGS_MODES)}",
+            where="settings",
+            fix="pass settings=request (default), recorded or replace",
+        )
     d = digest(settings)
     doc = {"digest": d, "settings": settings, "recorded_by": holder}
     if mode == "replace":
@@ -176,14 +193,17 @@ def record_or_check(batch_dir: Path, settings: dict[str, Any], mode: str, holder
     name = (rec["settings"].get("preset") or {}).get("name")
     asked = (settings.get("preset") or {}).get("name")
     if name != asked:  # the preset first: it explains most of the other differences
-        diffs = [f"preset: recorded {name}, this run {asked}", *(d for d in diffs if not d.startswith("preset."))]
+        diffs = [
+            f"preset: recorded {name}, this run {asked}",
+            *(d for d in diffs if not d.startswith("preset.")),
+        ]
     first = diffs[0] if diffs else "settings differ"
     more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
     raise UserError(
         f"this batch dir was started with other settings: {first}{more}",
         where=str(batch_dir / BATCH_FILE),
         fix=f"rerun with the recorded ones (settings=recorded, as flowportal_status action=resubmit does; "
-            f"preset={name}), or use a new batch_dir, or settings=replace to redo every video with these",
+        f"preset={name}), or use a new batch_dir, or settings=replace to redo every video with these",
     )
 
 
@@ -193,8 +213,11 @@ def apply_recorded(cfg: Any, batch_dir: Path) -> dict[str, Any]:
 
     rec = read_record(batch_dir)
     if rec is None:
-        raise UserError(f"settings=recorded but {batch_dir / BATCH_FILE} does not exist yet", where="settings",
-                        fix="run the first task with an explicit preset= (settings=request records it)")
+        raise UserError(
+            f"settings=recorded but {batch_dir / BATCH_FILE} does not exist yet",
+            where="settings",
+            fix="run the first task with an explicit preset= (settings=request records it)",
+        )
     s = rec["settings"]
 
     def escape(v: Any) -> Any:

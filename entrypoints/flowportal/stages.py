@@ -133,7 +133,7 @@ def check_teacache(cfg: Any) -> None:
             f"TeaCache is requested but would be off: {why}",
             where=str(model_paths(cfg)["wan"]),
             fix="stage the Wan model under its original basename (Wan2.1-Fun-V1.1-1.3B-Control), "
-                "or pass preset.flowportal.enable_teacache=false",
+            "or pass preset.flowportal.enable_teacache=false",
         )
 
 

@@ -9,6 +9,7 @@ between the stages' sum and the wall time per video is a line of its own, not a 
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Iterable
@@ -26,8 +27,13 @@ def summary(values: Iterable[float]) -> dict[str, float] | None:
     v = [float(x) for x in values if x is not None]
     if not v:
         return None
-    return {"n": len(v), "median": round(statistics.median(v), 3), "p90": round(_p90(v), 3),
-            "mean": round(sum(v) / len(v), 3), "total": round(sum(v), 3)}
+    return {
+        "n": len(v),
+        "median": round(statistics.median(v), 3),
+        "p90": round(_p90(v), 3),
+        "mean": round(sum(v) / len(v), 3),
+        "total": round(sum(v), 3),
+    }
 
 
 def aggregate(entries: Iterable[dict[str, Any]], tasks: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
@@ -44,7 +50,7 @@ def aggregate(entries: Iterable[dict[str, Any]], tasks: Iterable[dict[str, Any]]
         st = e["stages"]
         for s in st:
             add(f"stage {s['name']}", s.get("seconds"))
-        for a, b in zip(st, st[1:], strict=False):
+        for a, b in itertools.pairwise(st):
             if a.get("end") is not None and b.get("start") is not None:
                 add("gap between stages", b["start"] - a["end"])
         if st[0].get("start") is not None:
@@ -72,9 +78,21 @@ def _order(key: str) -> tuple[int, str]:
     if key.startswith("stage "):
         name = key[6:]
         return (STAGE_ORDER.index(name) if name in STAGE_ORDER else 9, key)
-    fixed = ["stages sum", "before first stage", "gap between stages", "publish", "cleanup", "precheck",
-             "input wait (prefetch)", "input from share", "prefetch copy (background)", "gap between videos",
-             "video wall", "staging per task", "task start-up (to first video)"]
+    fixed = [
+        "stages sum",
+        "before first stage",
+        "gap between stages",
+        "publish",
+        "cleanup",
+        "precheck",
+        "input wait (prefetch)",
+        "input from share",
+        "prefetch copy (background)",
+        "gap between videos",
+        "video wall",
+        "staging per task",
+        "task start-up (to first video)",
+    ]
     return (10 + (fixed.index(key) if key in fixed else 99), key)
 
 
@@ -85,8 +103,12 @@ def render(agg: dict[str, Any], title: str = "") -> str:
     lines = [f"{title}{'phase':<32} {'n':>6} {'median s':>9} {'p90 s':>8} {'total s':>9}"]
     for k in keys:
         s = agg[k]
-        lines.append(f"{'':<{len(title)}}{k:<32} {s['n']:>6} {s['median']:>9.2f} {s['p90']:>8.2f} {s['total']:>9.1f}")
+        lines.append(
+            f"{'':<{len(title)}}{k:<32} {s['n']:>6} {s['median']:>9.2f} {s['p90']:>8.2f} {s['total']:>9.1f}"
+        )
     if "_outside_stages_share" in agg:
-        lines.append(f"{'':<{len(title)}}time outside the five stage processes: {agg['_outside_stages_share']:.1%} "
-                     "of the video wall time")
+        lines.append(
+            f"{'':<{len(title)}}time outside the five stage processes: {agg['_outside_stages_share']:.1%} "
+            "of the video wall time"
+        )
     return "\n".join(lines)

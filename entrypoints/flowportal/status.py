@@ -41,7 +41,9 @@ def job_name(batch_dir: Path, offset: int) -> str:
     return f"fp-{batch_id(batch_dir)}-o{offset}"
 
 
-def summarize(batch_dir: Path, *, man: mf.Manifest | None = None, max_attempts: int | None = None) -> dict[str, Any]:
+def summarize(
+    batch_dir: Path, *, man: mf.Manifest | None = None, max_attempts: int | None = None
+) -> dict[str, Any]:
     """Per-chunk OK / FAILED / given-up / pending counts, timings, and the recorded settings."""
     man = man or mf.load(batch_dir)
     rec = st.read_record(batch_dir)
@@ -64,8 +66,9 @@ def summarize(batch_dir: Path, *, man: mf.Manifest | None = None, max_attempts: 
                 fp = None
                 if rec is not None:
                     src = mf.resolve_input(video_dir, name)
-                    fp = st.video_fingerprint(rec["digest"], r, prompts.get(str(r["prompt_id"]), ""),
-                                              src_prompt, src)
+                    fp = st.video_fingerprint(
+                        rec["digest"], r, prompts.get(str(r["prompt_id"]), ""), src_prompt, src
+                    )
                 complete = wd.is_complete(batch_dir / "outputs" / name, fp)
             if complete:
                 ok += 1
@@ -74,19 +77,38 @@ def summarize(batch_dir: Path, *, man: mf.Manifest | None = None, max_attempts: 
                     entries.append(s)
             elif s.get("status") == "FAILED":
                 failed += 1
-                gave = (bool(s.get("gave_up")) if max_attempts is None
-                        else int(s.get("attempts") or 1) >= max_attempts)
+                gave = (
+                    bool(s.get("gave_up"))
+                    if max_attempts is None
+                    else int(s.get("attempts") or 1) >= max_attempts
+                )
                 gave_up += gave
-                reasons[name] = (f"{s.get('stage')}: {s.get('reason')} (attempts {s.get('attempts', 1)}"
-                                 + (", gave up)" if gave else ")"))
+                reasons[name] = f"{s.get('stage')}: {s.get('reason')} (attempts {s.get('attempts', 1)}" + (
+                    ", gave up)" if gave else ")"
+                )
         pending = len(rows) - ok - failed
         label = "OK" if ok == len(rows) else ("FAILED" if pending == 0 else "pending")
-        chunks.append({"chunk": i, "total": len(rows), "ok": ok, "failed": failed, "gave_up": gave_up,
-                       "pending": pending, "state": label, "failures": reasons})
+        chunks.append(
+            {
+                "chunk": i,
+                "total": len(rows),
+                "ok": ok,
+                "failed": failed,
+                "gave_up": gave_up,
+                "pending": pending,
+                "state": label,
+                "failures": reasons,
+            }
+        )
     mean = sum(durations) / len(durations) if durations else None
-    return {"chunks": chunks, "mean_seconds": mean, "measured": len(durations),
-            "timings": stats.aggregate(entries, tasks), "recorded": rec is not None,
-            "preset": ((rec or {}).get("settings") or {}).get("preset", {}).get("name")}
+    return {
+        "chunks": chunks,
+        "mean_seconds": mean,
+        "measured": len(durations),
+        "timings": stats.aggregate(entries, tasks),
+        "recorded": rec is not None,
+        "preset": ((rec or {}).get("settings") or {}).get("preset", {}).get("name"),
+    }
 
 
 def eta_seconds(summary: dict[str, Any], parallel: int) -> float | None:
@@ -159,7 +181,7 @@ def queued_chunks(batch_dir: Path) -> dict[int, str]:
         parts = ln.strip().split("|")
         if len(parts) != 4 or not parts[0].startswith(prefix) or parts[2] not in claims.ACTIVE:
             continue
-        off, task = parts[0][len(prefix):], parts[1]
+        off, task = parts[0][len(prefix) :], parts[1]
         if off.isdigit() and task.isdigit():
             out[int(off) + int(task)] = f"{parts[2].lower()} in Slurm job {parts[3]}"
     return out
@@ -198,13 +220,17 @@ def _ranges(ids: list[int]) -> str:
 
 def _no_comma(value: str, key: str) -> str:
     if "," in value:
-        raise UserError(f"{key}={value!r} contains a comma: sbatch --export and Apptainer binds split on commas",
-                        where=key, fix="rename or move the folder to a path without commas")
+        raise UserError(
+            f"{key}={value!r} contains a comma: sbatch --export and Apptainer binds split on commas",
+            where=key,
+            fix="rename or move the folder to a path without commas",
+        )
     return value
 
 
-def sbatch_commands(cfg: Any, indices: list[int], max_size: int, *, preset: str,
-                    app_args: list[str]) -> list[list[str]]:
+def sbatch_commands(
+    cfg: Any, indices: list[int], max_size: int, *, preset: str, app_args: list[str]
+) -> list[list[str]]:
     script = str(Path(str(cfg.paths.repo)) / "slurm" / "flowportal_batch.sbatch")
     batch_dir = Path(_no_comma(str(cfg.batch_dir), "batch_dir"))
     video_dir = _no_comma(str(cfg.video_dir), "video_dir")
@@ -249,8 +275,11 @@ def _submission(cfg: Any, batch_dir: Path) -> tuple[str, list[str]]:
             )
         return name, ["settings=recorded", *extra]
     if not asked_name:
-        raise UserError("this batch has no recorded settings yet and no preset was given", where="preset",
-                        fix="pass preset=dgx_fast (or quality): the first task records it for the whole batch")
+        raise UserError(
+            "this batch has no recorded settings yet and no preset was given",
+            where="preset",
+            fix="pass preset=dgx_fast (or quality): the first task records it for the whole batch",
+        )
     return asked_name, ["settings=request", *extra]
 
 
@@ -258,15 +287,20 @@ def run(cfg: Any, run: Any) -> int:
     batch_dir = Path(str(cfg.batch_dir))
     action = str(cfg.action)
     if action not in ACTIONS:
-        raise UserError(f"unknown action '{action}'", where="action", fix="use action=status, resubmit or submit")
+        raise UserError(
+            f"unknown action '{action}'", where="action", fix="use action=status, resubmit or submit"
+        )
     man = mf.load(batch_dir)
     max_attempts = int(cfg.max_attempts) if cfg.get("max_attempts") is not None else None
     with run.step("summarize"):
         summary = summarize(batch_dir, man=man, max_attempts=max_attempts)
     parallel = int(cfg.parallel or len(summary["chunks"]) or 1)
     busy = {**claimed_chunks(batch_dir), **queued_chunks(batch_dir)}
-    run.report["status"] = {**summary, "eta_seconds": eta_seconds(summary, parallel),
-                            "busy": {str(k): v for k, v in busy.items()}}
+    run.report["status"] = {
+        **summary,
+        "eta_seconds": eta_seconds(summary, parallel),
+        "busy": {str(k): v for k, v in busy.items()},
+    }
     print(render(summary, parallel, busy))
     for c in summary["chunks"]:
         for name, why in list(c["failures"].items())[: int(cfg.show_failures)]:
@@ -274,8 +308,11 @@ def run(cfg: Any, run: Any) -> int:
     if action == "status":
         return 0
     if not cfg.get("video_dir"):
-        raise UserError("video_dir is not set", where="video_dir",
-                        fix="pass video_dir=/path/to/videos (the batch reads them)")
+        raise UserError(
+            "video_dir is not set",
+            where="video_dir",
+            fix="pass video_dir=/path/to/videos (the batch reads them)",
+        )
     preset, app_args = _submission(cfg, batch_dir)
     if max_attempts is not None:
         app_args.append(f"max_attempts={max_attempts}")
@@ -290,8 +327,10 @@ def run(cfg: Any, run: Any) -> int:
         todo.append(c["chunk"])
     gave = sum(c.get("gave_up", 0) for c in summary["chunks"])
     if gave:
-        print(f"note: {gave} videos gave up after their attempts and are not retried: fix the cause, then "
-              "resubmit with max_attempts=N (N above the attempts shown)")
+        print(
+            f"note: {gave} videos gave up after their attempts and are not retried: fix the cause, then "
+            "resubmit with max_attempts=N (N above the attempts shown)"
+        )
     if not todo:
         print("nothing to resubmit: every chunk is complete, running or queued")
         return 0

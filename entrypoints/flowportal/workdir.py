@@ -149,7 +149,9 @@ def sweep_parts(out_dir: Path) -> list[str]:
     return gone
 
 
-def publish(workdir: Path, name: str, out_dir: Path, facts: dict[str, Any], fingerprint: str) -> dict[str, Any]:
+def publish(
+    workdir: Path, name: str, out_dir: Path, facts: dict[str, Any], fingerprint: str
+) -> dict[str, Any]:
     """Copy the finished outputs of ``name`` from the workdir into ``out_dir`` (see publish_files)."""
     res = workdir / "results" / f"flow-edit-{name}"
     wanted = {
@@ -167,8 +169,9 @@ def publish(workdir: Path, name: str, out_dir: Path, facts: dict[str, Any], fing
     return publish_files(out_dir, name, wanted, facts, fingerprint)
 
 
-def publish_files(out_dir: Path, name: str, wanted: dict[str, Path], facts: dict[str, Any],
-                  fingerprint: str) -> dict[str, Any]:
+def publish_files(
+    out_dir: Path, name: str, wanted: dict[str, Path], facts: dict[str, Any], fingerprint: str
+) -> dict[str, Any]:
     """Copy ``wanted`` (those that exist) into ``out_dir`` atomically, then write the marker last."""
     with contextlib.suppress(FileNotFoundError):
         (out_dir / MARKER).unlink()

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.entrypoints.flowportal.conftest import CHECKOUT, entry, make_manifest, make_mp4, mpath, stage_models
+from tests.entrypoints.flowportal.conftest import (
+    CHECKOUT,
+    entry,
+    make_manifest,
+    make_mp4,
+    mpath,
+    stage_models,
+)
 from tests.plugins.slurm_cluster import slurm_cluster  # noqa: F401  (the session fixture)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -159,7 +166,9 @@ def test_time_limit_chains_a_continuation_that_finishes_the_chunk(slurm_cluster,
 
 
 def test_deadline_stops_before_a_video_it_cannot_finish_and_the_continuation_keeps_the_options(
-    slurm_cluster, tmp_path, isolated_roots  # noqa: F811
+    slurm_cluster,  # noqa: F811
+    tmp_path,
+    isolated_roots,
 ):
     """to_seconds gives the driver the job's end: a 1-minute task runs ~13 s videos while it can finish
     one, stops (exit 75) before one it could not, and chains a continuation with the submitted resources."""
@@ -178,9 +187,19 @@ def test_deadline_stops_before_a_video_it_cannot_finish_and_the_continuation_kee
         "FLOWPORTAL_DEADLINE": "1",  # a stale value exported into the submitting shell: must not be used
     }
     jid = slurm_cluster.sbatch(
-        [*SMALL, "--array=0", "--time=1", "--signal=B:USR1@5", f"--output={tmp_path}/d-%A_%a.out",
-         str(REPO / "slurm/flowportal_batch.sbatch"), "video.height=24", "video.width=32", "deadline_margin_s=12"],
-        env=env, cwd=REPO,
+        [
+            *SMALL,
+            "--array=0",
+            "--time=1",
+            "--signal=B:USR1@5",
+            f"--output={tmp_path}/d-%A_%a.out",
+            str(REPO / "slurm/flowportal_batch.sbatch"),
+            "video.height=24",
+            "video.width=32",
+            "deadline_margin_s=12",
+        ],
+        env=env,
+        cwd=REPO,
     )
     deadline = time.time() + 200
     while time.time() < deadline:
@@ -197,11 +216,17 @@ def test_deadline_stops_before_a_video_it_cannot_finish_and_the_continuation_kee
     assert slurm_cluster.states(jid) == ["COMPLETED"]  # it stopped itself; the time limit never hit
     conts = [t for t in logs.values() if "continuation 1," in t]
     assert conts, logs
-    cont_id = next(ln.split("continues in job ")[1].split()[0] for ln in first.splitlines() if "continues in job" in ln)
+    cont_id = next(
+        ln.split("continues in job ")[1].split()[0] for ln in first.splitlines() if "continues in job" in ln
+    )
     show = slurm_cluster.show_job(cont_id)
     assert show["MinMemoryNode"] == "2G" and show["TimeLimit"] == "00:01:00" and show["Partition"] == "spark"
-    deadlines = [float(ln.split("deadline ")[1].rstrip(")")) for t in logs.values() for ln in t.splitlines()
-                 if "(preset dgx_fast, continuation" in ln]
+    deadlines = [
+        float(ln.split("deadline ")[1].rstrip(")"))
+        for t in logs.values()
+        for ln in t.splitlines()
+        if "(preset dgx_fast, continuation" in ln
+    ]
     assert len(deadlines) >= 2 and all(d > 1000 for d in deadlines) and deadlines == sorted(deadlines)
     state = json.loads((batch / "progress" / "chunk0.json").read_text())
     assert all(s["status"] == "OK" for s in state.values()) and len({s["job"] for s in state.values()}) >= 2
@@ -212,7 +237,9 @@ def test_deadline_stops_before_a_video_it_cannot_finish_and_the_continuation_kee
 
 
 def test_resubmit_skips_chunks_running_or_queued_and_a_second_driver_is_refused(
-    slurm_cluster, tmp_path, isolated_roots  # noqa: F811
+    slurm_cluster,  # noqa: F811
+    tmp_path,
+    isolated_roots,
 ):
     models = stage_models(isolated_roots / "shared" / "models")
     videos = tmp_path / "videos"
@@ -222,19 +249,36 @@ def test_resubmit_skips_chunks_running_or_queued_and_a_second_driver_is_refused(
     hang = mpath(batch, "chunk0.csv").read_text().splitlines()[1].split(",")[0]
     env = {**job_env(slurm_cluster, models), "CONTAINERS_TEST_FLOWPORTAL_HANG": hang}
     sub = subprocess.run(
-        [sys.executable, "-m", "entrypoints", "flowportal_status", "action=submit", f"batch_dir={batch}",
-         f"video_dir={videos}", "preset=dgx_fast", "max_parallel=1",
-         f"sbatch_args=['--mem=2G','--cpus-per-task=1','--output={tmp_path}/s-%A_%a.out']",
-         "app_args=['video.height=24','video.width=32']"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "entrypoints",
+            "flowportal_status",
+            "action=submit",
+            f"batch_dir={batch}",
+            f"video_dir={videos}",
+            "preset=dgx_fast",
+            "max_parallel=1",
+            f"sbatch_args=['--mem=2G','--cpus-per-task=1','--output={tmp_path}/s-%A_%a.out']",
+            "app_args=['video.height=24','video.width=32']",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert sub.returncode == 0, sub.stderr
     jid = sub.stdout.strip().splitlines()[-1].split()[-1]
     claim = batch / "claims" / "chunk" / "chunk0.json"
     deadline = time.time() + 90
     while time.time() < deadline and not (
-        claim.exists() and list((Path(os.environ["CONTAINERS_NODE_LOCAL"])).glob(
-            f"flowportal/work/chunk0-*/results/flow-edit-{hang}/output_video.mp4"))
+        claim.exists()
+        and list(
+            (Path(os.environ["CONTAINERS_NODE_LOCAL"])).glob(
+                f"flowportal/work/chunk0-*/results/flow-edit-{hang}/output_video.mp4"
+            )
+        )
     ):
         time.sleep(0.5)
     try:
@@ -242,14 +286,29 @@ def test_resubmit_skips_chunks_running_or_queued_and_a_second_driver_is_refused(
         holder = json.loads(claim.read_text())
         assert holder["job"] and holder["pid"]
         # a second driver on the same chunk: one line naming the holder, exit 2, nothing run
-        dup = entry("flowportal_batch", f"batch_dir={batch}", f"video_dir={videos}", "chunk=0",
-                    f"flowportal.checkout={CHECKOUT}", f"flowportal.models={models}", "preset=dgx_fast",
-                    "video.height=24", "video.width=32", env_extra={"SLURM_CONF": slurm_cluster.env["SLURM_CONF"]})
+        dup = entry(
+            "flowportal_batch",
+            f"batch_dir={batch}",
+            f"video_dir={videos}",
+            "chunk=0",
+            f"flowportal.checkout={CHECKOUT}",
+            f"flowportal.models={models}",
+            "preset=dgx_fast",
+            "video.height=24",
+            "video.width=32",
+            env_extra={"SLURM_CONF": slurm_cluster.env["SLURM_CONF"]},
+        )
         assert dup.returncode == 2, dup.stdout + dup.stderr
         assert f"chunk 0 of {batch} is already being processed by host" in dup.stderr
         assert f"Slurm job {holder['job']}" in dup.stderr and len(dup.stderr.strip().splitlines()) == 1
-        rs = entry("flowportal_status", "action=resubmit", f"batch_dir={batch}", f"video_dir={videos}",
-                   "dry_run=true", env_extra={"SLURM_CONF": slurm_cluster.env["SLURM_CONF"]})
+        rs = entry(
+            "flowportal_status",
+            "action=resubmit",
+            f"batch_dir={batch}",
+            f"video_dir={videos}",
+            "dry_run=true",
+            env_extra={"SLURM_CONF": slurm_cluster.env["SLURM_CONF"]},
+        )
         assert rs.returncode == 0, rs.stderr
         assert "chunk 0: not resubmitted, running" in rs.stdout, rs.stdout
         assert "chunk 1: not resubmitted, pending in Slurm job" in rs.stdout, rs.stdout

@@ -107,25 +107,52 @@ MODEL_FILES = [
     ("annotators", "dpt_hybrid-midas-501f0c75.pt"),
     ("torch_home", "hub/checkpoints/resnet50-19c8e357.pth"),
     ("torch_home", "hub/checkpoints/resnet18-5c106cde.pth"),
-    *[("hf_hub", f"models--zhengpeng7--BiRefNet/snapshots/{HF_REV}/{f}")
-      for f in ("config.json", "model.safetensors", "birefnet.py", "BiRefNet_config.py")],
-    *[("hf_hub", f"models--stablediffusionapi--realistic-vision-v51/snapshots/{HF_REV}/{f}")
-      for f in ("tokenizer/vocab.json", "tokenizer/merges.txt", "text_encoder/config.json",
-                "text_encoder/model.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
-                "unet/config.json", "unet/diffusion_pytorch_model.safetensors")],
+    *[
+        ("hf_hub", f"models--zhengpeng7--BiRefNet/snapshots/{HF_REV}/{f}")
+        for f in ("config.json", "model.safetensors", "birefnet.py", "BiRefNet_config.py")
+    ],
+    *[
+        ("hf_hub", f"models--stablediffusionapi--realistic-vision-v51/snapshots/{HF_REV}/{f}")
+        for f in (
+            "tokenizer/vocab.json",
+            "tokenizer/merges.txt",
+            "text_encoder/config.json",
+            "text_encoder/model.safetensors",
+            "vae/config.json",
+            "vae/diffusion_pytorch_model.safetensors",
+            "unet/config.json",
+            "unet/diffusion_pytorch_model.safetensors",
+        )
+    ],
 ]
 LAYOUTS = {
-    "suite": {"wan": "Wan2.1-Fun-V1.1-1.3B-Control", "iclight_dir": "IC-Light/models",
-              "matanyone": "MatAnyone/matanyone.pth", "annotators": "Annotators", "hf_hub": "hf/hub",
-              "torch_home": "torch"},
-    "status_quo": {"wan": "models/Diffusion_Transformer/Wan2.1-Fun-V1.1-1.3B-Control",
-                   "iclight_dir": "IC-Light/models", "matanyone": "MatAnyone/pretrained_models/matanyone.pth",
-                   "annotators": "Annotators", "hf_hub": ".huggingface_cache/hub", "torch_home": "torch_hub_cache"},
+    "suite": {
+        "wan": "Wan2.1-Fun-V1.1-1.3B-Control",
+        "iclight_dir": "IC-Light/models",
+        "matanyone": "MatAnyone/matanyone.pth",
+        "annotators": "Annotators",
+        "hf_hub": "hf/hub",
+        "torch_home": "torch",
+    },
+    "status_quo": {
+        "wan": "models/Diffusion_Transformer/Wan2.1-Fun-V1.1-1.3B-Control",
+        "iclight_dir": "IC-Light/models",
+        "matanyone": "MatAnyone/pretrained_models/matanyone.pth",
+        "annotators": "Annotators",
+        "hf_hub": ".huggingface_cache/hub",
+        "torch_home": "torch_hub_cache",
+    },
 }
 
 
-def stage_models(root: Path, *, layout: str = "suite", name: str = "flowportal",
-                 skip: tuple[str, ...] = (), extra: tuple[str, ...] = ()) -> Path:
+def stage_models(
+    root: Path,
+    *,
+    layout: str = "suite",
+    name: str = "flowportal",
+    skip: tuple[str, ...] = (),
+    extra: tuple[str, ...] = (),
+) -> Path:
     """A model set with every file the stages open (tiny placeholder files), in ``layout``.
 
     ``skip``: relative paths left out; ``extra``: relative paths added (e.g. a wrong ResNet name).

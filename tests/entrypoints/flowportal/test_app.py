@@ -56,7 +56,13 @@ def test_partial_edit_false_omits_flag(isolated_roots, staged):
 def test_renamed_wan_dir_is_refused_when_teacache_is_asked_for(isolated_roots, staged):
     """The old check compared the Wan setting with itself and never fired; TeaCache then silently ran off."""
     staged.joinpath("Wan2.1-Fun-V1.1-1.3B-Control").rename(staged / "wan")
-    args = ["flowportal", "preset=dgx_fast", "dry_run=true", f"flowportal.checkout={CHECKOUT}", "flowportal.wan=wan"]
+    args = [
+        "flowportal",
+        "preset=dgx_fast",
+        "dry_run=true",
+        f"flowportal.checkout={CHECKOUT}",
+        "flowportal.wan=wan",
+    ]
     res = entry(*args)
     assert res.returncode == 2, res.stdout
     assert "TeaCache is requested but would be off: model_name 'wan' contains none" in res.stderr

@@ -1,4 +1,4 @@
-"""Bad input and the shared-filesystem rules: binds, manifest names/modes/regeneration, claims, bash helpers."""
+"""Bad input and shared-filesystem rules: binds, manifest names/modes/regeneration, claims, bash helpers."""
 
 from __future__ import annotations
 
@@ -21,8 +21,12 @@ LIB = REPO / "slurm" / "lib" / "flowportal.sh"
 
 
 def bash(script: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-c", f"set -euo pipefail; source {LIB}; {script}"], capture_output=True,
-                          text=True, timeout=30)
+    return subprocess.run(
+        ["bash", "-c", f"set -euo pipefail; source {LIB}; {script}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 # ------------------------------------------------------------------ item 1: inputs bound read-only
@@ -33,24 +37,46 @@ def test_declared_inputs_resolve_to_the_paths_the_run_reads(tmp_path):
     videos.mkdir()
     batch.mkdir()
     bg.write_bytes(b"x")
-    cfg = compose(["app=flowportal_batch", f"video_dir={videos}", f"batch_dir={batch}",
-                   f"flowportal.checkout={CHECKOUT}", f"video.bg_path={bg}"])
+    cfg = compose(
+        [
+            "app=flowportal_batch",
+            f"video_dir={videos}",
+            f"batch_dir={batch}",
+            f"flowportal.checkout={CHECKOUT}",
+            f"video.bg_path={bg}",
+        ]
+    )
     assert declared(cfg) == [(str(videos), True), (str(bg), True), (str(CHECKOUT), True), (str(batch), False)]
     video = make_mp4(tmp_path / "dog.mp4", 20)
     one = compose(["app=flowportal", f"video.input={video}", f"flowportal.checkout={CHECKOUT}"])
     assert declared(one) == [(str(video), True), (str(CHECKOUT), True)]  # bg_path null: nothing to bind
     assert bind_args(one) == ["--bind", f"{video}:{video}:ro", "--bind", f"{CHECKOUT}:{CHECKOUT}:ro"]
-    res = subprocess.run([os.sys.executable, "-m", "entrypoints.flowportal.binds", "flowportal_manifest",
-                          f"video_dir={videos}", f"batch_dir={batch}"], cwd=REPO, capture_output=True, text=True)
-    assert res.returncode == 0 and res.stdout.splitlines() == ["--bind", f"{videos}:{videos}:ro",
-                                                          "--bind", f"{batch}:{batch}"]
+    res = subprocess.run(
+        [
+            os.sys.executable,
+            "-m",
+            "entrypoints.flowportal.binds",
+            "flowportal_manifest",
+            f"video_dir={videos}",
+            f"batch_dir={batch}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0 and res.stdout.splitlines() == [
+        "--bind",
+        f"{videos}:{videos}:ro",
+        "--bind",
+        f"{batch}:{batch}",
+    ]
     comma = tmp_path / "a,b"
     comma.mkdir()
     with pytest.raises(UserError, match="contains ':' or ','"):
         bind_args(compose(["app=flowportal_manifest", f"video_dir='{comma}'"]))
 
 
-# ------------------------------------------------------------------ manifest: names, enumerations, bounds, switch
+# --------------------------------------------------------- manifest: names, enumerations, bounds, switch
 
 
 def test_manifest_mode_is_an_enumeration_and_never_a_path(tmp_path):
@@ -69,8 +95,13 @@ def test_num_chunks_is_bounded_by_the_rows_and_upper_case_suffix_and_fps_are_hon
     make_mp4(videos / "a.mp4", 64)
     make_mp4(videos / "B.MP4", 64)
     make_mp4(videos / "c.mp4", 64, fps=30.0)  # 24 fps rule: 21 frames; at its real 30 fps only 17 -> 13
-    res = entry("flowportal_manifest", f"video_dir={videos}", f"batch_dir={tmp_path / 'b'}", "num_select=0",
-                "num_chunks=100000")
+    res = entry(
+        "flowportal_manifest",
+        f"video_dir={videos}",
+        f"batch_dir={tmp_path / 'b'}",
+        "num_select=0",
+        "num_chunks=100000",
+    )
     assert res.returncode == 0, res.stderr
     assert "num_chunks=100000 bounded by the 3 rows" in res.stdout
     man = mf.load(tmp_path / "b")
@@ -111,7 +142,9 @@ def test_regeneration_switches_atomically_and_readers_verify(tmp_path):
     path = again.chunk(1)
     path.write_text(path.read_text() + "ghost,40,13,0\n")
     for app in ("flowportal_batch", "flowportal_status"):
-        args = [f"batch_dir={batch}", f"video_dir={videos}"] + (["chunk=1"] if app == "flowportal_batch" else [])
+        args = [f"batch_dir={batch}", f"video_dir={videos}"] + (
+            ["chunk=1"] if app == "flowportal_batch" else []
+        )
         res = entry(app, *args)
         assert res.returncode == 2, res.stdout
         assert "chunk1.csv does not match manifest.json" in res.stderr and "regenerate" in res.stderr
@@ -132,11 +165,22 @@ def test_claim_names_a_live_holder_and_takes_over_a_dead_one(tmp_path):
     child = subprocess.Popen(["sleep", "60"])
     try:
         path.parent.mkdir(parents=True)
-        path.write_text(json.dumps({"host": socket.gethostname(), "pid": str(child.pid), "job": "",
-                                    "since": "2026-01-01T00:00:00"}))
+        path.write_text(
+            json.dumps(
+                {
+                    "host": socket.gethostname(),
+                    "pid": str(child.pid),
+                    "job": "",
+                    "since": "2026-01-01T00:00:00",
+                }
+            )
+        )
         with pytest.raises(UserError) as err:
             claims.acquire(path, "chunk 3")
-        assert f"chunk 3 is already being processed by host {socket.gethostname()} pid {child.pid}" in err.value.line()
+        assert (
+            f"chunk 3 is already being processed by host {socket.gethostname()} pid {child.pid}"
+            in err.value.line()
+        )
     finally:
         child.kill()
         child.wait()
@@ -147,16 +191,27 @@ def test_claim_names_a_live_holder_and_takes_over_a_dead_one(tmp_path):
     path.write_text(json.dumps({"host": "another-node", "pid": "1", "job": "", "since": "x"}))
     with pytest.raises(UserError) as err:
         claims.acquire(path, "chunk 3")
-    assert "cannot tell from here whether it runs" in err.value.line() and f"delete {path}" in err.value.line()
+    assert (
+        "cannot tell from here whether it runs" in err.value.line() and f"delete {path}" in err.value.line()
+    )
 
 
 # ------------------------------------------------------------------ item 3: the bash helpers, under bash
 
 
-@pytest.mark.parametrize(("value", "seconds"), [
-    ("1-02:03:04", "93784"), ("02:03:04", "7384"), ("03:04", "184"), ("5", "300"), ("UNLIMITED", ""),
-    ("1-02", "93600"), ("NOT_SET", ""), ("", ""),
-])
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("1-02:03:04", "93784"),
+        ("02:03:04", "7384"),
+        ("03:04", "184"),
+        ("5", "300"),
+        ("UNLIMITED", ""),
+        ("1-02", "93600"),
+        ("NOT_SET", ""),
+        ("", ""),
+    ],
+)
 def test_to_seconds_under_bash_with_slurm_time_formats(value, seconds):
     res = bash(f"flowportal_to_seconds '{value}'")
     assert res.returncode == 0, res.stderr
@@ -164,16 +219,25 @@ def test_to_seconds_under_bash_with_slurm_time_formats(value, seconds):
 
 
 def test_continuation_options_come_from_the_task_itself():
-    line = ("JobId=7 ArrayJobId=6 ArrayTaskId=0 JobName=fp-1a2b3c4d-o0 UserId=root(0) Account=lab QOS=(null) "
-            "JobState=RUNNING TimeLimit=1-00:00:00 Partition=spark CPUs/Task=16 MinMemoryNode=100G "
-            "Features=(null) Reservation=(null) StdErr=/scratch/logs/fp-6_0.err StdIn=/dev/null "
-            "StdOut=/scratch/logs/fp-6_0.out TresPerNode=gres:gpu:gb10:1 ")
+    line = (
+        "JobId=7 ArrayJobId=6 ArrayTaskId=0 JobName=fp-1a2b3c4d-o0 UserId=root(0) Account=lab QOS=(null) "
+        "JobState=RUNNING TimeLimit=1-00:00:00 Partition=spark CPUs/Task=16 MinMemoryNode=100G "
+        "Features=(null) Reservation=(null) StdErr=/scratch/logs/fp-6_0.err StdIn=/dev/null "
+        "StdOut=/scratch/logs/fp-6_0.out TresPerNode=gres:gpu:gb10:1 "
+    )
     res = bash(f"FLOWPORTAL_SIGNAL=B:USR1@300 flowportal_sbatch_opts_from_job '{line}'")
     assert res.returncode == 0, res.stderr
     assert res.stdout.split("\n")[:-1] == [
-        "--job-name=fp-1a2b3c4d-o0", "--partition=spark", "--account=lab", "--time=1-00:00:00", "--mem=100G",
-        "--cpus-per-task=16", "--gres=gpu:gb10:1", "--output=/scratch/logs/fp-%A_%a.out",
-        "--error=/scratch/logs/fp-%A_%a.err", "--signal=B:USR1@300",
+        "--job-name=fp-1a2b3c4d-o0",
+        "--partition=spark",
+        "--account=lab",
+        "--time=1-00:00:00",
+        "--mem=100G",
+        "--cpus-per-task=16",
+        "--gres=gpu:gb10:1",
+        "--output=/scratch/logs/fp-%A_%a.out",
+        "--error=/scratch/logs/fp-%A_%a.err",
+        "--signal=B:USR1@300",
     ]
 
 
@@ -182,8 +246,12 @@ def test_batch_script_never_inherits_a_deadline_and_keeps_its_arguments():
     head = text.split("suite_init", 1)[0]
     assert "unset FLOWPORTAL_DEADLINE" in head  # before anything reads it
     assert 'script_args=("$@")' in text and "trap on_usr1 USR1" in text
-    res = subprocess.run(["shellcheck", "-x", "slurm/flowportal_batch.sbatch", "slurm/lib/flowportal.sh"],
-                         cwd=REPO, capture_output=True, text=True)
+    res = subprocess.run(
+        ["shellcheck", "-x", "slurm/flowportal_batch.sbatch", "slurm/lib/flowportal.sh"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stdout
 
 
@@ -192,8 +260,13 @@ def test_bad_batch_values_are_one_line(tmp_path):
     make_mp4(videos / "a.mp4", 40)
     batch = make_manifest(videos, tmp_path / "b", num_select=0, num_chunks=1)
     base = [f"batch_dir={batch}", f"video_dir={videos}", f"flowportal.checkout={CHECKOUT}"]
-    for bad, msg in (("chunk=abc", "chunk index 'abc'"), ("chunk=0 settings=maybe", "settings='maybe' is not one of"),
-                     ("chunk=5", "chunk 5 is out of range")):
+    for bad, msg in (
+        ("chunk=abc", "chunk index 'abc'"),
+        ("chunk=0 settings=maybe", "settings='maybe' is not one of"),
+        ("chunk=5", "chunk 5 is out of range"),
+    ):
         res = entry("flowportal_batch", *base, *bad.split())
-        assert res.returncode == 2 and msg in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert res.returncode == 2 and msg in res.stderr and len(res.stderr.strip().splitlines()) == 1, (
+            res.stderr
+        )
     assert Path(mpath(batch, "prompts.txt")).is_file()

@@ -46,12 +46,19 @@ def marker(batch: Path, name: str) -> dict:
 # ------------------------------------------------------------------ item 2: one driver per chunk
 
 
-def test_second_driver_on_a_chunk_stops_with_the_holder_and_a_dead_holder_is_taken_over(tmp_path, videos, staged):
+def test_second_driver_on_a_chunk_stops_with_the_holder_and_a_dead_holder_is_taken_over(
+    tmp_path, videos, staged
+):
     batch, args = one_chunk(tmp_path, videos)
     first = mf.read_manifest(mpath(batch, "chunk0.csv"))[0]["video_name"]
-    proc = subprocess.Popen([sys.executable, "-m", "entrypoints", "flowportal_batch", *args], cwd=REPO,
-                            env=dict(os.environ, CONTAINERS_TEST_FLOWPORTAL_HANG=first),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "entrypoints", "flowportal_batch", *args],
+        cwd=REPO,
+        env=dict(os.environ, CONTAINERS_TEST_FLOWPORTAL_HANG=first),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     claim = batch / "claims" / "chunk" / "chunk0.json"
     deadline = time.time() + 60
     while time.time() < deadline and not (batch / "claims" / "video" / f"{first}.json").exists():
@@ -83,16 +90,29 @@ def test_preset_is_recorded_once_and_reused_and_other_settings_are_not_done(tmp_
     quality = [a if a != "preset=dgx_fast" else "preset=quality" for a in args]
     res = entry("flowportal_batch", *quality)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
-    assert "this batch dir was started with other settings: preset: recorded dgx_fast, this run quality" in res.stderr
+    assert (
+        "this batch dir was started with other settings: preset: recorded dgx_fast, this run quality"
+        in res.stderr
+    )
     assert "settings=recorded" in res.stderr
     res = entry("flowportal_batch", *quality, "settings=recorded")  # as status action=resubmit passes it
     assert res.returncode == 0 and "2 skipped (done before)" in res.stdout, res.stderr
-    rs = entry("flowportal_status", f"batch_dir={batch}", "action=submit", f"video_dir={videos}", "dry_run=true")
+    rs = entry(
+        "flowportal_status", f"batch_dir={batch}", "action=submit", f"video_dir={videos}", "dry_run=true"
+    )
     assert rs.returncode == 0, rs.stderr
     assert "FLOWPORTAL_PRESET=dgx_fast" in rs.stdout and " settings=recorded" in rs.stdout
-    bad = entry("flowportal_status", f"batch_dir={batch}", "action=resubmit", f"video_dir={videos}",
-                "preset=quality", "dry_run=true")
-    assert bad.returncode == 2 and "preset=quality but this batch was started with preset dgx_fast" in bad.stderr
+    bad = entry(
+        "flowportal_status",
+        f"batch_dir={batch}",
+        "action=resubmit",
+        f"video_dir={videos}",
+        "preset=quality",
+        "dry_run=true",
+    )
+    assert (
+        bad.returncode == 2 and "preset=quality but this batch was started with preset dgx_fast" in bad.stderr
+    )
     # a marker made with other settings is not "done": replacing the settings redoes every video
     res = entry("flowportal_batch", *args, "preset.flowportal.num_inference_steps=25", "settings=replace")
     assert res.returncode == 0 and "2 OK, 0 skipped" in res.stdout, res.stdout + res.stderr
@@ -108,15 +128,33 @@ def test_preset_is_recorded_once_and_reused_and_other_settings_are_not_done(tmp_
 # ------------------------------------------------------------------ item 5: the model set, file by file
 
 
-@pytest.mark.parametrize(("skip", "extra", "says"), [
-    (("torch/hub/checkpoints/resnet50-19c8e357.pth",), ("torch/hub/checkpoints/resnet50-0676ba61.pth",),
-     "stage matanyone: torch hub resnet50-19c8e357.pth (MatAnyone encoders)"),
-    (("torch/hub/checkpoints/resnet18-5c106cde.pth",), (), "stage matanyone: torch hub resnet18-5c106cde.pth"),
-    (("Wan2.1-Fun-V1.1-1.3B-Control/google/umt5-xxl/tokenizer_config.json",), (),
-     "stage flowportal: umt5 tokenizer google/umt5-xxl/tokenizer_config.json"),
-    (("hf/hub/models--zhengpeng7--BiRefNet/snapshots/0123456789abcdef0123456789abcdef01234567/birefnet.py",), (),
-     "stage preprocess: zhengpeng7/BiRefNet remote code birefnet.py"),
-])
+@pytest.mark.parametrize(
+    ("skip", "extra", "says"),
+    [
+        (
+            ("torch/hub/checkpoints/resnet50-19c8e357.pth",),
+            ("torch/hub/checkpoints/resnet50-0676ba61.pth",),
+            "stage matanyone: torch hub resnet50-19c8e357.pth (MatAnyone encoders)",
+        ),
+        (
+            ("torch/hub/checkpoints/resnet18-5c106cde.pth",),
+            (),
+            "stage matanyone: torch hub resnet18-5c106cde.pth",
+        ),
+        (
+            ("Wan2.1-Fun-V1.1-1.3B-Control/google/umt5-xxl/tokenizer_config.json",),
+            (),
+            "stage flowportal: umt5 tokenizer google/umt5-xxl/tokenizer_config.json",
+        ),
+        (
+            (
+                "hf/hub/models--zhengpeng7--BiRefNet/snapshots/0123456789abcdef0123456789abcdef01234567/birefnet.py",
+            ),
+            (),
+            "stage preprocess: zhengpeng7/BiRefNet remote code birefnet.py",
+        ),
+    ],
+)
 def test_each_file_a_stage_opens_is_checked_by_name(tmp_path, isolated_roots, small, skip, extra, says):
     stage_models(isolated_roots / "nvme" / "models", skip=skip, extra=extra)
     res = entry("flowportal", "preset=dgx_fast", *small)
@@ -135,7 +173,9 @@ def test_annotators_are_needed_only_for_the_edge_modes_that_open_them(tmp_path, 
 # ------------------------------------------------------------------ item 6: retries, sweeps, logs, reports
 
 
-def test_failures_are_capped_logs_kept_leftovers_swept_and_reports_per_task(tmp_path, videos, staged, isolated_roots):
+def test_failures_are_capped_logs_kept_leftovers_swept_and_reports_per_task(
+    tmp_path, videos, staged, isolated_roots
+):
     batch, args = one_chunk(tmp_path, videos)
     rows = mf.read_manifest(mpath(batch, "chunk0.csv"))
     victim, good = rows[0]["video_name"], rows[1]["video_name"]
@@ -150,7 +190,11 @@ def test_failures_are_capped_logs_kept_leftovers_swept_and_reports_per_task(tmp_
     fail = {"CONTAINERS_TEST_FLOWPORTAL_FAIL": f"iclight:{victim}", "SLURM_JOB_ID": "1001"}
     res = entry("flowportal_batch", *args, env_extra=fail)
     assert res.returncode == 1 and "(attempt 1/2)" in res.stdout, res.stdout
-    assert not part.exists() and not (work / f"chunk7-p{dead.pid}").exists() and (work / f"chunk7-p{os.getpid()}").exists()
+    assert (
+        not part.exists()
+        and not (work / f"chunk7-p{dead.pid}").exists()
+        and (work / f"chunk7-p{os.getpid()}").exists()
+    )
     kept = batch / "logs" / victim / "iclight.log"
     assert kept.is_file() and "injected failure in iclight" in kept.read_text()
     res = entry("flowportal_batch", *args, env_extra={**fail, "SLURM_JOB_ID": "1002"})
@@ -161,16 +205,28 @@ def test_failures_are_capped_logs_kept_leftovers_swept_and_reports_per_task(tmp_
     assert "attempts=2 gave-up" in (batch / "progress" / "chunk0.log").read_text()
     reports = sorted(p.parent.name for p in (batch / "jobs" / "chunk0").glob("*/run_report.json"))
     assert reports == ["1001", "1002", "1003"]
-    st = entry("flowportal_status", f"batch_dir={batch}", "action=resubmit", f"video_dir={videos}", "dry_run=true")
-    assert "1 gave up" in st.stdout and "nothing to resubmit" in st.stdout and "(attempts 2, gave up)" in st.stdout
-    st = entry("flowportal_status", f"batch_dir={batch}", "action=resubmit", f"video_dir={videos}", "dry_run=true",
-               "max_attempts=3")
+    st = entry(
+        "flowportal_status", f"batch_dir={batch}", "action=resubmit", f"video_dir={videos}", "dry_run=true"
+    )
+    assert (
+        "1 gave up" in st.stdout
+        and "nothing to resubmit" in st.stdout
+        and "(attempts 2, gave up)" in st.stdout
+    )
+    st = entry(
+        "flowportal_status",
+        f"batch_dir={batch}",
+        "action=resubmit",
+        f"video_dir={videos}",
+        "dry_run=true",
+        "max_attempts=3",
+    )
     assert "--array=0 " in st.stdout and "max_attempts=3" in st.stdout
     res = entry("flowportal_batch", *args, "max_attempts=3")
     assert res.returncode == 0 and "1 OK, 1 skipped" in res.stdout
 
 
-# ------------------------------------------------------------------ item 7: the status quo's layout and outputs
+# --------------------------------------------------------- item 7: the status quo's layout and outputs
 
 
 def test_status_quo_model_layout_and_finished_outputs_are_adopted(tmp_path, videos, isolated_roots):
@@ -180,7 +236,12 @@ def test_status_quo_model_layout_and_finished_outputs_are_adopted(tmp_path, vide
     rows = {r["video_name"]: r for r in mf.read_manifest(mpath(batch, "chunk0.csv"))}
     results, datasets = tmp_path / "FlowPortal" / "results", tmp_path / "FlowPortal" / "datasets"
     make_mp4(results / "flow-edit-v0" / "output_video.mp4", int(rows["v0"]["k_frames"]), fps=8)
-    make_mp4(results / "flow-edit-v0" / "compare_output_video.mp4", int(rows["v0"]["k_frames"]), fps=8, size=(64, 24))
+    make_mp4(
+        results / "flow-edit-v0" / "compare_output_video.mp4",
+        int(rows["v0"]["k_frames"]),
+        fps=8,
+        size=(64, 24),
+    )
     (datasets / "v0").mkdir(parents=True)
     (datasets / "v0" / "v0_reference.png").write_bytes(b"png")
     out1 = results / "flow-edit-v1" / "output_video.mp4"  # killed mid-write in the status quo
@@ -200,7 +261,7 @@ def test_status_quo_model_layout_and_finished_outputs_are_adopted(tmp_path, vide
     assert (out1.parent / "output_video.mp4").stat().st_size > 0  # the status quo's files only read
 
 
-# ------------------------------------------------------------------ throughput: timings, prefetch, resident models
+# --------------------------------------------------------- throughput: timings, prefetch, resident models
 
 
 def test_timings_prefetch_and_resident_models_load_once_per_chunk(tmp_path, staged):
@@ -209,10 +270,20 @@ def test_timings_prefetch_and_resident_models_load_once_per_chunk(tmp_path, stag
         make_mp4(videos / f"r{i}.mp4", 40)
     batch, args = one_chunk(tmp_path, videos)
     loads = tmp_path / "loads.txt"
-    cache = "{" + ",".join(f"{k}:['fixture_io:load_model']" for k in ("preprocess", "matanyone", "iclight",
-                                                                       "flowportal")) + "}"
-    res = entry("flowportal_batch", *args, "flowportal.resident.enabled=true", f"flowportal.resident.cache={cache}",
-                env_extra={"CONTAINERS_TEST_FLOWPORTAL_LOADS": str(loads), "SLURM_JOB_ID": "77"})
+    cache = (
+        "{"
+        + ",".join(
+            f"{k}:['fixture_io:load_model']" for k in ("preprocess", "matanyone", "iclight", "flowportal")
+        )
+        + "}"
+    )
+    res = entry(
+        "flowportal_batch",
+        *args,
+        "flowportal.resident.enabled=true",
+        f"flowportal.resident.cache={cache}",
+        env_extra={"CONTAINERS_TEST_FLOWPORTAL_LOADS": str(loads), "SLURM_JOB_ID": "77"},
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     got = [ln.split(" ", 1)[1] for ln in loads.read_text().splitlines()]
     assert sorted(got) == ["BiRefNet", "IC-Light", "MatAnyone", "Wan"]  # each model loaded once for 3 videos
@@ -237,6 +308,7 @@ def test_timings_prefetch_and_resident_models_load_once_per_chunk(tmp_path, stag
     assert {w: got.count(w) for w in set(got)} == {"BiRefNet": 3, "IC-Light": 3, "MatAnyone": 3, "Wan": 3}
     a = {n: json.loads((batch / "outputs" / n / ".complete.json").read_text())["files"] for n in state}
     b = {n: json.loads((fresh / "outputs" / n / ".complete.json").read_text())["files"] for n in state}
-    assert {n: {f: v["bytes"] for f, v in x.items()} for n, x in a.items()} == \
-        {n: {f: v["bytes"] for f, v in x.items()} for n, x in b.items()}
+    assert {n: {f: v["bytes"] for f, v in x.items()} for n, x in a.items()} == {
+        n: {f: v["bytes"] for f, v in x.items()} for n, x in b.items()
+    }
     assert CHECKOUT.is_dir()
