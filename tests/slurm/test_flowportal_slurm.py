@@ -170,8 +170,9 @@ def test_deadline_stops_before_a_video_it_cannot_finish_and_the_continuation_kee
     tmp_path,
     isolated_roots,
 ):
-    """to_seconds gives the driver the job's end: a 1-minute task runs ~13 s videos while it can finish
-    one, stops (exit 75) before one it could not, and chains a continuation with the submitted resources."""
+    """to_seconds gives the driver the job's end: a 2-minute task runs ~37 s videos while it can finish
+    one (two fit), stops (exit 75) before the third, and chains a continuation with the submitted resources.
+    Without the deadline the task would start the third and be cut by the limit mid-video."""
     models = stage_models(isolated_roots / "shared" / "models")
     videos = tmp_path / "videos"
     for i in range(3):
@@ -181,7 +182,7 @@ def test_deadline_stops_before_a_video_it_cannot_finish_and_the_continuation_kee
         **job_env(slurm_cluster, models),
         "FLOWPORTAL_BATCH_DIR": str(batch),
         "FLOWPORTAL_VIDEO_DIR": str(videos),
-        "CONTAINERS_TEST_FLOWPORTAL_SLEEP": "flowportal:6",
+        "CONTAINERS_TEST_FLOWPORTAL_SLEEP": "flowportal:30",
         "FLOWPORTAL_MAX_CONTINUATIONS": "4",
         "FLOWPORTAL_SIGNAL": "B:USR1@5",
         "FLOWPORTAL_DEADLINE": "1",  # a stale value exported into the submitting shell: must not be used
@@ -190,18 +191,18 @@ def test_deadline_stops_before_a_video_it_cannot_finish_and_the_continuation_kee
         [
             *SMALL,
             "--array=0",
-            "--time=1",
+            "--time=2",
             "--signal=B:USR1@5",
             f"--output={tmp_path}/d-%A_%a.out",
             str(REPO / "slurm/flowportal_batch.sbatch"),
             "video.height=24",
             "video.width=32",
-            "deadline_margin_s=12",
+            "deadline_margin_s=40",
         ],
         env=env,
         cwd=REPO,
     )
-    deadline = time.time() + 200
+    deadline = time.time() + 400
     while time.time() < deadline:
         if all((batch / "outputs" / f"t{i}" / ".complete.json").exists() for i in range(3)):
             break
@@ -211,7 +212,7 @@ def test_deadline_stops_before_a_video_it_cannot_finish_and_the_continuation_kee
     assert all((batch / "outputs" / f"t{i}" / ".complete.json").exists() for i in range(3)), logs
     first = logs[f"d-{jid}_0.out"]
     assert "a video needs" in first and "continues in job" in first, first
-    assert "--mem=2G" in first and "--cpus-per-task=1" in first and "--time=00:01:00" in first, first
+    assert "--mem=2G" in first and "--cpus-per-task=1" in first and "--time=00:02:00" in first, first
     assert "--signal=B:USR1@5" in first and f"--output={tmp_path}/d-%A_%a.out" in first, first
     assert slurm_cluster.states(jid) == ["COMPLETED"]  # it stopped itself; the time limit never hit
     conts = [t for t in logs.values() if "continuation 1," in t]
@@ -220,7 +221,7 @@ def test_deadline_stops_before_a_video_it_cannot_finish_and_the_continuation_kee
         ln.split("continues in job ")[1].split()[0] for ln in first.splitlines() if "continues in job" in ln
     )
     show = slurm_cluster.show_job(cont_id)
-    assert show["MinMemoryNode"] == "2G" and show["TimeLimit"] == "00:01:00" and show["Partition"] == "spark"
+    assert show["MinMemoryNode"] == "2G" and show["TimeLimit"] == "00:02:00" and show["Partition"] == "spark"
     deadlines = [
         float(ln.split("deadline ")[1].rstrip(")"))
         for t in logs.values()
