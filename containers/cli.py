@@ -2,15 +2,17 @@
 
 Commands live in ``containers/cmd_*.py``; each module declares ``COMMANDS = {name: summary}``
 and defines ``configure(parser, name)`` and ``main(args) -> int`` (optionally
-``parse(parser, argv)``). The table is read with ``ast`` and a module is imported only when
-its command runs, so ``--help`` needs no Hydra import and adding a command edits no registry.
+``parse(parser, argv)``). The table is read from the source text and a module is imported only
+when its command runs, so ``--help`` needs no Hydra import and adding a command edits no
+registry. Running one command reads only the ``COMMANDS`` blocks (no ``ast`` parse of every
+module): ``stage`` runs at every job start and its no-op re-check is mostly start-up time.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,15 +22,17 @@ from containers.errors import guard
 PKG_DIR = Path(__file__).resolve().parent
 
 
+_BLOCK = re.compile(r"^COMMANDS\s*=\s*\{(.*?)^\}", re.M | re.S)
+_ITEM = re.compile(r"""^\s*(["'])([\w-]+)\1\s*:\s*(["'])((?:(?!\3)[^\\]|\\.)*)\3""", re.M)
+
+
 def discover() -> dict[str, tuple[str, str]]:
     """command -> (module, summary), from the ``COMMANDS`` literal of each cmd_*.py."""
     found: dict[str, tuple[str, str]] = {}
     for path in sorted(PKG_DIR.glob("cmd_*.py")):
-        for node in ast.parse(path.read_text(encoding="utf-8")).body:
-            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "COMMANDS"
-                                                    for t in node.targets):
-                for name, summary in ast.literal_eval(node.value).items():
-                    found[name] = (f"containers.{path.stem}", summary)
+        block = _BLOCK.search(path.read_text(encoding="utf-8"))
+        for _q, name, _q2, summary in _ITEM.findall(block.group(1) if block else ""):
+            found[name] = (f"containers.{path.stem}", summary)
     return found
 
 

@@ -34,9 +34,11 @@ import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 from containers.errors import UserError
+
+if False:  # typing costs ~3 ms of start-up; annotations are strings (from __future__)
+    from typing import Any
 
 MANIFEST_VERSION = 1
 CHUNK = 16 << 20          # unit of copy, of resume and of one parallel task within a large file
