@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -50,12 +52,23 @@ class UserError(Exception):
         return " ".join(text.split())  # guarantee one line
 
 
+# Temporary names our atomic writers use (containers.atomic, stage): the user knows the final name.
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?:[A-Za-z0-9_]{8}|stage-.+-\d+)\.part(?:\.\w+)?$")
+
+
+def _user_path(path: object) -> str:
+    text = os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else str(path)
+    head, _, base = text.rpartition("/")
+    m = _TEMP_NAME.match(base)
+    return f"{head}/{m['name']}" if m and head else (m["name"] if m else text)
+
+
 def from_os_error(exc: OSError, doing: str | None = None) -> UserError:
     """The one-line UserError for an OSError: what failed, on which path(s), and the fix."""
     what = exc.strerror or type(exc).__name__
     if doing:
         what = f"cannot {doing}: {what}"
-    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    paths = [_user_path(p) for p in (exc.filename, exc.filename2) if p is not None]
     return UserError(what, where=" -> ".join(paths) or None,
                      fix=_OS_FIXES.get(exc.errno or 0, "check the path and the filesystem, then rerun"))
 
