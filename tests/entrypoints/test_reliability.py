@@ -3,6 +3,7 @@ every OS error or bad job config is one line (no traceback, no half-written outp
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import shutil
@@ -38,18 +39,10 @@ def _feed_fifo(fifo: Path, data: bytes, stop: threading.Event) -> None:
             continue
         try:
             os.set_blocking(fd, True)
-            with contextlib_suppress():
+            with contextlib.suppress(OSError):
                 os.write(fd, data)
         finally:
             os.close(fd)
-
-
-class contextlib_suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return exc[0] is not None and issubclass(exc[0], OSError)
 
 
 def test_second_writer_into_one_run_dir_stops_with_the_holder(tmp_path):
