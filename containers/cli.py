@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,16 +21,31 @@ from containers.errors import guard
 PKG_DIR = Path(__file__).resolve().parent
 
 
-_BLOCK = re.compile(r"^COMMANDS\s*=\s*\{(.*?)^\}", re.M | re.S)
-_ITEM = re.compile(r"""^\s*(["'])([\w-]+)\1\s*:\s*(["'])((?:(?!\3)[^\\]|\\.)*)\3""", re.M)
+def _literal_items(text: str) -> list[tuple[str, str]]:
+    """``"name": "summary",`` lines of the ``COMMANDS = {...}`` block (string scanning: no re, no ast)."""
+    start = text.find("\nCOMMANDS = {")
+    if start < 0:
+        return []
+    items = []
+    for line in text[start + 1:].splitlines()[1:]:
+        line = line.strip()
+        if line.startswith("}"):
+            break
+        q = line[:1]
+        if q not in ("'", '"'):
+            continue
+        name, sep, rest = line[1:].partition(f"{q}:")
+        rest = rest.strip().rstrip(",")
+        if sep and len(rest) >= 2 and rest[0] == rest[-1] and rest[0] in "'\"":
+            items.append((name, rest[1:-1].replace(f"\\{rest[0]}", rest[0])))
+    return items
 
 
 def discover() -> dict[str, tuple[str, str]]:
     """command -> (module, summary), from the ``COMMANDS`` literal of each cmd_*.py."""
     found: dict[str, tuple[str, str]] = {}
     for path in sorted(PKG_DIR.glob("cmd_*.py")):
-        block = _BLOCK.search(path.read_text(encoding="utf-8"))
-        for _q, name, _q2, summary in _ITEM.findall(block.group(1) if block else ""):
+        for name, summary in _literal_items(path.read_text(encoding="utf-8")):
             found[name] = (f"containers.{path.stem}", summary)
     return found
 

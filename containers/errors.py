@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import functools
 import os
-import re
 import sys
 from collections.abc import Callable
 
@@ -53,13 +52,15 @@ class UserError(Exception):
 
 
 # Temporary names our atomic writers use (containers.atomic, stage): the user knows the final name.
-_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?:[A-Za-z0-9_]{8}|stage-.+-\d+)\.part(?:\.\w+)?$")
+_TEMP_NAME = r"^\.(?P<name>.+)\.(?:[A-Za-z0-9_]{8}|stage-.+-\d+)\.part(?:\.\w+)?$"
 
 
 def _user_path(path: object) -> str:
     text = os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else str(path)
     head, _, base = text.rpartition("/")
-    m = _TEMP_NAME.match(base)
+    import re  # compiled only on an error path: start-up of every command stays lean
+
+    m = re.match(_TEMP_NAME, base)
     return f"{head}/{m['name']}" if m and head else (m["name"] if m else text)
 
 

@@ -150,9 +150,9 @@ def node_lock(
                     ) from None
                 time.sleep(0.05)
         waited = time.monotonic() - t0
-        os.ftruncate(fd, 0)
         job = os.environ.get("SLURM_JOB_ID")
-        os.pwrite(fd, f"pid {os.getpid()} on {HOST}{' job ' + job if job else ''}\n".encode(), 0)
+        holder = f"pid {os.getpid()} on {HOST}{' job ' + job if job else ''}"
+        os.pwrite(fd, holder.ljust(199).encode()[:199] + b"\n", 0)  # fixed width: no ftruncate
         yield waited
     finally:
         os.close(fd)  # closing releases the flock
@@ -738,14 +738,14 @@ def stage(
                 result.removed = _remove_extras(target_root, names)
             except OSError as exc:
                 raise _write_error(exc, target_root) from None
-        from containers.atomic import write_json
+        from containers.atomic import write_text
 
-        try:
-            write_json(mpath, {
-                "version": MANIFEST_VERSION, "source": str(src), "name": name,
-                "kind": "file" if single else "tree", "staged": time.time(),
-                "total_bytes": result.total_bytes, "files": [e.as_dict() for e in entries],
-            })
+        head = json.dumps({"version": MANIFEST_VERSION, "source": str(src), "name": name,
+                           "kind": "file" if single else "tree", "staged": time.time(),
+                           "total_bytes": result.total_bytes})[:-1]
+        rows = ",\n".join(json.dumps(e.as_dict(), separators=(",", ":")) for e in entries)
+        try:  # one file per line, compact: it is parsed at every job start
+            write_text(mpath, f'{head}, "files": [\n{rows}\n]}}\n')
         except OSError as exc:
             raise _write_error(exc, mpath) from None
         _unlink(jpath)
