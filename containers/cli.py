@@ -50,8 +50,30 @@ def discover() -> dict[str, tuple[str, str]]:
     return found
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter with the width found without importing shutil (and bz2, lzma...).
+
+    argparse builds a formatter for every add_argument; the default one imports shutil each
+    time it is made, which is a measurable part of a no-op ``stage`` at job start.
+    """
+
+    def __init__(self, prog: str) -> None:
+        import os
+
+        try:
+            columns = int(os.environ.get("COLUMNS", "0"))
+            width = columns or os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            width = 80
+        super().__init__(prog, width=width)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line and exit code 2."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
         print(f"error: {message} (in {self.prog}); fix: see '{self.prog} --help'", file=sys.stderr)

@@ -310,8 +310,18 @@ def _copy_range(fi: int, fo: int, offset: int, length: int, h: Any = None) -> No
         offset += n
 
 
-def copy_file(src: Path, dst: Path, *, checksum: bool = False) -> str | None:
-    """Copy ``src`` into a new ``dst`` whole; return its sha256 (of the bytes read) if asked."""
+class SourceChanged(Exception):
+    """The source's size or mtime moved while it was copied (seen on the open descriptor)."""
+
+
+def copy_file(src: Path | str, dst: Path | str, *, checksum: bool = False, size: int | None = None,
+              mtime_ns: int | None = None) -> str | None:
+    """Copy ``src`` into a new ``dst`` whole; return its sha256 (of the bytes read) if asked.
+
+    With ``size``/``mtime_ns`` (the listed version): exactly ``size`` bytes are copied, the source
+    must still have that size and mtime afterwards (checked on the open descriptor, no second
+    lookup on the share: :class:`SourceChanged` otherwise), and ``dst`` gets that mtime.
+    """
     h = None
     if checksum:
         import hashlib
@@ -321,7 +331,13 @@ def copy_file(src: Path, dst: Path, *, checksum: bool = False) -> str | None:
     try:
         fo = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         try:
-            _copy_range(fi, fo, 0, os.fstat(fi).st_size, h)
+            _copy_range(fi, fo, 0, os.fstat(fi).st_size if size is None else size, h)
+            if size is not None:
+                st = os.fstat(fi)
+                if st.st_size != size or (mtime_ns is not None and st.st_mtime_ns != mtime_ns):
+                    raise SourceChanged(str(src))
+            if mtime_ns is not None:
+                os.utime(fo, ns=(mtime_ns, mtime_ns))
         finally:
             os.close(fo)
     finally:
@@ -525,21 +541,16 @@ class _Copier:
                 self._finished(e, 0)
                 return
             try:
-                digest = copy_file(source, tmp, checksum=self.checksum)
-            except OSError as exc:
-                self._check_source(source, e, tmp, exc)
-                raise
-            self._check_source(source, e, tmp)
-            got = os.stat(tmp).st_size
-            if got != e.size:
-                raise UserError(f"staged copy of {source} has {got} bytes, expected {e.size}",
-                                fix="check the node-local disk and stage again")
+                digest = copy_file(source, tmp, checksum=self.checksum, size=e.size, mtime_ns=e.mtime_ns)
+            except (OSError, SourceChanged) as exc:
+                self._check_source(source, e, tmp, exc if isinstance(exc, OSError) else None)
+                raise UserError(f"{source} changed while it was being staged", where="staging source",
+                                fix="wait until it is completely written, then stage again") from None
             if self.checksum:
                 if sha256_file(tmp) != digest:
                     raise UserError(f"checksum of the staged copy of {source} differs from the source's",
                                     fix="check the node-local disk and stage again")
                 e.sha256 = digest
-            os.utime(tmp, ns=(e.mtime_ns, e.mtime_ns))
             os.replace(tmp, target)
         except UserError:
             _unlink(tmp)
@@ -738,14 +749,12 @@ def stage(
                 result.removed = _remove_extras(target_root, names)
             except OSError as exc:
                 raise _write_error(exc, target_root) from None
-        from containers.atomic import write_text
-
         head = json.dumps({"version": MANIFEST_VERSION, "source": str(src), "name": name,
                            "kind": "file" if single else "tree", "staged": time.time(),
                            "total_bytes": result.total_bytes})[:-1]
         rows = ",\n".join(json.dumps(e.as_dict(), separators=(",", ":")) for e in entries)
         try:  # one file per line, compact: it is parsed at every job start
-            write_text(mpath, f'{head}, "files": [\n{rows}\n]}}\n')
+            _replace_text(mpath, f'{head}, "files": [\n{rows}\n]}}\n')
         except OSError as exc:
             raise _write_error(exc, mpath) from None
         _unlink(jpath)
@@ -753,11 +762,28 @@ def stage(
     return result
 
 
+def _replace_text(path: Path, text: str) -> None:
+    """Temporary name, then rename: readers see the old file or the new one, never half of one.
+
+    No fsync, on purpose: this is a node-local cache whose files are not fsynced either (``cp -a``
+    does not), and an fsync here would wait for the whole copy's writeback. After a node crash
+    the manifest may be lost (the next job re-stages), and a file whose data never reached the
+    disk comes back short (ext4 and xfs grow the on-disk size only as data lands), which the stat
+    check catches; ``--verify`` re-reads every file when in doubt.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
 def _start_journal(path: Path, in_place: list[Entry]) -> None:
     """Rewrite the journal with what is verified in place now (compacts an old one)."""
-    from containers.atomic import write_text
-
-    write_text(path, "".join(json.dumps(e.as_dict(), separators=(",", ":")) + "\n" for e in in_place))
+    _replace_text(path, "".join(json.dumps(e.as_dict(), separators=(",", ":")) + "\n" for e in in_place))
 
 
 def _remove_extras(dst: Path, keep: set[str]) -> int:
