@@ -249,3 +249,12 @@ def test_unreadable_input_is_reported_not_raised(tmp_path):
     pages.chmod(stat.S_IWUSR)
     proc = app("newsbag_embedded", f"input_dir={pages}", f"run_dir={tmp_path / 'run'}")
     assert_one_line_error(proc, str(pages))
+
+
+def test_missing_prompts_file_of_a_batch(tmp_path):
+    """A manifest folder without prompts.txt: one line naming it (it was a FileNotFoundError)."""
+    batch = tmp_path / "batch"
+    (batch / "manifest").mkdir(parents=True)
+    (batch / "manifest" / "chunk0.csv").write_text("video_name,n_frames,k_frames,prompt_id\n")
+    proc = app("flowportal_batch", f"batch_dir={batch}", f"video_dir={tmp_path}", "chunk=0")
+    assert_one_line_error(proc, str(batch / "manifest"))
