@@ -117,14 +117,31 @@ def part_path(target: Path, pid: int | None = None, host: str = HOST) -> Path:
     return target.with_name(f".{target.name}.stage-{host}-{os.getpid() if pid is None else pid}.part")
 
 
+def announce_holder(path: Path) -> None:
+    """Write who holds the lock into it, for the message a waiting task prints.
+
+    Fixed width, no truncate; skipped by a no-op re-check, whose write could wait on the
+    writeback of the lock file's page right after a large copy.
+    """
+    job = os.environ.get("SLURM_JOB_ID")
+    holder = f"pid {os.getpid()} on {HOST}{' job ' + job if job else ''}"
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, holder.ljust(199).encode()[:199] + b"\n", 0)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def node_lock(
-    path: Path, *, timeout: float | None = None, on_wait: Callable[[str], None] | None = None
+    path: Path, *, timeout: float | None = None, on_wait: Callable[[str], None] | None = None,
+    announce: bool = True,
 ) -> Iterator[float]:
     """Hold an exclusive ``flock`` on ``path``; yields the seconds spent waiting for it.
 
     flock (not a pid file) because the kernel drops it when a task dies, so a killed array
-    task never leaves the node locked.
+    task never leaves the node locked. ``announce=False`` leaves the holder line to the caller
+    (:func:`announce_holder`, once it is about to change something).
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,9 +167,8 @@ def node_lock(
                     ) from None
                 time.sleep(0.05)
         waited = time.monotonic() - t0
-        job = os.environ.get("SLURM_JOB_ID")
-        holder = f"pid {os.getpid()} on {HOST}{' job ' + job if job else ''}"
-        os.pwrite(fd, holder.ljust(199).encode()[:199] + b"\n", 0)  # fixed width: no ftruncate
+        if announce:
+            announce_holder(path)
         yield waited
     finally:
         os.close(fd)  # closing releases the flock
@@ -378,8 +394,8 @@ def _unlink(*paths: Path) -> None:
             os.unlink(p)
 
 
-def _log_of(part: Path) -> Path:
-    return part.with_name(part.name + ".log")
+def _log_of(part: Path | str) -> Path:
+    return Path(f"{part}.log")
 
 
 def _read_log(log: Path, e: Entry, checksum: bool) -> dict[int, str | None] | None:
@@ -457,25 +473,29 @@ class _Copier:
                 os.close(fd)
         self.fds.clear()
 
-    def paths(self, e: Entry) -> tuple[Path, Path]:
-        return (self.src, self.root) if self.single else (self.src / e.path, self.root / e.path)
+    def paths(self, e: Entry) -> tuple[str, str]:
+        """Source and target as strings: pathlib objects cost more than the copy of a small file."""
+        if self.single:
+            return str(self.src), str(self.root)
+        return f"{self.src}/{e.path}", f"{self.root}/{e.path}"
 
     def plan(self, todo: list[Entry]) -> list[Callable[[], None]]:
         tasks: list[Callable[[], None]] = []
-        made: set[Path] = set()
+        made: set[str] = set()
         for e in todo:
             source, target = self.paths(e)
-            if target.parent not in made:
+            parent = os.path.dirname(target)
+            if parent not in made:
                 try:
-                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.makedirs(parent, exist_ok=True)
                 except FileExistsError:
-                    raise UserError(f"{target.parent} is a file in the staged copy, but the source has a "
-                                    "folder there", fix=f"remove {target.parent} and stage again") from None
+                    raise UserError(f"{parent} is a file in the staged copy, but the source has a "
+                                    "folder there", fix=f"remove {parent} and stage again") from None
                 except OSError as exc:
-                    raise _write_error(exc, target.parent) from None
-                made.add(target.parent)
+                    raise _write_error(exc, Path(parent)) from None
+                made.add(parent)
             if e.link is None and e.size > RESUMABLE:
-                tasks += self._chunk_tasks(source, target, e)
+                tasks += self._chunk_tasks(Path(source), Path(target), e)
             else:
                 tasks.append(lambda s=source, t=target, e=e: self._small(s, t, e))
         return tasks
@@ -503,7 +523,7 @@ class _Copier:
             task()
 
     def _finished(self, e: Entry, nbytes: int, resumed: int = 0) -> None:
-        line = (json.dumps(e.as_dict(), separators=(",", ":")) + "\n").encode()
+        line = (_json_line(e) + "\n").encode()
         with self.lock:
             os.write(self.journal_fd, line)
             self.result.copied += 1
@@ -512,8 +532,10 @@ class _Copier:
                 self.result.resumed += 1
                 self.result.bytes_resumed += resumed
 
-    def _check_source(self, source: Path, e: Entry, part: Path, err: OSError | None = None) -> None:
+    def _check_source(self, source: Path | str, e: Entry, part: Path | str,
+                      err: OSError | None = None) -> None:
         """After a copy (or a failed one): the source must still be the version we listed."""
+        part = Path(part)
         try:
             st = os.stat(source)
         except FileNotFoundError:
@@ -530,9 +552,10 @@ class _Copier:
             raise UserError(f"cannot copy {source} to {part.parent}: {err.strerror}",
                             fix="check the shared storage and the node-local disk")
 
-    def _small(self, source: Path, target: Path, e: Entry) -> None:
+    def _small(self, source: str, target: str, e: Entry) -> None:
         """One file whole (or one link) under a temporary name, verified, renamed into place."""
-        tmp = part_path(target)
+        head, _, name = target.rpartition("/")
+        tmp = f"{head}/.{name}.stage-{HOST}-{os.getpid()}.part"
         try:
             if e.link is not None:
                 _unlink(tmp)
@@ -557,7 +580,7 @@ class _Copier:
             raise
         except OSError as exc:
             _unlink(tmp)
-            raise _write_error(exc, target) from None
+            raise _write_error(exc, Path(target)) from None
         except BaseException:
             _unlink(tmp)
             raise
@@ -698,7 +721,8 @@ def stage(
         raise UserError(f"{target_root} is a file but {src} is a folder",
                         fix="remove the file or pick another DST")
     result = StageResult(target_root, mpath, len(entries), sum(e.size for e in entries))
-    with node_lock(lock_path(dst_dir, name), timeout=lock_timeout, on_wait=log) as waited:
+    lock = lock_path(dst_dir, name)
+    with node_lock(lock, timeout=lock_timeout, on_wait=log, announce=False) as waited:
         result.waited = waited
         old = read_manifest(mpath)
         known = {**(old or {}), **read_journal(jpath)}
@@ -722,6 +746,7 @@ def stage(
         # From here on the tree changes: it must not look complete until the new manifest lands,
         # and what is already in place is listed in the journal first, so a kill loses nothing.
         try:
+            announce_holder(lock)
             pending = {id(e) for e in todo}
             _start_journal(jpath, [e for e in entries if id(e) not in pending])
             _unlink(mpath)
@@ -752,7 +777,7 @@ def stage(
         head = json.dumps({"version": MANIFEST_VERSION, "source": str(src), "name": name,
                            "kind": "file" if single else "tree", "staged": time.time(),
                            "total_bytes": result.total_bytes})[:-1]
-        rows = ",\n".join(json.dumps(e.as_dict(), separators=(",", ":")) for e in entries)
+        rows = ",\n".join(_json_line(e) for e in entries)
         try:  # one file per line, compact: it is parsed at every job start
             _replace_text(mpath, f'{head}, "files": [\n{rows}\n]}}\n')
         except OSError as exc:
@@ -781,9 +806,19 @@ def _replace_text(path: Path, text: str) -> None:
         raise
 
 
+def _json_line(e: Entry) -> str:
+    """One manifest/journal entry as compact JSON (hand-built: json.dumps per file is measurable)."""
+    line = f'{{"path":{json.dumps(e.path)},"size":{e.size},"mtime_ns":{e.mtime_ns}'
+    if e.sha256:
+        line += f',"sha256":"{e.sha256}"'
+    if e.link is not None:
+        line += f',"link":{json.dumps(e.link)}'
+    return line + "}"
+
+
 def _start_journal(path: Path, in_place: list[Entry]) -> None:
     """Rewrite the journal with what is verified in place now (compacts an old one)."""
-    _replace_text(path, "".join(json.dumps(e.as_dict(), separators=(",", ":")) + "\n" for e in in_place))
+    _replace_text(path, "".join(_json_line(e) + "\n" for e in in_place))
 
 
 def _remove_extras(dst: Path, keep: set[str]) -> int:
