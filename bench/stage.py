@@ -116,7 +116,10 @@ def bench(work: Path, src: Path, total: int, repeat: int, jobs: int) -> dict[str
     run([*stage, str(src), str(work / "warm")], env=env)  # byte-code written once, like any checkout
     shutil.rmtree(work / "warm")
     for r in range(repeat):
-        for name, argv in firsts.items():
+        order = list(firsts.items())
+        if r % 2:
+            order.reverse()  # no method always runs first
+        for name, argv in order:
             dst = work / f"dst-{r}-{name.replace(' ', '')}"
             dst.mkdir()
             _sync()
@@ -186,19 +189,30 @@ def main(out_dir: str | os.PathLike[str] = REPO / "bench" / "results", argv: lis
     for m in ("stage", "rsync -a", "python -c pass"):
         k = m if m.startswith("python") else f"noop {m}"
         lines.append(f"  {m:<20} {med[k]:>8.3f} {'':>7} {cpu[k]:>7.3f}")
-    first = med["first cp -a"] / med["first stage"]
-    noop = med["noop rsync -a"] / med["noop stage"]
+
+    def paired(a_key: str, b_key: str) -> str:
+        """Median over repeats of (a / b) within one repeat: slow drifts of a shared machine cancel."""
+        vals = [x / y for x, y in zip(res[a_key], res[b_key], strict=True) if y]
+        return f"{statistics.median(vals):.2f}  (per repeat: {', '.join(f'{v:.2f}' for v in vals)})"
+
+    def cpu_ratio(a_key: str, b_key: str) -> str:
+        return f"{cpu[a_key] / cpu[b_key]:.2f}"
+
+    resumes = [x for x in res["resume ratio"] if x == x]  # nan: the kill came after the copy finished
     lines += [
         "",
-        "ratios of wall time (> 1 means stage is faster):",
-        f"  first copy   stage vs cp -a      {first:.2f}   (target >= 0.95)",
-        f"  first copy   stage vs rsync -a   {med['first rsync -a'] / med['first stage']:.2f}",
-        f"  no-op        stage vs rsync -a   {noop:.2f}   (target >= 1, aim 3)",
-        f"  parallel     {j} vs stage       {med['first stage'] / med[f'first {j}']:.2f}   "
+        "ratios, median of the per-repeat ratios (> 1 means stage is faster); cpu: ratio of median CPU s",
+        f"  first copy   stage vs cp -a      {paired('first cp -a', 'first stage')}   (target >= 0.95)"
+        f"   cpu {cpu_ratio('first cp -a', 'first stage')}",
+        f"  first copy   stage vs rsync -a   {paired('first rsync -a', 'first stage')}"
+        f"   cpu {cpu_ratio('first rsync -a', 'first stage')}",
+        f"  no-op        stage vs rsync -a   {paired('noop rsync -a', 'noop stage')}   (target >= 1, aim 3)"
+        f"   cpu {cpu_ratio('noop rsync -a', 'noop stage')}",
+        f"  parallel     {j} vs stage       {paired('first stage', f'first {j}')}   "
         f"(speed-up of {a.jobs} streams over one, same disk)",
-        f"  resume       bytes copied by the rerun / bytes missing at the kill: {med['resume ratio']:.3f}"
-        f"   (target <= 1.1)",
-        f"               killed at {100 * med['kill at']:.0f} % of the bytes; per repeat: "
+        f"  resume       bytes copied by the rerun / bytes missing at the kill: "
+        f"{statistics.median(resumes) if resumes else float('nan'):.3f}   (target <= 1.1)",
+        f"               killed at {100 * med['kill at']:.0f} % of the bytes (median); per repeat: "
         f"{', '.join(f'{x:.3f}' for x in res['resume ratio'])}",
         "",
     ]

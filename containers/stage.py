@@ -738,7 +738,8 @@ def stage(
                 continue
             todo.append(e)
         names = {e.path for e in entries}
-        extras_possible = not single and (old is None or set(old) != names)
+        fresh = not single and not os.path.lexists(target_root)  # nothing there yet: nothing extra to remove
+        extras_possible = not single and not fresh and (old is None or set(old) != names)
         complete = old is not None and not todo and set(old) == names and not jpath.exists()
         if complete and not (checksum and _missing_sums(old)):  # type: ignore[arg-type]
             result.seconds = time.monotonic() - t0
@@ -769,7 +770,7 @@ def stage(
         if single:
             _, _, cleaned = adopt_or_clean(target_root, None, checksum)
             result.cleaned += cleaned
-        elif extras_possible or result.copied:
+        elif not fresh and (extras_possible or result.copied):
             try:
                 result.removed = _remove_extras(target_root, names)
             except OSError as exc:
