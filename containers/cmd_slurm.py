@@ -39,6 +39,8 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
         )
         parser.add_argument("--check", action="store_true", help="only report differences (stat-only)")
         parser.add_argument("--lock-timeout", type=float, default=None, help="give up waiting after N s")
+        parser.add_argument("--jobs", "-j", type=int, default=1,
+                            help="copy streams (small files and chunks of large ones in parallel)")
         parser.add_argument("--quiet", "-q", action="store_true")
         parser.add_argument("overrides", nargs="*", default=[], help=argparse.SUPPRESS)
     elif name in ("submit", "preflight"):
@@ -95,7 +97,8 @@ def _stage(args: argparse.Namespace) -> int:
             print(d)
         return 1 if diffs else 0
     res = stage(
-        args.src, dst, checksum=args.checksum, verify=args.verify, lock_timeout=args.lock_timeout, log=_err
+        args.src, dst, checksum=args.checksum, verify=args.verify, lock_timeout=args.lock_timeout, log=_err,
+        jobs=args.jobs,
     )
     if not args.quiet:
         print(res.summary())
@@ -115,7 +118,8 @@ def _stage_image(args: argparse.Namespace) -> int:
     shared = Path(str(cfg.paths.images))
     staged = Path(args.dst) if args.dst else Path(str(cfg.paths.staged_images))
     resolved = resolve_sif(cfg.image, arch, [shared])
-    res = stage(resolved.sif, staged, checksum=args.checksum, lock_timeout=args.lock_timeout, log=_err)
+    res = stage(resolved.sif, staged, checksum=args.checksum, lock_timeout=args.lock_timeout, log=_err,
+                jobs=args.jobs)
     pointer = pointer_path(staged, cfg.image.name, arch, str(cfg.image.pointer))
     if pointer_target(staged, cfg.image, arch) != staged / resolved.sif.name:
         write_text(pointer, resolved.sif.name + "\n")

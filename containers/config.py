@@ -78,9 +78,11 @@ def compose(overrides: Sequence[str] = (), *, config_dir: Path | None = None,
     if (config_dir / "cluster").is_dir():  # a job folder's resolved config has no groups to pick
         overrides = [*_default_overrides(overrides), *overrides]
         _check_group_overrides(overrides, config_dir)
+    from containers.secrets import protect_overrides, restore_literals, shield_literals
+
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base=None):
-            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+            cfg = hydra_compose(config_name=config_name, overrides=protect_overrides(overrides))
     except OverrideParseException:
         raise UserError(f"malformed override '{_first_malformed(overrides)}'", where="command line",
                         fix="write key=value (a list as key=[a,b]; quote spaces)") from None
@@ -93,6 +95,7 @@ def compose(overrides: Sequence[str] = (), *, config_dir: Path | None = None,
             raise UserError(msg, where="command line",
                             fix="use an existing key, or prefix a new one with +") from None
         raise UserError(msg, where=str(config_dir)) from None
+    shield_literals(cfg)  # user values and job-YAML literals stay text through resolve (no ${oc.env:...})
     if resolve:
         _fill_runtime_values(cfg)
         try:
@@ -105,6 +108,7 @@ def compose(overrides: Sequence[str] = (), *, config_dir: Path | None = None,
         except OmegaConfBaseException as exc:
             raise UserError(f"config does not resolve: {str(exc).splitlines()[0]}",
                             fix="check the interpolations and environment variables named") from None
+    restore_literals(cfg)
     return cfg
 
 
@@ -142,6 +146,9 @@ def _check_missing(cfg: Any) -> None:
 
 
 def to_yaml(cfg: Any) -> str:
+    """Resolved YAML that composes back to the same values (literal ``${`` kept escaped), secrets masked."""
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_yaml(cfg, resolve=True)
+    from containers.secrets import mask, yaml_safe
+
+    return mask(OmegaConf.to_yaml(OmegaConf.create(yaml_safe(OmegaConf.to_container(cfg, resolve=True)))))

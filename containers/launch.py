@@ -132,8 +132,11 @@ def make_cache_dirs(cfg: Any) -> dict[str, str]:
 
 def container_env(cfg: Any, environ: Mapping[str, str]) -> dict[str, str]:
     """Variables the entrypoint sees, identical for every runtime."""
+    from containers.secrets import drop_secret_vars  # CONTAINERS_HF_TOKEN & co. never cross over
+
     env = {k: environ[k] for k in PASS_THROUGH if k in environ}
     env.update({k: v for k, v in environ.items() if k.startswith(PASS_PREFIXES)})
+    env = drop_secret_vars(env)
     env.update(cache_env(cfg))
     env.update({
         "PYTHONNOUSERSITE": "1",

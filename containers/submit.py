@@ -140,12 +140,9 @@ def route_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def _timestamp_dir(base: Path) -> Path:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    cand, n = base / stamp, 1
-    while cand.exists():
-        n += 1
-        cand = base / f"{stamp}-{n}"
-    return cand
+    from containers.rundir import unique_dir  # mkdir, not exists(): two submits in one second differ
+
+    return unique_dir(base, _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
 
 
 def _toposort(jobs: dict[str, dict[str, Any]], pipeline: str) -> list[str]:
@@ -468,6 +465,9 @@ def write_job_files(plan: Plan, compose: Callable[..., Any] | None = None) -> No
             cfg = compose(
                 [f"app={st.app}", f"image={st.image}", *base, *st.overrides, f"run_dir={plan.run_dir}"]
             )
+            from entrypoints.framework import validate_settings  # bad values fail here, not in the job
+
+            validate_settings(st.app, cfg)
             with open_dict(cfg):
                 cfg.job_name = job.name
                 cfg.report_path = str(st.dir / "run_report.json")
