@@ -7,7 +7,6 @@ import contextlib
 import datetime
 import os
 import shutil
-import stat
 import subprocess
 import sys
 import threading
@@ -242,19 +241,21 @@ def test_malformed_or_empty_job_config(tmp_path, content, needle):
 
 
 def test_unreadable_input_is_reported_not_raised(tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("root reads everything")
+    """An input folder the OS refuses to read (a symlink loop: refused to root too) is one line."""
     pages = tmp_path / "pages"
-    pages.mkdir()
-    pages.chmod(stat.S_IWUSR)
+    pages.symlink_to(pages)
     proc = app("newsbag_embedded", f"input_dir={pages}", f"run_dir={tmp_path / 'run'}")
     assert_one_line_error(proc, str(pages))
 
 
 def test_missing_prompts_file_of_a_batch(tmp_path):
-    """A manifest folder without prompts.txt: one line naming it (it was a FileNotFoundError)."""
-    batch = tmp_path / "batch"
-    (batch / "manifest").mkdir(parents=True)
-    (batch / "manifest" / "chunk0.csv").write_text("video_name,n_frames,k_frames,prompt_id\n")
-    proc = app("flowportal_batch", f"batch_dir={batch}", f"video_dir={tmp_path}", "chunk=0")
-    assert_one_line_error(proc, str(batch / "manifest"))
+    """A manifest generation whose prompts.txt is gone: one line naming it (it was a FileNotFoundError)."""
+    from tests.entrypoints.flowportal.conftest import make_manifest, make_mp4, mpath
+
+    videos = tmp_path / "v"
+    make_mp4(videos / "a.mp4", 40)
+    batch = make_manifest(videos, tmp_path / "batch", num_select=0, num_chunks=1)
+    prompts = mpath(batch, "prompts.txt")
+    prompts.unlink()
+    proc = app("flowportal_batch", f"batch_dir={batch}", f"video_dir={videos}", "chunk=0")
+    assert_one_line_error(proc, "prompts.txt")

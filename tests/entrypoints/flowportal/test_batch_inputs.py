@@ -261,7 +261,7 @@ def test_bad_batch_values_are_one_line(tmp_path):
     batch = make_manifest(videos, tmp_path / "b", num_select=0, num_chunks=1)
     base = [f"batch_dir={batch}", f"video_dir={videos}", f"flowportal.checkout={CHECKOUT}"]
     for bad, msg in (
-        ("chunk=abc", "chunk index 'abc'"),
+        ("chunk=abc", "chunk='abc' is not valid: it must be an integer"),
         ("chunk=0 settings=maybe", "settings='maybe' is not one of"),
         ("chunk=5", "chunk 5 is out of range"),
     ):
