@@ -42,9 +42,11 @@ def atomic_path(dst: str | os.PathLike[str], *, suffix: str = "") -> Iterator[Pa
     try:
         yield tmp_path
         os.replace(tmp_path, dst)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(dst)  # write()/fsync() errors name no file: say which output failed
         raise
 
 

@@ -2,14 +2,15 @@
 
 Commands live in ``containers/cmd_*.py``; each module declares ``COMMANDS = {name: summary}``
 and defines ``configure(parser, name)`` and ``main(args) -> int`` (optionally
-``parse(parser, argv)``). The table is read with ``ast`` and a module is imported only when
-its command runs, so ``--help`` needs no Hydra import and adding a command edits no registry.
+``parse(parser, argv)``). The table is read from the source text and a module is imported only
+when its command runs, so ``--help`` needs no Hydra import and adding a command edits no
+registry. Running one command reads only the ``COMMANDS`` blocks (no ``ast`` parse of every
+module): ``stage`` runs at every job start and its no-op re-check is mostly start-up time.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib
 import sys
 from collections.abc import Sequence
@@ -20,20 +21,59 @@ from containers.errors import guard
 PKG_DIR = Path(__file__).resolve().parent
 
 
+def _literal_items(text: str) -> list[tuple[str, str]]:
+    """``"name": "summary",`` lines of the ``COMMANDS = {...}`` block (string scanning: no re, no ast)."""
+    start = text.find("\nCOMMANDS = {")
+    if start < 0:
+        return []
+    items = []
+    for line in text[start + 1:].splitlines()[1:]:
+        line = line.strip()
+        if line.startswith("}"):
+            break
+        q = line[:1]
+        if q not in ("'", '"'):
+            continue
+        name, sep, rest = line[1:].partition(f"{q}:")
+        rest = rest.strip().rstrip(",")
+        if sep and len(rest) >= 2 and rest[0] == rest[-1] and rest[0] in "'\"":
+            items.append((name, rest[1:-1].replace(f"\\{rest[0]}", rest[0])))
+    return items
+
+
 def discover() -> dict[str, tuple[str, str]]:
     """command -> (module, summary), from the ``COMMANDS`` literal of each cmd_*.py."""
     found: dict[str, tuple[str, str]] = {}
     for path in sorted(PKG_DIR.glob("cmd_*.py")):
-        for node in ast.parse(path.read_text(encoding="utf-8")).body:
-            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "COMMANDS"
-                                                    for t in node.targets):
-                for name, summary in ast.literal_eval(node.value).items():
-                    found[name] = (f"containers.{path.stem}", summary)
+        for name, summary in _literal_items(path.read_text(encoding="utf-8")):
+            found[name] = (f"containers.{path.stem}", summary)
     return found
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter with the width found without importing shutil (and bz2, lzma...).
+
+    argparse builds a formatter for every add_argument; the default one imports shutil each
+    time it is made, which is a measurable part of a no-op ``stage`` at job start.
+    """
+
+    def __init__(self, prog: str) -> None:
+        import os
+
+        try:
+            columns = int(os.environ.get("COLUMNS", "0"))
+            width = columns or os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            width = 80
+        super().__init__(prog, width=width)
 
 
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line and exit code 2."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
         print(f"error: {message} (in {self.prog}); fix: see '{self.prog} --help'", file=sys.stderr)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from containers.errors import UserError
+from containers.secrets import mask
 
 COMMANDS = {
     "lint": "check recipes/*.def and their locks offline (sections, pins, CUDA majors, arch traps)",
@@ -146,7 +147,7 @@ def _build(args: argparse.Namespace) -> int:
         try:
             _build_one(args, name, arch)
         except UserError as exc:
-            print(f"error: {exc.line()}", file=sys.stderr)
+            print(f"error: {mask(exc.line())}", file=sys.stderr)
             failed.append(f"{name}/{arch}")
     if failed:
         print(f"error: {len(failed)} of {len(jobs)} builds failed: {', '.join(failed)}", file=sys.stderr)
@@ -192,7 +193,7 @@ def _build_one(args: argparse.Namespace, image: str, arch_arg: str | None) -> in
                            time=str(bcfg.get("time", "04:00:00")), cpus=int(bcfg.get("cpus", 16)),
                            mem=str(bcfg.get("mem", "64G")),
                            extra_export={"CONTAINERS_CLUSTER": str(cluster.name)})
-        print(quote(argv))
+        print(mask(quote(argv)))
         if args.dry_run:
             return 0
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -220,8 +221,8 @@ def _build_one(args: argparse.Namespace, image: str, arch_arg: str | None) -> in
                             "that has it; lint and lock work without it")
     argv = build_argv(apptainer=apptainer, deffile=spec.recipe, sif=str(sif), arch=arch, host=host,
                       is_root=os.geteuid() == 0, build_args=build_args)
-    print(f"APPTAINER_TMPDIR={env['APPTAINER_TMPDIR']} APPTAINER_CACHEDIR={env['APPTAINER_CACHEDIR']} "
-          + quote(argv))
+    print(mask(f"APPTAINER_TMPDIR={env['APPTAINER_TMPDIR']} APPTAINER_CACHEDIR={env['APPTAINER_CACHEDIR']} "
+               + quote(argv)))  # a credentialed index URL (PADDLE_INDEX) is shown with its password masked
     if args.dry_run:
         return 0
     for var in ("APPTAINER_TMPDIR", "APPTAINER_CACHEDIR"):
@@ -271,15 +272,21 @@ def list_images(directory: Path) -> list[dict]:
 
     current = {}
     for p in sorted(directory.glob("*.current")):
-        current[p.read_text(encoding="utf-8").strip()] = p.name
+        try:  # a damaged pointer (binary bytes, unreadable) names nothing; it must not end the listing
+            current[p.read_bytes().decode("utf-8").strip()] = p.name
+        except (OSError, UnicodeDecodeError):
+            continue
     rows = []
     for sif in sorted(directory.glob("*.sif")):
+        size = None
         try:
+            size = sif.stat().st_size
             info = read_sif(sif)
-        except UserError as exc:
-            rows.append({"file": sif.name, "error": exc.line(), "size": sif.stat().st_size})
+        except (UserError, OSError) as exc:  # one bad file is one UNREADABLE row, never the whole list
+            line = exc.line() if isinstance(exc, UserError) else f"{exc.strerror}"
+            rows.append({"file": sif.name, "error": line, "size": size})
             continue
-        rows.append({"file": sif.name, "arch": info.arch, "size": sif.stat().st_size,
+        rows.append({"file": sif.name, "arch": info.arch, "size": size,
                      "current": current.get(sif.name), "labels": info.labels})
     return rows
 

@@ -41,6 +41,8 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
         )
         parser.add_argument("--check", action="store_true", help="only report differences (stat-only)")
         parser.add_argument("--lock-timeout", type=float, default=None, help="give up waiting after N s")
+        parser.add_argument("--jobs", "-j", type=int, default=1,
+                            help="copy streams (small files and chunks of large ones in parallel)")
         parser.add_argument("--quiet", "-q", action="store_true")
         parser.add_argument("overrides", nargs="*", default=[], help=argparse.SUPPRESS)
     elif name in ("submit", "preflight"):
@@ -48,7 +50,8 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
         parser.add_argument(
             "overrides",
             nargs="*",
-            help="cluster=torch, gpu=l40s|h200|split, mode=NAME, other Hydra overrides",
+            help="cluster=torch, gpu=l40s|h200|split, mode=NAME, other Hydra overrides; "
+            "experiment pipelines also take seeds=[1,2,3] and resume=RUN_DIR",
         )
         parser.add_argument("--only", default="", help="comma list of jobs to submit (others are left out)")
         parser.add_argument("--input-dir", help="directory of inputs (scans, videos) for the pipeline's apps")
@@ -97,7 +100,8 @@ def _stage(args: argparse.Namespace) -> int:
             print(d)
         return 1 if diffs else 0
     res = stage(
-        args.src, dst, checksum=args.checksum, verify=args.verify, lock_timeout=args.lock_timeout, log=_err
+        args.src, dst, checksum=args.checksum, verify=args.verify, lock_timeout=args.lock_timeout, log=_err,
+        jobs=args.jobs,
     )
     if not args.quiet:
         print(res.summary())
@@ -117,7 +121,8 @@ def _stage_image(args: argparse.Namespace) -> int:
     shared = Path(str(cfg.paths.images))
     staged = Path(args.dst) if args.dst else Path(str(cfg.paths.staged_images))
     resolved = resolve_sif(cfg.image, arch, [shared])
-    res = stage(resolved.sif, staged, checksum=args.checksum, lock_timeout=args.lock_timeout, log=_err)
+    res = stage(resolved.sif, staged, checksum=args.checksum, lock_timeout=args.lock_timeout, log=_err,
+                jobs=args.jobs)
     pointer = pointer_path(staged, cfg.image.name, arch, str(cfg.image.pointer))
     if pointer_target(staged, cfg.image, arch) != staged / resolved.sif.name:
         write_text(pointer, resolved.sif.name + "\n")
@@ -164,9 +169,12 @@ def _plan(args: argparse.Namespace):
 
 
 def _submit(args: argparse.Namespace) -> int:
+    from containers import experiment
     from containers.runner import quote
     from containers.submit import submit, watch_hint, write_job_files
 
+    if experiment.is_experiment(args.pipeline):  # kind: experiment (DAG x seeds, resume): its own module
+        return experiment.cli(args)
     plan = _plan(args)
     write_job_files(plan)
     if args.here:
@@ -191,8 +199,11 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _preflight(args: argparse.Namespace) -> int:
+    from containers import experiment
     from containers.submit import preflight
 
+    if experiment.is_experiment(args.pipeline):
+        return experiment.cli(args, preflight=True)
     plan = _plan(args)
     results = preflight(plan)
     bad = 0

@@ -66,11 +66,28 @@ def _default_overrides(overrides: Sequence[str]) -> list[str]:
     return extra
 
 
+# In memory (submit's compose), a node value is a marker no user text contains; written out, it is
+# the token ${node:NAME} (node_markers_to_tokens), which the node resolves with its own values.
+NODE_MARK = re.compile("\x03node:([a-z_]+)\x04")
+
+
 def node_token(name: str) -> str:
-    return "${node:" + name + "}"
+    """The in-memory stand-in for ``${node:name}`` while submit composes."""
+    return f"\x03node:{name}\x04"
 
 
-def _node_value(name: str) -> str | None:
+def node_markers_to_tokens(obj: Any) -> Any:
+    """Markers -> ``${node:NAME}`` in every string of a plain container (what a job's YAML holds)."""
+    if isinstance(obj, str):
+        return NODE_MARK.sub(lambda m: "${node:" + m[1] + "}", obj) if "\x03" in obj else obj
+    if isinstance(obj, dict):
+        return {k: node_markers_to_tokens(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [node_markers_to_tokens(v) for v in obj]
+    return obj
+
+
+def _node_value(name: str, _root_: Any = None) -> str | None:
     if name not in NODE_VALUES:
         raise UserError(f"unknown node value '${{node:{name}}}'",
                         fix=f"use one of: {', '.join(NODE_VALUES)}")
@@ -78,6 +95,10 @@ def _node_value(name: str) -> str | None:
         return node_token(name)
     value = os.environ.get(NODE_VALUES[name], "")
     if name == "local_root" and not value:
+        # not started by exec.sh (a step rerun by hand): the same rule, from the config's profile
+        cl = _root_.get("cluster") if _root_ is not None else None
+        if cl is not None and cl.get("node_local_default"):
+            return _node_root(str(cl.node_local_default), cl.get("node_local_job_var"))
         raise UserError(f"this config needs the node-local root (${{node:{name}}}) and "
                         f"{NODE_VALUES[name]} is not set",
                         fix="run the step through its exec.sh on a compute node (it sets the node values)")
@@ -139,9 +160,12 @@ def node_tokens() -> Iterator[None]:
 
 
 def compose(overrides: Sequence[str] = (), *, config_dir: Path | None = None,
-            config_name: str = "config", resolve: bool = True) -> Any:
+            config_name: str = "config", resolve: bool = True, trusted: Sequence[str] = ()) -> Any:
     """Return the composed (and by default resolved) DictConfig.
 
+    ``overrides`` are user data: ``${`` in their values stays text (containers.secrets).
+    ``trusted`` overrides come from the config tree itself (a pipeline step's ``overrides``, e.g.
+    ``deadline=${node:deadline}``) and keep their interpolations; they are applied last.
     Raises UserError for an unknown group option, a malformed override, a missing config
     file or a mandatory (``???``) value left unset.
     """
@@ -151,7 +175,7 @@ def compose(overrides: Sequence[str] = (), *, config_dir: Path | None = None,
         raise UserError(f"config file {config_name}.yaml not found", where=str(config_dir),
                         fix="pass the job folder that holds config.yaml")
     if not (config_dir / "cluster").is_dir():  # a job folder's resolved config: nothing to compose
-        return _load_resolved_config(config_dir / f"{config_name}.yaml", overrides, resolve)
+        return _load_resolved_config(config_dir / f"{config_name}.yaml", [*overrides, *trusted], resolve)
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException, MissingConfigException, OverrideParseException
@@ -160,11 +184,15 @@ def compose(overrides: Sequence[str] = (), *, config_dir: Path | None = None,
 
     overrides = [*_default_overrides(overrides), *overrides]
     _check_group_overrides(overrides, config_dir)
+    from containers.secrets import protect_overrides, restore_literals, shield_literals
+
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base=None):
-            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+            cfg = hydra_compose(config_name=config_name,
+                                overrides=[*protect_overrides(overrides), *trusted])
     except OverrideParseException:
-        raise UserError(f"malformed override '{_first_malformed(overrides)}'", where="command line",
+        raise UserError(f"malformed override '{_first_malformed([*overrides, *trusted])}'",
+                        where="command line",
                         fix="write key=value (a list as key=[a,b]; quote spaces)") from None
     except MissingConfigException as exc:
         raise UserError(str(exc).splitlines()[0], where=str(config_dir),
@@ -175,6 +203,7 @@ def compose(overrides: Sequence[str] = (), *, config_dir: Path | None = None,
             raise UserError(msg, where="command line",
                             fix="use an existing key, or prefix a new one with +") from None
         raise UserError(msg, where=str(config_dir)) from None
+    shield_literals(cfg)  # user values and job-YAML literals stay text through resolve (no ${oc.env:...})
     if resolve:
         _fill_runtime_values(cfg)
         try:
@@ -190,6 +219,7 @@ def compose(overrides: Sequence[str] = (), *, config_dir: Path | None = None,
                 raise cause from None
             raise UserError(f"config does not resolve: {str(exc).splitlines()[0]}",
                             fix="check the interpolations and environment variables named") from None
+    restore_literals(cfg)
     return cfg
 
 
@@ -203,6 +233,8 @@ def _load_resolved_config(path: Path, overrides: Sequence[str], resolve: bool) -
     import yaml
     from omegaconf import OmegaConf, open_dict
     from omegaconf.errors import OmegaConfBaseException
+
+    from containers.secrets import restore_literals, shield_literals, yaml_safe
 
     try:
         cfg = OmegaConf.load(path)
@@ -225,12 +257,13 @@ def _load_resolved_config(path: Path, overrides: Sequence[str], resolve: bool) -
                 continue
             if not eq or not re.fullmatch(r"[A-Za-z_][\w.-]*", key):
                 raise ValueError(ov)
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = yaml_safe(yaml.safe_load(raw) if raw.strip() else "")  # user values stay literal
             with open_dict(cfg):
                 OmegaConf.update(cfg, key, value, force_add=True)
         except (ValueError, yaml.YAMLError, OmegaConfBaseException):
             raise UserError(f"malformed override '{ov}'", where="command line",
                             fix="write key=value (a list as key=[a,b]; quote spaces)") from None
+    shield_literals(cfg)  # escaped ${ from the job's YAML stays text through resolve
     if resolve:
         try:
             OmegaConf.resolve(cfg)
@@ -245,6 +278,7 @@ def _load_resolved_config(path: Path, overrides: Sequence[str], resolve: bool) -
                                 fix=f"pass {key}=...") from None
             raise UserError(f"config does not resolve: {str(exc).splitlines()[0]}",
                             fix="check the interpolations and environment variables named") from None
+    restore_literals(cfg)
     return cfg
 
 
@@ -301,6 +335,10 @@ def _check_missing(cfg: Any) -> None:
 
 
 def to_yaml(cfg: Any) -> str:
+    """Resolved YAML that composes back to the same values (literal ``${`` kept escaped), secrets masked."""
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_yaml(cfg, resolve=True)
+    from containers.secrets import mask, yaml_safe
+
+    plain = node_markers_to_tokens(yaml_safe(OmegaConf.to_container(cfg, resolve=True)))
+    return mask(OmegaConf.to_yaml(OmegaConf.create(plain)))

@@ -54,8 +54,11 @@ def pointer_target(directory: Path, image: Any, arch: str) -> Path | None:
     pointer = pointer_path(directory, image.name, arch, str(image.get("pointer") or POINTER_PATTERN))
     if not pointer.is_file():
         return None
-    target = pointer.read_text(encoding="utf-8").strip()
-    if not target or "/" in target:
+    try:
+        target = pointer.read_bytes().decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError):  # binary junk or an unreadable file: malformed, one line
+        target = ""
+    if not target or "/" in target or "\n" in target or "\0" in target or target in (".", ".."):
         raise UserError(f"pointer file {pointer} is malformed (expected one SIF file name)",
                         fix="republish the image (make build) or fix the file by hand")
     return directory / target

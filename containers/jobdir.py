@@ -24,9 +24,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from containers.config import NODE_MARK as TOKEN  # node values while submit composes
 from containers.errors import UserError
 
-TOKEN = re.compile(r"\$\{node:([a-z_]+)\}")
 NODE_SHELL = {"local_root": "NODE_LOCAL", "deadline": "CONTAINERS_DEADLINE"}
 HEADER = "# Written by `python -m containers submit` (docs/slurm.md, \"What submit writes\")."
 
@@ -42,7 +42,8 @@ def shell_word(value: Any) -> str:
     pos = 0
     for m in TOKEN.finditer(text):
         if m[1] not in NODE_SHELL:
-            raise UserError(f"unknown node value '{m[0]}'", fix=f"use one of: {', '.join(NODE_SHELL)}")
+            raise UserError(f"unknown node value '${{node:{m[1]}}}'",
+                            fix=f"use one of: {', '.join(NODE_SHELL)}")
         if m.start() > pos:
             parts.append(shlex.quote(text[pos:m.start()]))
         parts.append(f'"${NODE_SHELL[m[1]]}"')
@@ -82,7 +83,7 @@ def step_script(cfg: Any, *, title: str, job_dir: Path, image: str, gpu: bool,
     seen = {b.src for b in binds}
     for path, ro in [*((p, True) for p in extra_ro), *((p, False) for p in extra_rw)]:
         path = str(path)
-        if path not in seen and (os.path.isabs(path) or path.startswith("${node:")):
+        if path not in seen and (os.path.isabs(path) or path.startswith("\x03node:")):
             binds.append(Bind(path, path, ro))
             seen.add(path)
     # a path under a bind of the same mode is already visible
@@ -135,7 +136,7 @@ def model_stage_list(cfgs: Iterable[Any], job_stage: Iterable[Any], node_local: 
 
     for s in job_stage:
         dst = str(s.dst)
-        add(str(s.src), dst if dst.startswith(("/", "${node:")) else f"{node_local}/{dst}", s.checksum)
+        add(str(s.src), dst if dst.startswith(("/", "\x03node:")) else f"{node_local}/{dst}", s.checksum)
     for cfg in cfgs:
         models, staged = str(cfg.paths.models).rstrip("/"), str(cfg.paths.staged_models).rstrip("/")
         for src in _stage_srcs(OmegaConf.to_container(cfg, resolve=False)):

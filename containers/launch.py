@@ -27,8 +27,11 @@ PASS_THROUGH = (
     "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TOKENIZERS_PARALLELISM",
     "PYTORCH_CUDA_ALLOC_CONF", "TZ", "LANG", "LC_ALL", "TERM", "USER", "NO_COLOR",
     "SSL_CERT_FILE",
+    # DDP rendezvous (slurm/ddp.sbatch): every rank needs them inside the image
+    "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK",
+    "SLURMD_NODENAME",  # which node a rank ran on (the run report's slurm.node)
 )
-PASS_PREFIXES = ("SLURM_", "CONTAINERS_", "FLOWPORTAL_", "NEWSBAG_")
+PASS_PREFIXES = ("SLURM_", "CONTAINERS_", "FLOWPORTAL_", "NEWSBAG_", "NCCL_", "TORCH_NCCL_", "GLOO_")
 # Variables a host-runtime process needs that a container gets from its image.
 # Caches the doctor checks for writability (the ML libraries' own; XDG/matplotlib are incidental).
 CACHE_VARS = ("HF_HOME", "TORCH_HOME", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "PADDLE_PDX_CACHE_HOME")
@@ -131,10 +134,14 @@ def make_cache_dirs(cfg: Any) -> dict[str, str]:
 
 
 def passthrough_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """The caller's variables a process may see: the allowlist and the allowed prefixes."""
+    """The caller's variables a process may see: the allowlist and the allowed prefixes, minus any
+    whose name looks secret (CONTAINERS_HF_TOKEN & co. never cross over; slurm/lib/common.sh's
+    _suite_secret_name is the node side's twin)."""
+    from containers.secrets import drop_secret_vars
+
     env = {k: environ[k] for k in PASS_THROUGH if k in environ}
     env.update({k: v for k, v in environ.items() if k.startswith(PASS_PREFIXES)})
-    return env
+    return drop_secret_vars(env)
 
 
 def static_env(cfg: Any) -> dict[str, str]:
@@ -167,18 +174,19 @@ def bind_candidates(cfg: Any, extra: Sequence[str] = ()) -> list[Bind]:
     """Every bind a run of ``cfg`` may need, at the same paths, whether or not it exists here.
 
     Scratch, the node-local root, models (read-only), the checkout, staged models (read-only),
-    and every input the run reads: the config's ``binds_ro`` list (read-only; an app declares
-    the paths it reads there, e.g. ``binds_ro: [${input_dir}]``; null entries are skipped).
+    and every path the run reads or writes elsewhere, as its app declares them: ``binds_ro``
+    (read-only, e.g. ``binds_ro: ["${video.input}"]``) and ``binds_rw`` (null entries skipped).
     """
     p = cfg.paths
     pairs: list[tuple[Any, bool]] = [(p.scratch, False), (p.node_local, False), (p.models, True),
                                      (p.repo, False), (p.staged_models, True)]
-    pairs += [(path, True) for path in (cfg.get("binds_ro") or []) if path not in (None, "")]
+    for key, ro in (("binds_ro", True), ("binds_rw", False)):
+        pairs += [(path, ro) for path in (cfg.get(key) or []) if path not in (None, "")]
     binds: list[Bind] = []
     seen: set[str] = set()
     for src, ro in pairs:
         s = str(src)
-        if s in seen or not (os.path.isabs(s) or s.startswith("${node:")):
+        if s in seen or not (os.path.isabs(s) or s.startswith("\x03node:")):  # a node value (submit)
             continue
         seen.add(s)
         binds.append(Bind(s, s, ro))

@@ -86,21 +86,17 @@ def _typed(schema: type, node: Any, prefix: str, where: str) -> Any:
 
 
 def _escape(value: Any) -> Any:
-    """Keep a resolved ``${...}`` literal (a step override meant for the step's own composition)."""
-    if isinstance(value, str):
-        return value.replace("${", "\\${")
-    if isinstance(value, dict):
-        return {k: _escape(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_escape(v) for v in value]
-    return value
+    """Keep a literal ``${...}`` literal (a step override meant for the step's own composition)."""
+    from containers.secrets import yaml_safe
+
+    return yaml_safe(value)
 
 
 def load(node: Any, where: str) -> PipelineSpec:
     """Validate a composed (resolved) ``pipeline`` node; a mismatch is one line naming the key."""
     from omegaconf import OmegaConf
 
-    raw = _escape(OmegaConf.to_container(node, resolve=False)) if OmegaConf.is_config(node) else node
+    raw = _escape(OmegaConf.to_container(node, resolve=True)) if OmegaConf.is_config(node) else node
     spec = _typed(PipelineSpec, raw, "", where)
     modes: dict[str, dict[str, JobSpec]] = {}
     for mode, jobs in (spec.modes or {}).items():

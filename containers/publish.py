@@ -11,24 +11,20 @@ written, atomically, last.
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import errno
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from containers.atomic import write_text
 from containers.errors import UserError
+from containers.stage import sha256_file
 
 CHUNK = 64 << 20
-
-
-def sha256_file(path: Path, chunk: int = CHUNK) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+# A name part that becomes a file name in the images dir: no separators, no "..", no hidden files.
+_NAME_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 
 
 def partial_path(dst: Path) -> Path:
@@ -105,13 +101,45 @@ def publish(sif: Path, images_dir: Path, *, name: str, arch: str, lockhash: str,
     from containers.images import POINTER_PATTERN, SIF_PATTERN, pointer_path
     from containers.sif import read_sif
 
+    for what, value in (("lock hash", lockhash), ("image name", name), ("arch", arch)):
+        check_name_part(what, value)
     info = read_sif(sif, with_labels=False)
     if info.arch != arch:
         raise UserError(f"{sif} is an image for {info.arch}, not {arch}", fix="publish it under its own arch")
-    dst = Path(images_dir) / (sif_pattern or SIF_PATTERN).format(name=name, arch=arch, lockhash=lockhash)
-    copied = copy_resumable(Path(sif), dst, chunk=chunk, on_chunk=on_chunk)
-    pointer = pointer_path(Path(images_dir), name, arch, pointer_pattern or POINTER_PATTERN)
-    write_text(pointer, dst.name + "\n")
+    images_dir = Path(images_dir)
+    dst = images_dir / (sif_pattern or SIF_PATTERN).format(name=name, arch=arch, lockhash=lockhash)
+    pointer = pointer_path(images_dir, name, arch, pointer_pattern or POINTER_PATTERN)
+    for p in (dst, pointer):
+        if os.path.dirname(os.path.normpath(p)) != os.path.normpath(images_dir):
+            raise UserError(f"{p.name} would be written outside the images directory", where=str(images_dir),
+                            fix="fix the sif/pointer patterns in the image config")
+    try:
+        copied = copy_resumable(Path(sif), dst, chunk=chunk, on_chunk=on_chunk)
+        write_text(pointer, dst.name + "\n")
+    except OSError as exc:
+        raise _destination_error(exc, images_dir, Path(sif)) from None
     with contextlib.suppress(OSError):
         os.chmod(pointer, 0o644)
     return pointer, copied
+
+
+def check_name_part(what: str, value: str) -> str:
+    """Refuse a value that would become a path (``a/../../x``) or a hidden file in the images dir."""
+    if not _NAME_PART.fullmatch(str(value)) or ".." in str(value):
+        raise UserError(f"{what} {value!r} cannot be part of a file name", where="publish",
+                        fix=f"use letters, digits, '.', '_', '+' and '-' only for the {what} "
+                            "(the default lock hash is 12 hex digits)")
+    return str(value)
+
+
+def _destination_error(exc: OSError, images_dir: Path, sif: Path) -> UserError:
+    where = str(exc.filename or images_dir)
+    if where == str(sif):
+        return UserError(f"cannot read the built image: {exc.strerror}", where=where,
+                         fix="check the SIF path and its permissions")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return UserError(f"the images directory is full ({exc.strerror})", where=where,
+                         fix="free space there (old SIFs not named by a .current pointer can go) and rerun: "
+                             "the copy resumes")
+    return UserError(f"cannot write the image: {exc.strerror}", where=where,
+                     fix="publish to a writable images directory (--dir DIR or paths.images)")

@@ -39,12 +39,15 @@ def _describe(raw: str) -> str:
 
 
 @contextlib.contextmanager
-def writer_lock(run_dir: str | os.PathLike[str]) -> Iterator[Path]:
-    """Hold the run dir's writer lock for the block, or raise a one-line UserError."""
+def writer_lock(run_dir: str | os.PathLike[str], *, name: str = LOCK_NAME) -> Iterator[Path]:
+    """Hold the run dir's writer lock for the block, or raise a one-line UserError.
+
+    ``name`` picks a finer unit inside one folder (an array task's own report in a shared job folder).
+    """
     run_dir = Path(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(run_dir / name, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as exc:
         raise UserError(f"cannot create the run directory lock: {exc.strerror}", where=str(run_dir),
                         fix="choose a writable run_dir") from None

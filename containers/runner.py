@@ -80,6 +80,18 @@ def run(argv: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str] | None
     return result
 
 
+def start(argv: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str] | None = None,
+          cwd: str | os.PathLike[str] | None = None, what: str | None = None) -> subprocess.Popen:
+    """Start a long-lived helper with pipes to its stdin and stdout (text, line-buffered)."""
+    args = [str(a) for a in argv]
+    try:
+        return subprocess.Popen(args, env=dict(env) if env is not None else None, cwd=cwd, text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=1)
+    except FileNotFoundError as exc:
+        raise UserError(f"'{args[0]}' was not found", where=what or quote(args[:3]),
+                        fix=f"install {Path(args[0]).name} or put it on PATH") from exc
+
+
 def exec_replace(argv: Sequence[str], env: Mapping[str, str], cwd: str | None = None) -> None:
     """Replace this process with ``argv`` (so signals and exit codes pass straight through)."""
     if cwd:

@@ -72,40 +72,66 @@ def read_sif(path: str | Path, *, with_labels: bool = True) -> SifInfo:
     except IsADirectoryError:
         raise UserError(f"image path {path} is a directory, not a SIF file",
                         fix="pass the .sif file itself") from None
-    with fh:
-        head = fh.read(_HEADER.size)
-        if len(head) < _HEADER.size or head[32:42] != MAGIC:
-            raise UserError(f"{path} is not a SIF image (no SIF_MAGIC header)",
-                            fix="rebuild it with apptainer build, or check the file was copied whole")
-        (_launch, _magic, _version, arch_raw, ident, created, _mod, dfree, dtotal, doff, _dlen,
-         _dataoff, _datalen) = _HEADER.unpack(head)
-        del dfree
-        descriptors: list[Descriptor] = []
-        fh.seek(doff)
-        for _ in range(dtotal):
-            raw = fh.read(_DESCR.size)
-            if len(raw) < _DESCR.size:
-                raise UserError(f"{path} is truncated inside its descriptor table",
-                                fix="copy the image again; compare size and checksum")
-            (dtype, used, did, _grp, _link, off, size, _padded, _c, _m, _uid, _gid, name,
-             extra) = _DESCR.unpack(raw)
-            if not used:
-                continue
-            kind = DATATYPES.get(dtype, f"0x{dtype:x}")
-            part = fs = parch = None
-            if kind == "FS":
-                fst, ptype, acode = _PART_EXTRA.unpack_from(extra)
-                fs, part = FSTYPES.get(fst, str(fst)), PARTTYPES.get(ptype, str(ptype))
-                parch = ARCH_CODES.get(_cstr(acode), "unknown")
-            descriptors.append(Descriptor(kind, did, off, size, _cstr(name), part, fs, parch))
-        arch = ARCH_CODES.get(_cstr(arch_raw), "unknown")
-        prim = [d for d in descriptors if d.parttype == "PrimSys"]
-        if prim and prim[0].arch:
-            arch = prim[0].arch  # what Apptainer checks before running
-        info = SifInfo(path, arch, str(uuid.UUID(bytes=ident)), created, descriptors)
-        if with_labels:
-            _read_metadata(fh, info)
-        return info
+    except OSError as exc:
+        raise UserError(f"cannot read image file {path}: {exc.strerror}",
+                        fix="check the file's permissions and the mount") from None
+    try:
+        with fh:
+            return _parse(fh, path, with_labels)
+    except OSError as exc:  # a read error mid-file (flaky mount, a seek the file cannot take)
+        raise UserError(f"cannot read image file {path}: {exc.strerror or exc}",
+                        fix="copy the image again; compare size and checksum") from None
+
+
+def _corrupt(path: Path, what: str) -> UserError:
+    return UserError(f"{path} is a corrupt SIF image: {what}",
+                     fix="rebuild it, or copy it again and compare size and checksum")
+
+
+def _parse(fh, path: Path, with_labels: bool) -> SifInfo:
+    """Header, descriptors and (optionally) labels, every offset checked against the file size."""
+    import os
+
+    file_size = os.fstat(fh.fileno()).st_size
+    head = fh.read(_HEADER.size)
+    if len(head) < _HEADER.size or head[32:42] != MAGIC:
+        raise UserError(f"{path} is not a SIF image (no SIF_MAGIC header)",
+                        fix="rebuild it with apptainer build, or check the file was copied whole")
+    (_launch, _magic, _version, arch_raw, ident, created, _mod, _dfree, dtotal, doff, _dlen,
+     _dataoff, _datalen) = _HEADER.unpack(head)
+    if doff < 0 or dtotal < 0 or dtotal > 1_000_000:
+        raise _corrupt(path, f"descriptor table offset {doff} / count {dtotal} in the header")
+    descriptors: list[Descriptor] = []
+    fh.seek(doff)
+    for _ in range(dtotal):
+        raw = fh.read(_DESCR.size)
+        if len(raw) < _DESCR.size:
+            raise UserError(f"{path} is truncated inside its descriptor table",
+                            fix="copy the image again; compare size and checksum")
+        (dtype, used, did, _grp, _link, off, size, _padded, _c, _m, _uid, _gid, name,
+         extra) = _DESCR.unpack(raw)
+        if not used:
+            continue
+        if off < 0 or size < 0:
+            raise _corrupt(path, f"descriptor {did} has offset {off} and size {size}")
+        if off + size > file_size:
+            raise UserError(f"{path} is truncated: descriptor {did} ends at byte {off + size}, the file "
+                            f"has {file_size}", fix="copy the image again; compare size and checksum")
+        kind = DATATYPES.get(dtype, f"0x{dtype:x}")
+        part = fs = parch = None
+        if kind == "FS":
+            fst, ptype, acode = _PART_EXTRA.unpack_from(extra)
+            fs, part = FSTYPES.get(fst, str(fst)), PARTTYPES.get(ptype, str(ptype))
+            parch = ARCH_CODES.get(_cstr(acode), "unknown")
+        descriptors.append(Descriptor(kind, did, off, size, _cstr(name), part, fs, parch))
+    arch = ARCH_CODES.get(_cstr(arch_raw), "unknown")
+    prim = [d for d in descriptors if d.parttype == "PrimSys"]
+    if prim and prim[0].arch:
+        arch = prim[0].arch  # what Apptainer checks before running
+    info = SifInfo(path, arch, str(uuid.UUID(bytes=ident)), created, descriptors)
+    if with_labels:
+        _read_metadata(fh, info)
+    return info
 
 
 def _read_metadata(fh, info: SifInfo) -> None:

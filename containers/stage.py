@@ -1,4 +1,4 @@
-"""Stage models and SIFs from shared storage to node-local disk, incrementally and safely.
+"""Stage models and SIFs from shared storage to node-local disk: incremental, resumable, safe.
 
 ``stage(SRC, DSTDIR)`` mirrors ``SRC`` (a file or a tree) to ``DSTDIR/<basename of SRC>``:
 basenames are kept because some tools find their weights by directory name. Why each rule:
@@ -7,12 +7,20 @@ basenames are kept because some tools find their weights by directory name. Why 
   written last, so a staged copy is complete exactly when its manifest matches it; it is
   removed before the first change, so a copy interrupted halfway (node killed, disk full)
   never looks complete;
+- a kill must not cost the bytes already copied (models are tens of GB over a ~200 MB/s share):
+  while the tree changes, ``DSTDIR/.<name>.stage.journal`` lists every file already in place
+  (one JSON line appended after each rename), and a file larger than ``RESUMABLE`` is copied in
+  ``CHUNK``-sized pieces into ``.<file>.stage-<host>-<pid>.part`` with a ``.log`` beside it that
+  names the source version (size, mtime) and each finished chunk. A rerun trusts the journal's
+  files whose stat still matches, continues a dead writer's part from its logged chunks, and
+  deletes parts of writers that are gone (pid not alive on this host);
 - a per-node lock (``flock`` on ``DSTDIR/.<name>.stage.lock``) makes array tasks sharing a node
   wait for the first one instead of racing on the same files;
-- each file is copied to a temporary name next to its target and renamed into place;
 - the source is only read (SMB shares refuse chmod/chown/symlink): no ``copystat``, the
   destination gets the source's mtime through ``utime`` on the destination only;
-- re-checking a staged tree compares ``stat`` results with the manifest: no file is read.
+- re-checking a staged tree compares ``stat`` results with the manifest: no file is read. It
+  runs at every job start, so this module imports only what that check needs (no hashlib,
+  dataclasses or tempfile until a copy or a checksum asks for them).
 """
 
 from __future__ import annotations
@@ -20,34 +28,37 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import stat
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from containers.atomic import write_json
 from containers.errors import UserError
-from containers.publish import sha256_file
+
+if False:  # typing costs ~3 ms of start-up; annotations are strings (from __future__)
+    from typing import Any
 
 MANIFEST_VERSION = 1
-CHUNK = 8 << 20
-# Names that mean "a writer has not finished": our own temp files, HF hub and browsers' partials.
+CHUNK = 16 << 20          # unit of copy, of resume and of one parallel task within a large file
+RESUMABLE = 2 * CHUNK     # files above this are copied chunk by chunk with a resume log
+_BUF = 8 << 20            # read/write buffer when the kernel cannot copy file to file
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # "the destination is full"
+_NO_KERNEL_COPY = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF)
+# Names that mean "a writer has not finished": our own temp files, HF hub and browsers' partials.
 PARTIAL_SUFFIXES = (".part", ".partial", ".incomplete", ".crdownload", ".tmp")
+HOST = os.uname().nodename
 
 
-@dataclass
 class Entry:
-    path: str
-    size: int
-    mtime_ns: int
-    sha256: str | None = None
-    link: str | None = None  # symlink target (kept as a link on the destination)
+    """One file or link of the source as the manifest records it (plain class: import cost)."""
+
+    __slots__ = ("link", "mtime_ns", "path", "sha256", "size")
+
+    def __init__(self, path: str, size: int, mtime_ns: int, sha256: str | None = None,
+                 link: str | None = None) -> None:
+        self.path, self.size, self.mtime_ns, self.sha256, self.link = path, size, mtime_ns, sha256, link
 
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns}
@@ -57,20 +68,22 @@ class Entry:
             d["link"] = self.link
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Entry:
+        return cls(d["path"], d["size"], d["mtime_ns"], d.get("sha256"), d.get("link"))
 
-@dataclass
+    def __repr__(self) -> str:
+        return f"Entry({self.as_dict()!r})"
+
+
 class StageResult:
     """What one staging call did; ``copied == 0 and removed == 0`` is a no-op re-check."""
 
-    dst: Path
-    manifest: Path
-    files: int = 0
-    copied: int = 0
-    removed: int = 0
-    bytes_copied: int = 0
-    total_bytes: int = 0
-    seconds: float = 0.0
-    waited: float = 0.0
+    def __init__(self, dst: Path, manifest: Path, files: int = 0, total_bytes: int = 0) -> None:
+        self.dst, self.manifest, self.files, self.total_bytes = dst, manifest, files, total_bytes
+        self.copied = self.removed = self.bytes_copied = self.resumed = self.bytes_resumed = 0
+        self.cleaned = 0  # orphaned parts of dead writers removed
+        self.seconds = self.waited = 0.0
 
     def summary(self) -> str:
         mb = self.bytes_copied / 1e6
@@ -78,6 +91,10 @@ class StageResult:
             f"staged {self.dst}: {self.files} files, {self.total_bytes / 1e6:.1f} MB; "
             f"copied {self.copied} ({mb:.1f} MB), removed {self.removed}, in {self.seconds:.2f} s"
         )
+        if self.resumed:
+            head += f"; resumed {self.resumed} (kept {self.bytes_resumed / 1e6:.1f} MB already copied)"
+        if self.cleaned:
+            head += f"; removed {self.cleaned} orphaned part file(s) of dead writers"
         if self.waited >= 0.5:
             head += f" (waited {self.waited:.1f} s for another task's lock)"
         return head
@@ -87,21 +104,50 @@ def manifest_path(dst_dir: Path, name: str) -> Path:
     return dst_dir / f".{name}.stage.json"
 
 
+def journal_path(dst_dir: Path, name: str) -> Path:
+    return dst_dir / f".{name}.stage.journal"
+
+
 def lock_path(dst_dir: Path, name: str) -> Path:
     return dst_dir / f".{name}.stage.lock"
 
 
+def part_path(target: Path, pid: int | None = None, host: str = HOST) -> Path:
+    """The temporary name of ``target`` while this process writes it (host and pid: who writes)."""
+    return target.with_name(f".{target.name}.stage-{host}-{os.getpid() if pid is None else pid}.part")
+
+
+def announce_holder(path: Path) -> None:
+    """Write who holds the lock into it, for the message a waiting task prints.
+
+    Fixed width, no truncate; skipped by a no-op re-check, whose write could wait on the
+    writeback of the lock file's page right after a large copy.
+    """
+    job = os.environ.get("SLURM_JOB_ID")
+    holder = f"pid {os.getpid()} on {HOST}{' job ' + job if job else ''}"
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, holder.ljust(199).encode()[:199] + b"\n", 0)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def node_lock(
-    path: Path, *, timeout: float | None = None, on_wait: Callable[[str], None] | None = None
+    path: Path, *, timeout: float | None = None, on_wait: Callable[[str], None] | None = None,
+    announce: bool = True,
 ) -> Iterator[float]:
     """Hold an exclusive ``flock`` on ``path``; yields the seconds spent waiting for it.
 
     flock (not a pid file) because the kernel drops it when a task dies, so a killed array
-    task never leaves the node locked.
+    task never leaves the node locked. ``announce=False`` leaves the holder line to the caller
+    (:func:`announce_holder`, once it is about to change something).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise _write_error(exc, path) from None
     t0 = time.monotonic()
     try:
         told = False
@@ -121,9 +167,8 @@ def node_lock(
                     ) from None
                 time.sleep(0.05)
         waited = time.monotonic() - t0
-        os.ftruncate(fd, 0)
-        job = os.environ.get("SLURM_JOB_ID")
-        os.pwrite(fd, f"pid {os.getpid()}{' job ' + job if job else ''}\n".encode(), 0)
+        if announce:
+            announce_holder(path)
         yield waited
     finally:
         os.close(fd)  # closing releases the flock
@@ -134,44 +179,52 @@ def _is_partial(name: str) -> bool:
 
 
 def scan_source(src: Path) -> list[Entry]:
-    """Stat every file under ``src`` (or ``src`` itself); refuse an incomplete source."""
-    if not src.exists() and not src.is_symlink():
+    """Stat every file under ``src`` (or ``src`` itself) once; refuse an incomplete source."""
+    try:
+        st = os.stat(src)
+    except FileNotFoundError:
         raise UserError(
             f"staging source {src} does not exist",
             fix="check the path (models/SIFs on shared storage) or publish it first",
-        )
-    if src.is_file():
-        st = src.stat()
+        ) from None
+    except OSError as exc:
+        raise UserError(f"cannot read staging source {src}: {exc.strerror}",
+                        fix="check permissions on the shared storage") from None
+    if stat.S_ISREG(st.st_mode):
         return [Entry(src.name, st.st_size, st.st_mtime_ns)]
-    if not src.is_dir():
+    if not stat.S_ISDIR(st.st_mode):
         raise UserError(
             f"staging source {src} is neither a file nor a directory", fix="stage a file or a folder"
         )
     entries: list[Entry] = []
     partial: list[str] = []
-
-    def onerror(exc: OSError) -> None:
-        raise UserError(
-            f"cannot read {exc.filename}: {exc.strerror}",
-            where="staging source",
-            fix="check permissions on the shared storage",
-        ) from None
-
-    for root, dirs, files in os.walk(src, onerror=onerror):
-        dirs.sort()
-        rel_root = os.path.relpath(root, src)
-        for name in sorted(files + [d for d in dirs if os.path.islink(os.path.join(root, d))]):
-            full = os.path.join(root, name)
-            rel = name if rel_root == "." else f"{rel_root}/{name}"
-            if _is_partial(name):
+    stack = [("", str(src))]
+    while stack:  # scandir: one lstat per file (a DirEntry caches it), no second walk
+        rel_root, full_root = stack.pop()
+        try:
+            with os.scandir(full_root) as it:
+                items = sorted(it, key=lambda d: d.name)
+        except OSError as exc:
+            raise UserError(f"cannot read {exc.filename or full_root}: {exc.strerror}",
+                            where="staging source", fix="check permissions on the shared storage") from None
+        subdirs = []
+        for d in items:
+            rel = f"{rel_root}{d.name}"
+            if _is_partial(d.name):
                 partial.append(rel)
                 continue
-            st = os.lstat(full)
-            if stat.S_ISLNK(st.st_mode):
-                entries.append(Entry(rel, 0, st.st_mtime_ns, link=os.readlink(full)))
-            elif stat.S_ISREG(st.st_mode):
-                entries.append(Entry(rel, st.st_size, st.st_mtime_ns))
-        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
+            try:
+                if d.is_symlink():
+                    entries.append(Entry(rel, 0, d.stat(follow_symlinks=False).st_mtime_ns,
+                                         link=os.readlink(d.path)))
+                elif d.is_dir(follow_symlinks=False):
+                    subdirs.append((f"{rel}/", d.path))
+                elif d.is_file(follow_symlinks=False):
+                    s = d.stat(follow_symlinks=False)
+                    entries.append(Entry(rel, s.st_size, s.st_mtime_ns))
+            except FileNotFoundError:
+                continue  # removed between listing and stat: it is not part of this source state
+        stack.extend(reversed(subdirs))
     if partial:
         raise UserError(
             f"staging source {src} is incomplete: {len(partial)} partial file(s) such as {partial[0]}",
@@ -184,20 +237,36 @@ def scan_source(src: Path) -> list[Entry]:
 
 def read_manifest(path: Path) -> dict[str, Entry] | None:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as fh:
+            data = json.loads(fh.read())
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict) or data.get("version") != MANIFEST_VERSION:
         return None
-    out = {}
-    for d in data.get("files", []):
-        out[d["path"]] = Entry(d["path"], d["size"], d["mtime_ns"], d.get("sha256"), d.get("link"))
+    try:
+        return {d["path"]: Entry.from_dict(d) for d in data.get("files", [])}
+    except (KeyError, TypeError):
+        return None
+
+
+def read_journal(path: Path) -> dict[str, Entry]:
+    """Files an interrupted staging had put in place (a torn last line is ignored)."""
+    out: dict[str, Entry] = {}
+    try:
+        with open(path, "rb") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return out
+    for ln in lines:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            e = Entry.from_dict(json.loads(ln))
+            out[e.path] = e
     return out
 
 
-def _dest_matches(target: Path, e: Entry, old: Entry | None) -> bool:
+def _dest_matches(target: Path | str, e: Entry, old: Entry | None) -> bool:
     """Stat-only: the staged file is the one the manifest recorded for this source state."""
-    if old is None or (old.size, old.mtime_ns, old.link) != (e.size, e.mtime_ns, e.link):
+    if old is None or old.size != e.size or old.mtime_ns != e.mtime_ns or old.link != e.link:
         return False
     try:
         st = os.lstat(target)
@@ -215,33 +284,546 @@ def _write_error(exc: OSError, path: Path) -> UserError:
             where=str(path.parent),
             fix="free space on the node-local disk or stage fewer models",
         )
-    return UserError(f"cannot write {path}: {exc.strerror}", fix="check the node-local destination")
+    return UserError(f"cannot write {path}: {exc.strerror}",
+                     fix="check the node-local destination (writable, not a file, space left)")
 
 
-def copy_file(src: Path, dst: Path, *, checksum: bool = False) -> str | None:
-    """Stream ``src`` into ``dst`` in chunks (kernel-side when possible); return sha256 if asked."""
-    h = hashlib.sha256() if checksum else None
-    with open(src, "rb") as fi, open(dst, "wb") as fo:
-        if h is None:
-            try:
-                while os.copy_file_range(fi.fileno(), fo.fileno(), CHUNK):
-                    pass
-                return None
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                    raise
-                fi.seek(0)
-                fo.seek(0)
-                fo.truncate()
-        while chunk := fi.read(CHUNK):
-            fo.write(chunk)
-            if h is not None:
-                h.update(chunk)
+def sha256_file(path: Path, chunk: int = _BUF) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _copy_range(fi: int, fo: int, offset: int, length: int, h: Any = None) -> None:
+    """Copy ``length`` bytes at ``offset`` from fd ``fi`` to fd ``fo`` (kernel-side when possible)."""
+    end = offset + length
+    if h is None:
+        try:
+            while offset < end:
+                n = os.copy_file_range(fi, fo, end - offset, offset, offset)
+                if n == 0:
+                    raise OSError(errno.EIO, "source ended early")
+                offset += n
+            return
+        except OSError as exc:
+            if exc.errno not in _NO_KERNEL_COPY:
+                raise
+    buf = bytearray(min(_BUF, max(length, 1)))
+    view = memoryview(buf)
+    while offset < end:
+        n = os.preadv(fi, [view[: min(len(buf), end - offset)]], offset)
+        if n == 0:
+            raise OSError(errno.EIO, "source ended early")
+        if h is not None:
+            h.update(view[:n])
+        done = 0
+        while done < n:
+            done += os.pwrite(fo, view[done:n], offset + done)
+        offset += n
+
+
+class SourceChanged(Exception):
+    """The source's size or mtime moved while it was copied (seen on the open descriptor)."""
+
+
+def copy_file(src: Path | str, dst: Path | str, *, checksum: bool = False, size: int | None = None,
+              mtime_ns: int | None = None) -> str | None:
+    """Copy ``src`` into a new ``dst`` whole; return its sha256 (of the bytes read) if asked.
+
+    With ``size``/``mtime_ns`` (the listed version): exactly ``size`` bytes are copied, the source
+    must still have that size and mtime afterwards (checked on the open descriptor, no second
+    lookup on the share: :class:`SourceChanged` otherwise), and ``dst`` gets that mtime.
+    """
+    h = None
+    if checksum:
+        import hashlib
+
+        h = hashlib.sha256()
+    fi = os.open(src, os.O_RDONLY)
+    try:
+        fo = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            _copy_range(fi, fo, 0, os.fstat(fi).st_size if size is None else size, h)
+            if size is not None:
+                st = os.fstat(fi)
+                if st.st_size != size or (mtime_ns is not None and st.st_mtime_ns != mtime_ns):
+                    raise SourceChanged(str(src))
+            if mtime_ns is not None:
+                os.utime(fo, ns=(mtime_ns, mtime_ns))
+        finally:
+            os.close(fo)
+    finally:
+        os.close(fi)
     return h.hexdigest() if h is not None else None
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def _parts_of(target: Path) -> list[tuple[Path, str, int]]:
+    """(path, host, pid) of every part file of ``target`` in its folder."""
+    prefix = f".{target.name}.stage-"
+    out = []
+    try:
+        names = os.listdir(target.parent)
+    except OSError:
+        return out
+    for n in names:
+        if not (n.startswith(prefix) and n.endswith(".part")):
+            continue
+        host, _, pid = n[len(prefix):-len(".part")].rpartition("-")
+        if pid.isdigit():  # no host: the older ".NAME.stage-PID.part", always written on this node
+            out.append((target.parent / n, host or HOST, int(pid)))
+    return out
+
+
+def _unlink(*paths: Path) -> None:
+    for p in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(p)
+
+
+def _log_of(part: Path | str) -> Path:
+    return Path(f"{part}.log")
+
+
+def _read_log(log: Path, e: Entry, checksum: bool) -> dict[int, str | None] | None:
+    """Chunks a part already holds for this source version, or None when the log does not fit."""
+    try:
+        with open(log, "rb") as fh:
+            lines = fh.read().splitlines()
+        head = json.loads(lines[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if (head.get("size"), head.get("mtime_ns"), head.get("chunk")) != (e.size, e.mtime_ns, CHUNK):
+        return None
+    done: dict[int, str | None] = {}
+    for ln in lines[1:]:
+        parts = ln.decode(errors="replace").split()
+        if parts and parts[0].isdigit() and (not checksum or len(parts) > 1):
+            done[int(parts[0])] = parts[1] if len(parts) > 1 else None
+    return done
+
+
+def adopt_or_clean(target: Path, e: Entry | None,
+                   checksum: bool) -> tuple[Path | None, dict[int, str | None], int]:
+    """Take over the best part file of a dead writer on this host; delete the others.
+
+    Returns (part to continue or None, its finished chunks, number of orphans deleted). Parts
+    of a live process or of another host are left alone: their writer may still be running.
+    """
+    best: tuple[Path, dict[int, str | None]] | None = None
+    cleaned = 0
+    for path, host, pid in _parts_of(target):
+        if host != HOST or (pid != os.getpid() and _pid_alive(pid)):
+            continue
+        done = _read_log(_log_of(path), e, checksum) if e is not None else None
+        try:
+            size_ok = done is not None and os.path.getsize(path) == e.size  # type: ignore[union-attr]
+        except OSError:
+            size_ok = False
+        if size_ok and done and (best is None or len(done) > len(best[1])):
+            if best is not None:
+                _unlink(best[0], _log_of(best[0]))
+                cleaned += 1
+            best = (path, done)
+            continue
+        _unlink(path, _log_of(path))
+        cleaned += 1
+    if best is None:
+        return None, {}, cleaned
+    mine = part_path(target)
+    if best[0] != mine:
+        os.replace(best[0], mine)  # node-local: rename is fine; the pid in the name is now ours
+        os.replace(_log_of(best[0]), _log_of(mine))
+    return mine, best[1], cleaned
+
+
+class _Copier:
+    """Copies the todo list, sequentially or with ``jobs`` threads; appends finished files to the journal.
+
+    Work items are whole small files and single chunks of large ones, so several streams help
+    both a tree of many small files and one large file (a share's per-stream throughput is low).
+    """
+
+    def __init__(self, src: Path, target_root: Path, single: bool, checksum: bool, journal_fd: int,
+                 result: StageResult) -> None:
+        import threading
+
+        self.src, self.root, self.single, self.checksum = src, target_root, single, checksum
+        self.journal_fd, self.result = journal_fd, result
+        self.lock = threading.Lock()
+        self.stop = False
+        self.fds: list[int] = []  # resume logs held open while their chunks copy
+
+    def close(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds.clear()
+
+    def paths(self, e: Entry) -> tuple[str, str]:
+        """Source and target as strings: pathlib objects cost more than the copy of a small file."""
+        if self.single:
+            return str(self.src), str(self.root)
+        return f"{self.src}/{e.path}", f"{self.root}/{e.path}"
+
+    def plan(self, todo: list[Entry]) -> list[Callable[[], None]]:
+        tasks: list[Callable[[], None]] = []
+        made: set[str] = set()
+        for e in todo:
+            source, target = self.paths(e)
+            parent = os.path.dirname(target)
+            if parent not in made:
+                try:
+                    os.makedirs(parent, exist_ok=True)
+                except FileExistsError:
+                    raise UserError(f"{parent} is a file in the staged copy, but the source has a "
+                                    "folder there", fix=f"remove {parent} and stage again") from None
+                except OSError as exc:
+                    raise _write_error(exc, Path(parent)) from None
+                made.add(parent)
+            if e.link is None and e.size > RESUMABLE:
+                tasks += self._chunk_tasks(Path(source), Path(target), e)
+            else:
+                tasks.append(lambda s=source, t=target, e=e: self._small(s, t, e))
+        return tasks
+
+    def run(self, tasks: list[Callable[[], None]], jobs: int) -> None:
+        if jobs <= 1 or len(tasks) <= 1:
+            for t in tasks:
+                t()
+            return
+        from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="stage") as pool:
+            futures = [pool.submit(self._guarded, t) for t in tasks]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [f for f in done if f.exception() is not None]
+            if failed:
+                self.stop = True
+                for f in futures:
+                    f.cancel()
+                wait(futures)
+                raise failed[0].exception()  # type: ignore[misc]
+
+    def _guarded(self, task: Callable[[], None]) -> None:
+        if not self.stop:
+            task()
+
+    def _finished(self, e: Entry, nbytes: int, resumed: int = 0) -> None:
+        line = (_json_line(e) + "\n").encode()
+        with self.lock:
+            os.write(self.journal_fd, line)
+            self.result.copied += 1
+            self.result.bytes_copied += nbytes
+            if resumed:
+                self.result.resumed += 1
+                self.result.bytes_resumed += resumed
+
+    def _check_source(self, source: Path | str, e: Entry, part: Path | str,
+                      err: OSError | None = None) -> None:
+        """After a copy (or a failed one): the source must still be the version we listed."""
+        part = Path(part)
+        try:
+            st = os.stat(source)
+        except FileNotFoundError:
+            _unlink(part, _log_of(part))
+            raise UserError(f"{source} disappeared while staging", where="staging source",
+                            fix="wait until the source is published completely, then stage again") from None
+        if (st.st_size, st.st_mtime_ns) != (e.size, e.mtime_ns):
+            _unlink(part, _log_of(part))
+            raise UserError(f"{source} changed while it was being staged", where="staging source",
+                            fix="wait until it is completely written, then stage again")
+        if err is not None:
+            if err.errno in _FULL:
+                raise _write_error(err, part)
+            raise UserError(f"cannot copy {source} to {part.parent}: {err.strerror}",
+                            fix="check the shared storage and the node-local disk")
+
+    def _small(self, source: str, target: str, e: Entry) -> None:
+        """One file whole (or one link) under a temporary name, verified, renamed into place."""
+        head, _, name = target.rpartition("/")
+        tmp = f"{head}/.{name}.stage-{HOST}-{os.getpid()}.part"
+        try:
+            if e.link is not None:
+                _unlink(tmp)
+                os.symlink(e.link, tmp)
+                os.replace(tmp, target)
+                self._finished(e, 0)
+                return
+            try:
+                digest = copy_file(source, tmp, checksum=self.checksum, size=e.size, mtime_ns=e.mtime_ns)
+            except (OSError, SourceChanged) as exc:
+                self._check_source(source, e, tmp, exc if isinstance(exc, OSError) else None)
+                raise UserError(f"{source} changed while it was being staged", where="staging source",
+                                fix="wait until it is completely written, then stage again") from None
+            if self.checksum:
+                if sha256_file(tmp) != digest:
+                    raise UserError(f"checksum of the staged copy of {source} differs from the source's",
+                                    fix="check the node-local disk and stage again")
+                e.sha256 = digest
+            os.replace(tmp, target)
+        except UserError:
+            _unlink(tmp)
+            raise
+        except OSError as exc:
+            _unlink(tmp)
+            raise _write_error(exc, Path(target)) from None
+        except BaseException:
+            _unlink(tmp)
+            raise
+        self._finished(e, e.size)
+
+    def _chunk_tasks(self, source: Path, target: Path, e: Entry) -> list[Callable[[], None]]:
+        """Tasks for the chunks a large file still lacks; the last one to finish renames it."""
+        part, done, cleaned = adopt_or_clean(target, e, self.checksum)
+        self.result.cleaned += cleaned
+        log = _log_of(part or part_path(target))
+        try:
+            if part is None:
+                part = part_path(target)
+                fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+                try:
+                    os.ftruncate(fd, e.size)
+                finally:
+                    os.close(fd)
+                head = {"size": e.size, "mtime_ns": e.mtime_ns, "chunk": CHUNK, "source": str(source)}
+                with open(log, "wb") as fh:
+                    fh.write((json.dumps(head) + "\n").encode())
+            log_fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+            self.fds.append(log_fd)
+        except OSError as exc:
+            _unlink(part_path(target), log)
+            raise _write_error(exc, target) from None
+        n = (e.size + CHUNK - 1) // CHUNK
+        missing = [i for i in range(n) if i not in done]
+        kept = e.size - sum(min(CHUNK, e.size - i * CHUNK) for i in missing)
+        state = {"left": len(missing), "hashes": dict(done)}
+        assert part is not None
+
+        def chunk(i: int) -> None:
+            off, length = i * CHUNK, min(CHUNK, e.size - i * CHUNK)
+            h = None
+            if self.checksum:
+                import hashlib
+
+                h = hashlib.sha256()
+            try:
+                fi = os.open(source, os.O_RDONLY)
+                try:
+                    fo = os.open(part, os.O_WRONLY)
+                    try:
+                        _copy_range(fi, fo, off, length, h)
+                    finally:
+                        os.close(fo)
+                finally:
+                    os.close(fi)
+            except OSError as exc:
+                self._check_source(source, e, part, exc)
+                raise
+            with self.lock:
+                os.write(log_fd, f"{i} {h.hexdigest() if h else ''}\n".encode())
+                state["hashes"][i] = h.hexdigest() if h else None
+                state["left"] -= 1
+                last = state["left"] == 0
+            if last:
+                self._finish_large(source, target, e, part, log_fd, state["hashes"], kept)
+
+        if not missing:  # every chunk was there: only the final checks and the rename remain
+            return [lambda: self._finish_large(source, target, e, part, log_fd, state["hashes"], kept)]
+        return [lambda i=i: chunk(i) for i in missing]
+
+    def _finish_large(self, source: Path, target: Path, e: Entry, part: Path, log_fd: int,
+                      hashes: dict[int, str | None], kept: int) -> None:
+        del log_fd  # closed with the others by close()
+        self._check_source(source, e, part)
+        try:
+            got = os.stat(part).st_size
+            if got != e.size:
+                _unlink(part, _log_of(part))
+                raise UserError(f"staged copy of {source} has {got} bytes, expected {e.size}",
+                                fix="check the node-local disk and stage again")
+            if self.checksum:  # chunks were hashed from the source's bytes: check the copy against them
+                import hashlib
+
+                whole = hashlib.sha256()
+                with open(part, "rb") as fh:
+                    for i in range(len(hashes)):
+                        block = fh.read(CHUNK)
+                        whole.update(block)
+                        if hashlib.sha256(block).hexdigest() != hashes.get(i):
+                            _unlink(part, _log_of(part))
+                            raise UserError(
+                                f"checksum of chunk {i} of the staged copy of {source} differs from the "
+                                "source's", fix="check the node-local disk and stage again")
+                e.sha256 = whole.hexdigest()
+            os.utime(part, ns=(e.mtime_ns, e.mtime_ns))
+            os.replace(part, target)
+            _unlink(_log_of(part))
+        except OSError as exc:
+            raise _write_error(exc, target) from None
+        self._finished(e, e.size - kept, kept)
+
+
+def stage(
+    src: str | os.PathLike[str],
+    dst_dir: str | os.PathLike[str],
+    *,
+    checksum: bool = False,
+    verify: bool = False,
+    jobs: int = 1,
+    lock_timeout: float | None = None,
+    log: Callable[[str], None] | None = None,
+) -> StageResult:
+    """Mirror ``src`` to ``dst_dir/<basename>``; see the module docstring for the guarantees.
+
+    ``checksum`` records a sha256 per copied file (computed from the bytes read, then checked
+    against the written file). ``verify`` re-reads every staged file against the manifest's
+    sha256 (or size) even when stat says nothing changed. ``jobs`` copies with that many streams.
+    """
+    t0 = time.monotonic()
+    src = Path(os.path.abspath(src))
+    dst_dir = Path(os.path.abspath(dst_dir))
+    name = src.name
+    if not name:
+        raise UserError(f"cannot stage {src}: it has no basename", fix="stage a file or a named folder")
+    if jobs < 1:
+        raise UserError(f"--jobs {jobs} is not a number of copy streams", fix="pass --jobs 1 or more")
+    entries = scan_source(src)
+    single = len(entries) == 1 and entries[0].path == name and os.path.isfile(src)
+    target_root = dst_dir / name
+    mpath = manifest_path(dst_dir, name)
+    jpath = journal_path(dst_dir, name)
+    try:
+        dst_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(
+            f"cannot create staging destination {dst_dir}: {exc.strerror}",
+            fix="set CONTAINERS_NODE_LOCAL (or paths.node_local) to a writable local disk",
+        ) from None
+    if single and target_root.is_dir():
+        raise UserError(
+            f"{target_root} is a folder but {src} is a file", fix="remove the folder or pick another DST"
+        )
+    if not single and (target_root.is_file() or target_root.is_symlink()):
+        raise UserError(f"{target_root} is a file but {src} is a folder",
+                        fix="remove the file or pick another DST")
+    result = StageResult(target_root, mpath, len(entries), sum(e.size for e in entries))
+    lock = lock_path(dst_dir, name)
+    with node_lock(lock, timeout=lock_timeout, on_wait=log, announce=False) as waited:
+        result.waited = waited
+        old = read_manifest(mpath)
+        known = {**(old or {}), **read_journal(jpath)}
+        todo = []
+        root = str(target_root)
+        for e in entries:
+            target = root if single else f"{root}/{e.path}"
+            k = known.get(e.path)
+            if _dest_matches(target, e, k) and (not verify or _verified(Path(target), k)):  # type: ignore[arg-type]
+                e.sha256 = k.sha256  # type: ignore[union-attr]
+                if checksum and e.sha256 is None and e.link is None:
+                    e.sha256 = sha256_file(Path(target))
+                continue
+            todo.append(e)
+        names = {e.path for e in entries}
+        fresh = not single and not os.path.lexists(target_root)  # nothing there yet: nothing extra to remove
+        extras_possible = not single and not fresh and (old is None or set(old) != names)
+        complete = old is not None and not todo and set(old) == names and not jpath.exists()
+        if complete and not (checksum and _missing_sums(old)):  # type: ignore[arg-type]
+            result.seconds = time.monotonic() - t0
+            return result
+        # From here on the tree changes: it must not look complete until the new manifest lands,
+        # and what is already in place is listed in the journal first, so a kill loses nothing.
+        try:
+            announce_holder(lock)
+            pending = {id(e) for e in todo}
+            _start_journal(jpath, [e for e in entries if id(e) not in pending])
+            _unlink(mpath)
+            jfd = os.open(jpath, os.O_WRONLY | os.O_APPEND)
+        except OSError as exc:
+            raise _write_error(exc, jpath) from None
+        try:
+            if not single:
+                try:
+                    target_root.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise _write_error(exc, target_root) from None
+            copier = _Copier(src, target_root, single, checksum, jfd, result)
+            try:
+                copier.run(copier.plan(todo), jobs)
+            finally:
+                copier.close()
+        finally:
+            os.close(jfd)
+        if single:
+            _, _, cleaned = adopt_or_clean(target_root, None, checksum)
+            result.cleaned += cleaned
+        elif not fresh and (extras_possible or result.copied):
+            try:
+                result.removed = _remove_extras(target_root, names)
+            except OSError as exc:
+                raise _write_error(exc, target_root) from None
+        head = json.dumps({"version": MANIFEST_VERSION, "source": str(src), "name": name,
+                           "kind": "file" if single else "tree", "staged": time.time(),
+                           "total_bytes": result.total_bytes})[:-1]
+        rows = ",\n".join(_json_line(e) for e in entries)
+        try:  # one file per line, compact: it is parsed at every job start
+            _replace_text(mpath, f'{head}, "files": [\n{rows}\n]}}\n')
+        except OSError as exc:
+            raise _write_error(exc, mpath) from None
+        _unlink(jpath)
+    result.seconds = time.monotonic() - t0
+    return result
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """Temporary name, then rename: readers see the old file or the new one, never half of one.
+
+    No fsync, on purpose: this is a node-local cache whose files are not fsynced either (``cp -a``
+    does not), and an fsync here would wait for the whole copy's writeback. After a node crash
+    the manifest may be lost (the next job re-stages), and a file whose data never reached the
+    disk comes back short (ext4 and xfs grow the on-disk size only as data lands), which the stat
+    check catches; ``--verify`` re-reads every file when in doubt.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def _json_line(e: Entry) -> str:
+    """One manifest/journal entry as compact JSON (hand-built: json.dumps per file is measurable)."""
+    line = f'{{"path":{json.dumps(e.path)},"size":{e.size},"mtime_ns":{e.mtime_ns}'
+    if e.sha256:
+        line += f',"sha256":"{e.sha256}"'
+    if e.link is not None:
+        line += f',"link":{json.dumps(e.link)}'
+    return line + "}"
+
+
+def _start_journal(path: Path, in_place: list[Entry]) -> None:
+    """Rewrite the journal with what is verified in place now (compacts an old one)."""
+    _replace_text(path, "".join(_json_line(e) + "\n" for e in in_place))
+
+
 def _remove_extras(dst: Path, keep: set[str]) -> int:
-    """Delete what the source no longer has (files, links, then empty folders)."""
+    """Delete what the source no longer has (files, links, other writers' leftovers, empty folders)."""
     removed = 0
     for root, dirs, files in os.walk(dst, topdown=False):
         rel_root = os.path.relpath(root, dst)
@@ -255,93 +837,6 @@ def _remove_extras(dst: Path, keep: set[str]) -> int:
     return removed
 
 
-def stage(
-    src: str | os.PathLike[str],
-    dst_dir: str | os.PathLike[str],
-    *,
-    checksum: bool = False,
-    verify: bool = False,
-    lock_timeout: float | None = None,
-    log: Callable[[str], None] | None = None,
-) -> StageResult:
-    """Mirror ``src`` to ``dst_dir/<basename>``; see the module docstring for the guarantees.
-
-    ``checksum`` records a sha256 per copied file (computed from the bytes read, then checked
-    against the written file). ``verify`` re-reads every staged file against the manifest's
-    sha256 (or size) even when stat says nothing changed.
-    """
-    t0 = time.monotonic()
-    src = Path(os.path.abspath(src))
-    dst_dir = Path(os.path.abspath(dst_dir))
-    name = src.name
-    if not name:
-        raise UserError(f"cannot stage {src}: it has no basename", fix="stage a file or a named folder")
-    entries = scan_source(src)
-    single = src.is_file()
-    target_root = dst_dir / name
-    mpath = manifest_path(dst_dir, name)
-    try:
-        dst_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(
-            f"cannot create staging destination {dst_dir}: {exc.strerror}",
-            fix="set CONTAINERS_NODE_LOCAL (or paths.node_local) to a writable local disk",
-        ) from None
-    if single and target_root.is_dir():
-        raise UserError(
-            f"{target_root} is a folder but {src} is a file", fix="remove the folder or pick another DST"
-        )
-    result = StageResult(
-        dst=target_root, manifest=mpath, files=len(entries), total_bytes=sum(e.size for e in entries)
-    )
-    with node_lock(lock_path(dst_dir, name), timeout=lock_timeout, on_wait=log) as waited:
-        result.waited = waited
-        old = read_manifest(mpath) or {}
-        todo = []
-        for e in entries:
-            target = target_root if single else target_root / e.path
-            if _dest_matches(target, e, old.get(e.path)) and (not verify or _verified(target, old[e.path])):
-                e.sha256 = old[e.path].sha256
-                if checksum and e.sha256 is None and e.link is None:
-                    e.sha256 = sha256_file(target)
-                continue
-            todo.append(e)
-        extras_possible = not single and target_root.is_dir() and set(old) != {e.path for e in entries}
-        if not todo and not extras_possible and mpath.is_file() and not (checksum and _missing_sums(old)):
-            result.seconds = time.monotonic() - t0
-            return result
-        # From here on the tree changes: it must not look complete until the new manifest lands.
-        with contextlib.suppress(FileNotFoundError):
-            mpath.unlink()
-        if not single:
-            target_root.mkdir(parents=True, exist_ok=True)
-        for e in todo:
-            target = target_root if single else target_root / e.path
-            source = src if single else src / e.path
-            _stage_one(source, target, e, checksum)
-            result.copied += 1
-            result.bytes_copied += e.size
-        if not single:
-            result.removed = _remove_extras(target_root, {e.path for e in entries})
-        try:
-            write_json(
-                mpath,
-                {
-                    "version": MANIFEST_VERSION,
-                    "source": str(src),
-                    "name": name,
-                    "kind": "file" if single else "tree",
-                    "staged": time.time(),
-                    "total_bytes": result.total_bytes,
-                    "files": [e.as_dict() for e in entries],
-                },
-            )
-        except OSError as exc:
-            raise _write_error(exc, mpath) from None
-    result.seconds = time.monotonic() - t0
-    return result
-
-
 def _missing_sums(old: dict[str, Entry]) -> bool:
     return any(e.sha256 is None and e.link is None for e in old.values())
 
@@ -352,61 +847,6 @@ def _verified(target: Path, e: Entry) -> bool:
     if e.sha256:
         return sha256_file(target) == e.sha256
     return target.stat().st_size == e.size
-
-
-def _stage_one(source: Path, target: Path, e: Entry, checksum: bool) -> None:
-    """Copy one file (or recreate one link) under a temporary name, verify, rename into place."""
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _write_error(exc, target.parent) from None
-    tmp = target.with_name(f".{target.name}.stage-{os.getpid()}.part")
-    try:
-        if e.link is not None:
-            os.symlink(e.link, tmp)
-            os.replace(tmp, target)
-            return
-        try:
-            digest = copy_file(source, tmp, checksum=checksum)
-        except OSError as exc:
-            if not source.exists():
-                raise UserError(
-                    f"{source} disappeared while staging",
-                    where="staging source",
-                    fix="wait until the source is published completely, then stage again",
-                ) from None
-            if exc.errno in _FULL:
-                raise _write_error(exc, target) from None
-            raise UserError(
-                f"cannot copy {source} to {target}: {exc.strerror}",
-                fix="check the shared storage and the node-local disk",
-            ) from None
-        st = source.stat()
-        if (st.st_size, st.st_mtime_ns) != (e.size, e.mtime_ns):
-            raise UserError(
-                f"{source} changed while it was being staged",
-                where="staging source",
-                fix="wait until it is completely written, then stage again",
-            )
-        got = tmp.stat().st_size
-        if got != e.size:
-            raise UserError(
-                f"staged copy of {source} has {got} bytes, expected {e.size}",
-                fix="check the node-local disk and stage again",
-            )
-        if checksum:
-            if sha256_file(tmp) != digest:
-                raise UserError(
-                    f"checksum of the staged copy of {source} differs from the source's",
-                    fix="check the node-local disk and stage again",
-                )
-            e.sha256 = digest
-        os.utime(tmp, ns=(e.mtime_ns, e.mtime_ns))
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def check(src: str | os.PathLike[str], dst_dir: str | os.PathLike[str]) -> list[str]:

@@ -125,12 +125,9 @@ def route_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def _timestamp_dir(base: Path) -> Path:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    cand, n = base / stamp, 1
-    while cand.exists():
-        n += 1
-        cand = base / f"{stamp}-{n}"
-    return cand
+    from containers.rundir import unique_dir  # mkdir, not exists(): two submits in one second differ
+
+    return unique_dir(base, _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
 
 
 def _toposort(jobs: dict[str, JobSpec], pipeline: str) -> list[str]:
@@ -450,7 +447,11 @@ def _write_job(plan: Plan, job: Job, base: list[str], compose: Callable[..., Any
 
     cfgs, images = [], {}
     for st in job.steps:
-        cfg = compose([f"app={st.app}", f"image={st.image}", *base, *st.overrides, f"run_dir={plan.run_dir}"])
+        cfg = compose([f"app={st.app}", f"image={st.image}", *base, f"run_dir={plan.run_dir}"],
+                      trusted=st.overrides)  # the pipeline's own overrides keep ${...}
+        from entrypoints.framework import validate_settings  # bad values fail here, not in the job
+
+        validate_settings(st.app, cfg)
         with open_dict(cfg):
             cfg.job_name = job.name
             cfg.report_path = str(st.dir / "run_report.json")
@@ -490,9 +491,13 @@ def _write_job(plan: Plan, job: Job, base: list[str], compose: Callable[..., Any
 
 
 def _yaml(obj: Any) -> str:
+    """Plain data as a job's YAML: user text stays literal, node values become ${node:...} tokens."""
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_yaml(OmegaConf.create(obj))
+    from containers.config import node_markers_to_tokens
+    from containers.secrets import yaml_safe
+
+    return OmegaConf.to_yaml(OmegaConf.create(node_markers_to_tokens(yaml_safe(obj))))
 
 
 def submit(plan: Plan, *, dry_run: bool = False) -> dict[str, str]:

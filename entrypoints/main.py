@@ -97,11 +97,26 @@ def _split(argv: list[str], flags: dict[str, str]) -> tuple[list[str], str | Non
 
 
 def _die(msg: str, code: int = 2) -> None:
-    print(f"error: {msg}", file=sys.stderr)
+    from containers.secrets import mask
+
+    print(f"error: {mask(msg)}", file=sys.stderr)
     raise SystemExit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch; a user mistake or an OS error before the app starts is one line, never a traceback."""
+    from containers.errors import UserError, from_os_error
+
+    try:
+        return _main(argv)
+    except UserError as exc:
+        _die(exc.line(), exc.code)
+    except OSError as exc:
+        _die(from_os_error(exc).line())
+    return 2
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())

@@ -12,30 +12,28 @@ from typing import Any
 
 from containers.errors import UserError
 from entrypoints.flowportal import checkout as co
-from entrypoints.flowportal import execute
+from entrypoints.flowportal import execute, modelset
+from entrypoints.flowportal import settings as st
 from entrypoints.flowportal import workdir as wd
-from entrypoints.flowportal.manifest import frame_count, k_frames_for
+from entrypoints.flowportal.manifest import k_frames_for, probe
 from entrypoints.flowportal.stages import Video, build, teacache_active
-
-
-def _fps(path: Path) -> float:
-    """The container's frame rate (24 when the file does not say)."""
-    import cv2
-
-    cap = cv2.VideoCapture(str(path))
-    try:
-        return float(cap.get(cv2.CAP_PROP_FPS) or 24.0)
-    finally:
-        cap.release()
 
 
 def video_from_cfg(cfg: Any, root: Path) -> Video:
     v = cfg.video
     src = Path(str(v.input)) if v.get("input") else root / "datasets" / "cat.mp4"
+    try:
+        k = int(v.k_frames)
+    except (TypeError, ValueError):
+        raise UserError(
+            f"video.k_frames={v.k_frames!r} is not a whole number",
+            where="video.k_frames",
+            fix="use one of 49, 41, 21, 13, 9",
+        ) from None
     return Video(
         name=str(v.name),
         input=str(src),
-        k_frames=int(v.k_frames),
+        k_frames=k,
         prompt_tar=str(v.prompt_tar),
         prompt_src=str(v.prompt_src),
         negative_prompt=str(v.negative_prompt),
@@ -75,9 +73,11 @@ def run(cfg: Any, run: Any) -> int:
     }
     if bool(cfg.dry_run):
         print(plan_text(cfg, checkout, video, work))
-        missing = execute.missing_models(cfg)
-        for what, path in missing:
-            print(f"# note: not staged yet: {what} at {path}", file=sys.stderr)
+        for need in modelset.missing(cfg, checkout.root):
+            print(
+                f"# note: not staged yet: stage {need.stage} needs {need.what} at {need.options[0]}",
+                file=sys.stderr,
+            )
         return 0
     if not Path(video.input).is_file():
         raise UserError(
@@ -85,14 +85,14 @@ def run(cfg: Any, run: Any) -> int:
             where="video.input",
             fix="pass video.input=/path/to/video.mp4",
         )
-    n = frame_count(Path(video.input))
+    n, fps = probe(Path(video.input))
     if n == 0:
         raise UserError(
             f"input video {video.input} is unreadable (OpenCV cannot decode it)",
             where="video.input",
             fix="re-encode it as H.264 MP4",
         )
-    fits = k_frames_for(n, float(cfg.get("input_fps") or _fps(Path(video.input))), float(cfg.video.fps))
+    fits = k_frames_for(n, float(cfg.get("input_fps") or fps or 24.0), float(cfg.video.fps))
     if fits is None or video.k_frames > fits:
         raise UserError(
             f"input video {video.input} has {n} frames: too short for k_frames={video.k_frames} "
@@ -100,13 +100,35 @@ def run(cfg: Any, run: Any) -> int:
             where="video.k_frames",
             fix=f"use video.k_frames={fits}" if fits else "use a video with >= 9 frames at the target fps",
         )
-    execute.preflight(cfg)
+    execute.preflight(cfg, checkout)
     run.report["flowportal"]["links"] = wd.prepare(cfg, checkout.root, work)
     run.save()
     out_dir = Path(str(cfg.run_dir)) / "outputs" / video.name
-    outcome = execute.run_video(
-        cfg, checkout, video, work, out_dir, env=execute.stage_env(cfg), step=run.step
+    settings = st.output_settings(cfg, checkout, modelset.facts(cfg, checkout.root))
+    fp = st.video_fingerprint(
+        st.digest(settings),
+        {"k_frames": video.k_frames},
+        video.prompt_tar,
+        video.prompt_src,
+        Path(video.input),
     )
+    env = execute.stage_env(cfg)
+    runner = execute.stage_runner(cfg, env)
+    try:
+        outcome = execute.run_video(
+            cfg,
+            checkout,
+            video,
+            work,
+            out_dir,
+            env=env,
+            fingerprint=fp,
+            runner=runner,
+            step=run.step,
+            failed_logs=Path(str(cfg.run_dir)) / "logs",
+        )
+    finally:
+        runner.close()
     run.report["flowportal"]["outcome"] = outcome.__dict__
     if outcome.status == "OK":
         for f in sorted(out_dir.iterdir()):

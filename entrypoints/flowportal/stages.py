@@ -54,6 +54,7 @@ class Stage:
     argv: list[str]
     gpu: bool
     expects: list[str] = field(default_factory=list)  # files (relative to workdir) it must produce
+    script_key: str = ""  # preprocess | matanyone | iclight | flowportal (resident worker cache key)
 
     def shell(self) -> str:
         return quote(self.argv)
@@ -117,14 +118,23 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _staged(cfg: Any, key: str) -> str:
-    return str(Path(str(cfg.flowportal.models)) / str(cfg.flowportal[key]))
-
-
 def model_paths(cfg: Any) -> dict[str, str]:
-    """Staged model locations (node-local), keyed as in ``flowportal.*``."""
-    keys = ("wan", "iclight_fc", "iclight_fbc", "matanyone", "annotators", "hf_hub", "torch_home")
-    return {k: _staged(cfg, k) for k in keys}
+    """Staged model locations (node-local), keyed as in ``flowportal.*`` (per ``flowportal.layout``)."""
+    from entrypoints.flowportal.modelset import paths
+
+    return {k: str(v) for k, v in paths(cfg).items()}
+
+
+def check_teacache(cfg: Any) -> None:
+    """Refuse a preset that asks for TeaCache when the Wan directory name would silently disable it."""
+    active, why = teacache_active(cfg)
+    if bool(cfg.preset.flowportal.enable_teacache) and not active:
+        raise UserError(
+            f"TeaCache is requested but would be off: {why}",
+            where=str(model_paths(cfg)["wan"]),
+            fix="stage the Wan model under its original basename (Wan2.1-Fun-V1.1-1.3B-Control), "
+            "or pass preset.flowportal.enable_teacache=false",
+        )
 
 
 def build(cfg: Any, checkout: Checkout, video: Video) -> list[Stage]:
@@ -143,12 +153,7 @@ def build(cfg: Any, checkout: Checkout, video: Video) -> list[Stage]:
         )
     models = model_paths(cfg)
     wan = models["wan"]
-    if Path(wan).name != Path(str(fp.wan)).name:
-        raise UserError(
-            "the Wan model directory was renamed",
-            where=wan,
-            fix="stage it under its original basename (Wan2.1-Fun-V1.1-1.3B-Control)",
-        )
+    check_teacache(cfg)
     b = Builder(checkout)
     common = [
         ("video_name", v.name),
@@ -180,6 +185,7 @@ def build(cfg: Any, checkout: Checkout, video: Video) -> list[Stage]:
         preprocess([("edge_mode", edge), ("annotators_path", annotators)]),
         gpu=True,
         expects=[f"{d}/{v.name}.mp4", f"{d}/masks/mask_0000.png", f"{d}/video_frames/frame_0000.png"],
+        script_key="preprocess",
     )
     s2 = Stage(
         "matanyone",
@@ -195,6 +201,7 @@ def build(cfg: Any, checkout: Checkout, video: Video) -> list[Stage]:
         ],
         gpu=True,
         expects=[f"{d}/matanyone/{v.name}_pha.mp4"],
+        script_key="matanyone",
     )
     skip = checkout.accepts("preprocess", "skip_edge_detection")
     s3 = Stage(
@@ -212,6 +219,7 @@ def build(cfg: Any, checkout: Checkout, video: Video) -> list[Stage]:
         ),
         gpu=False,
         expects=[f"{d}/masks/mask_video.mp4", f"{d}/masked_canny/masked_canny_video.mp4"],
+        script_key="preprocess",
     )
     partial = True if bool(cfg.video.partial_edit) else None
     ic = p.iclight
@@ -248,6 +256,7 @@ def build(cfg: Any, checkout: Checkout, video: Video) -> list[Stage]:
         ],
         gpu=True,
         expects=[f"{d}/{v.name}_reference.png"],
+        script_key="iclight",
     )
     f = p.flowportal
     s5 = Stage(
@@ -284,5 +293,6 @@ def build(cfg: Any, checkout: Checkout, video: Video) -> list[Stage]:
         ],
         gpu=True,
         expects=[f"results/flow-edit-{v.name}/output_video.mp4"],
+        script_key="flowportal",
     )
     return [s1, s2, s3, s4, s5]

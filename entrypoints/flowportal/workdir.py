@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -117,25 +116,43 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def is_complete(out_dir: Path) -> bool:
-    """Trust the marker, and check every file it lists still has its recorded size."""
-    marker = out_dir / MARKER
-    try:
-        info = json.loads(marker.read_text(encoding="utf-8"))
-        files = info["files"]
-    except (OSError, ValueError, KeyError, TypeError):
+def is_complete(out_dir: Path, fingerprint: str | None = None) -> bool:
+    """Trust the marker only if it was made with ``fingerprint`` and every file keeps its size.
+
+    ``fingerprint=None`` checks the files alone (for tools that cannot know the settings).
+    """
+    from containers.markers import read_marker
+
+    info = read_marker(out_dir / MARKER)
+    if not info or not isinstance(info.get("files"), dict):
         return False
-    for name, facts in files.items():
+    if fingerprint is not None and info.get("fingerprint") != fingerprint:
+        return False
+    for name, facts in info["files"].items():
         try:
             if (out_dir / name).stat().st_size != facts["bytes"]:
                 return False
-        except OSError:
+        except (OSError, KeyError, TypeError):
             return False
-    return bool(files)
+    return bool(info["files"])
 
 
-def publish(workdir: Path, name: str, out_dir: Path, facts: dict[str, Any]) -> dict[str, Any]:
-    """Copy the finished outputs into ``out_dir`` atomically, then write the marker last."""
+def sweep_parts(out_dir: Path) -> list[str]:
+    """Delete temporary files a killed publish left (``.<name>.<random>.part<suffix>``)."""
+    gone = []
+    with contextlib.suppress(OSError):
+        for p in out_dir.iterdir():
+            if p.name.startswith(".") and ".part" in p.name and p.is_file():
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    gone.append(p.name)
+    return gone
+
+
+def publish(
+    workdir: Path, name: str, out_dir: Path, facts: dict[str, Any], fingerprint: str
+) -> dict[str, Any]:
+    """Copy the finished outputs of ``name`` from the workdir into ``out_dir`` (see publish_files)."""
     res = workdir / "results" / f"flow-edit-{name}"
     wanted = {
         "output_video.mp4": res / "output_video.mp4",
@@ -149,8 +166,16 @@ def publish(workdir: Path, name: str, out_dir: Path, facts: dict[str, Any]) -> d
             where=str(res),
             fix="check the stage log; the video stays unmarked and is redone",
         )
+    return publish_files(out_dir, name, wanted, facts, fingerprint)
+
+
+def publish_files(
+    out_dir: Path, name: str, wanted: dict[str, Path], facts: dict[str, Any], fingerprint: str
+) -> dict[str, Any]:
+    """Copy ``wanted`` (those that exist) into ``out_dir`` atomically, then write the marker last."""
     with contextlib.suppress(FileNotFoundError):
         (out_dir / MARKER).unlink()
+    sweep_parts(out_dir)
     files: dict[str, Any] = {}
     for dst_name, src in wanted.items():
         if not src.is_file():
@@ -161,6 +186,6 @@ def publish(workdir: Path, name: str, out_dir: Path, facts: dict[str, Any]) -> d
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
         files[dst_name] = {"bytes": dst.stat().st_size, "sha256": _sha256(dst)}
-    marker = {"video": name, "files": files, **facts}
+    marker = {"fingerprint": fingerprint, "video": name, "files": files, **facts}
     write_json(out_dir / MARKER, marker)
     return marker

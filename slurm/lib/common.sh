@@ -191,6 +191,15 @@ _suite_runtime() {
   fi
 }
 
+# _suite_secret_name NAME: true for names like HF_TOKEN, AWS_SECRET_ACCESS_KEY, DB_PASSWORD, WANDB_API_KEY
+# (containers.secrets.looks_secret is the Python twin; tests/slurm/test_scripts.py checks they agree).
+_suite_secret_name() {
+  local u="${1^^}"
+  local t="${u//TOKENIZER/}"
+  [[ "$t" == *TOKEN* || "$u" == *SECRET* || "$u" =~ PASSW(OR)?D || "$u" == *CREDENTIAL* ||
+    "$u" =~ (^|_)KEY$ || "$u" == *APIKEY* || "$u" == *_KEY_* ]]
+}
+
 # _suite_env: SUITE_PASS (this node's allowed variables, NAME=value), SUITE_HOST_ENV, SUITE_RUNTIME_ENV.
 _suite_env() {
   local name prefix
@@ -200,7 +209,7 @@ _suite_env() {
     local keep=""
     for prefix in "${SUITE_PASS_PREFIXES[@]}"; do [[ "$name" == "$prefix"* ]] && keep=1; done
     for prefix in "${SUITE_PASS_NAMES[@]}"; do [[ "$name" == "$prefix" ]] && keep=1; done
-    [[ -n "$keep" ]] && SUITE_PASS+=("$name=${!name}")
+    [[ -n "$keep" ]] && ! _suite_secret_name "$name" && SUITE_PASS+=("$name=${!name}")
   done < <(compgen -e)
   for name in "${SUITE_HOST_NAMES[@]}"; do [[ -v "$name" ]] && SUITE_HOST_ENV+=("$name=${!name}"); done
   for name in "${SUITE_RT_NAMES[@]}"; do [[ -v "$name" ]] && SUITE_RUNTIME_ENV+=("$name=${!name}"); done

@@ -289,16 +289,24 @@ def test_explicit_node_root_is_fixed_for_the_node(tmp_path):
 
 def test_exec_sh_golden(tmp_path, monkeypatch, isolated_roots):
     """The exact container command of a step, with binds, variables and the node's values."""
-    scans = isolated_roots / "shared" / "scans"
-    scans.mkdir()
-    plan = _job_files(tmp_path, f"input_dir={scans}", "+binds_ro=[${input_dir}]")
+    plan = _job_files(tmp_path)
     text = (plan.job("infer").steps[2].dir / "exec.sh").read_text()
     for real, alias in ((plan.run_dir, "<RUN>"), (isolated_roots, "<ROOT>"), (REPO, "<REPO>")):
         text = text.replace(str(real), alias)
     from tests.helpers import assert_golden
 
     assert_golden("slurm/exec_dell.sh", text)
-    assert "suite_bind <ROOT>/shared/scans ro" in text  # the input the app reads, read-only
+
+
+def test_exec_sh_binds_the_inputs_an_app_declares(tmp_path):
+    """FlowPortal declares binds_ro (video, checkout): exec.sh binds them read-only at their paths
+    (on the node, each one that exists there)."""
+    video = tmp_path / "in" / "cat.mp4"
+    plan = build_plan("flowportal", ["cluster=dgx_spark", "mode=cat", f"video.input={video}"],
+                      run_dir=str(tmp_path / "run"))
+    write_job_files(plan)
+    text = (plan.job("cat").steps[0].dir / "exec.sh").read_text()
+    assert f"suite_bind {video} ro" in text and "suite_bind /opt/FlowPortal ro" in text
 
 
 def test_here_runs_exactly_one_job(tmp_path):

@@ -42,6 +42,7 @@ ARM64_NODE = "spark1"  # the node that becomes aarch64 when the arm64 world piec
 # name, partition, gres type, GPU count
 NODES = (
     ("l40s1", "l40s_public", "l40s", 4),
+    ("l40s2", "l40s_public", "l40s", 4),  # a second GPU node: the multi-node DDP tests
     ("h200n1", "h200_public", "h200", 4),
     ("spark1", "spark", "gb10", 1),
     ("cpu1", CPU_PARTITION, None, 0),

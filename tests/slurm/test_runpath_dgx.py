@@ -127,7 +127,7 @@ def test_flowportal_cat_on_the_aarch64_node(dgx, tmp_path):
 
     video = make_mp4(dgx["root"] / "data" / "cat.mp4", 40)  # the input lives on the share
     args = ["slurm/flowportal_cat.sbatch", f"video.input={video}", "video.height=24", "video.width=32",
-            "video.k_frames=9", "+binds_ro=[${video.input}]"]
+            "video.k_frames=9"]  # the app declares the video (binds_ro): it is bound read-only
     _, log = sbatch_here(dgx, *args)
     assert f"node {ARM64_NODE} arch aarch64" in log
     runs = dgx["root"] / "scratch" / "runs" / "flowportal"
@@ -195,7 +195,7 @@ def test_flowportal_batch_array_with_a_time_limit_continuation_on_the_aarch64_no
          "deadline_margin_s=5",
          "pipeline.modes.batch.infer.time='00:03:00'", "pipeline.modes.batch.infer.cpus_per_task=1",
          "pipeline.modes.batch.manifest.cpus_per_task=1", "pipeline.modes.batch.manifest.mem=1G",
-         "pipeline.modes.batch.infer.sbatch_args=['--signal=B:USR1@150']", "+binds_ro=[${video_dir}]"],
+         "pipeline.modes.batch.infer.sbatch_args=['--signal=B:USR1@150']"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     ids = {ln.split()[0]: ln.split()[1] for ln in out.stdout.splitlines()

@@ -276,3 +276,21 @@ def test_flowportal_cat_on_a_laptop_with_host_runtime(tmp_path, isolated_roots):
     assert marker["preset"] == "dgx_fast"
     assert (isolated_roots / "nvme" / "models" / "flowportal" / "Wan2.1-Fun-V1.1-1.3B-Control").is_dir()
     assert (run / "jobs" / "cat" / "steps" / "01-flowportal" / "exec.sh").is_file()
+
+
+def test_secret_looking_names_stay_out_on_the_node_as_in_python():
+    """The node side's pass-through drops the same names containers.secrets.looks_secret does."""
+    from containers.secrets import looks_secret
+
+    names = ["CONTAINERS_HF_TOKEN", "TOKENIZERS_PARALLELISM", "SLURM_JOB_ID", "CONTAINERS_API_KEY",
+             "FLOWPORTAL_PASSWD", "NEWSBAG_PASSWORD", "CONTAINERS_KEY_FILE", "CONTAINERS_MONKEY",
+             "CONTAINERS_CREDENTIALS", "SLURM_SECRET_X", "CONTAINERS_WANDB_APIKEY", "CONTAINERS_KEY"]
+    code = "source slurm/lib/common.sh; for n in " + " ".join(names) + \
+        '; do if _suite_secret_name "$n"; then echo "$n"; fi; done'
+    out = shell(code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [n for n in names if looks_secret(n)]
+    env = shell('source slurm/lib/common.sh; SUITE_PASS_NAMES=(); SUITE_PASS_PREFIXES=(CONTAINERS_); '
+                'SUITE_HOST_NAMES=(); SUITE_RT_NAMES=(); _suite_env; printf "%s\\n" "${SUITE_PASS[@]}"',
+                CONTAINERS_HF_TOKEN="hf_abcdefgh", CONTAINERS_OK="1")
+    assert "CONTAINERS_OK=1" in env.stdout and "hf_abcdefgh" not in env.stdout

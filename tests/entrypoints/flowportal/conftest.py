@@ -48,6 +48,24 @@ def make_manifest(videos: Path, batch: Path, *, num_select: int, num_chunks: int
     return batch
 
 
+def mpath(batch: Path, name: str) -> Path:
+    """A file of the batch's current, verified manifest generation (chunk0.csv, prompts.txt ...)."""
+    from entrypoints.flowportal.manifest import load
+
+    return load(batch).path(name)
+
+
+def edit_chunk(batch: Path, name: str, append: str) -> None:
+    """Regenerate the manifest with ``append`` added to one file (as another generator would write it)."""
+    from entrypoints.flowportal.manifest import load, write_generation
+
+    man = load(batch)
+    files = {f: (man.gen_dir / f).read_text() for f in man.info["files"]}
+    files[name] += append
+    summary = {k: v for k, v in man.info.items() if k not in ("generation", "previous_generation", "files")}
+    write_generation(batch, files, summary)
+
+
 def batch_overrides(batch: Path, videos: Path) -> list[str]:
     """flowportal_batch overrides for a tiny run on the fixture checkout (no chunk index)."""
     return [
@@ -76,32 +94,84 @@ def make_mp4(path: Path, frames: int, fps: float = 24.0, size: tuple[int, int] =
     return path
 
 
-def stage_models(root: Path) -> Path:
-    """A staged model set with the layout the app checks (tiny placeholder files)."""
-    m = root / "flowportal"
-    for d in (
-        "Wan2.1-Fun-V1.1-1.3B-Control",
-        "IC-Light/models",
-        "MatAnyone",
-        "Annotators",
-        "hf/hub/models--stablediffusionapi--realistic-vision-v51",
-        "hf/hub/models--zhengpeng7--BiRefNet",
-        "torch/hub/checkpoints",
-    ):
-        (m / d).mkdir(parents=True, exist_ok=True)
-    for f in WAN_FILES:
-        (m / "Wan2.1-Fun-V1.1-1.3B-Control" / f).write_text("{}")
-    for f in (
-        "IC-Light/models/iclight_sd15_fc.safetensors",
-        "IC-Light/models/iclight_sd15_fbc.safetensors",
-        "MatAnyone/matanyone.pth",
-        "Annotators/ControlNetHED.pth",
-        "hf/hub/models--stablediffusionapi--realistic-vision-v51/refs/main",
-        "hf/hub/models--zhengpeng7--BiRefNet/refs/main",
-        "torch/hub/checkpoints/resnet50-0676ba61.pth",
-    ):
-        (m / f).parent.mkdir(parents=True, exist_ok=True)
-        (m / f).write_text("w")
+HF_REV = "0123456789abcdef0123456789abcdef01234567"
+# relative file -> the folder key of flowportal.layouts (suite, status_quo)
+MODEL_FILES = [
+    *[("wan", f) for f in WAN_FILES],
+    ("wan", "google/umt5-xxl/tokenizer_config.json"),
+    ("wan", "google/umt5-xxl/spiece.model"),
+    ("iclight_dir", "iclight_sd15_fc.safetensors"),
+    ("iclight_dir", "iclight_sd15_fbc.safetensors"),
+    ("matanyone", ""),
+    ("annotators", "ControlNetHED.pth"),
+    ("annotators", "dpt_hybrid-midas-501f0c75.pt"),
+    ("torch_home", "hub/checkpoints/resnet50-19c8e357.pth"),
+    ("torch_home", "hub/checkpoints/resnet18-5c106cde.pth"),
+    *[
+        ("hf_hub", f"models--zhengpeng7--BiRefNet/snapshots/{HF_REV}/{f}")
+        for f in ("config.json", "model.safetensors", "birefnet.py", "BiRefNet_config.py")
+    ],
+    *[
+        ("hf_hub", f"models--stablediffusionapi--realistic-vision-v51/snapshots/{HF_REV}/{f}")
+        for f in (
+            "tokenizer/vocab.json",
+            "tokenizer/merges.txt",
+            "text_encoder/config.json",
+            "text_encoder/model.safetensors",
+            "vae/config.json",
+            "vae/diffusion_pytorch_model.safetensors",
+            "unet/config.json",
+            "unet/diffusion_pytorch_model.safetensors",
+        )
+    ],
+]
+LAYOUTS = {
+    "suite": {
+        "wan": "Wan2.1-Fun-V1.1-1.3B-Control",
+        "iclight_dir": "IC-Light/models",
+        "matanyone": "MatAnyone/matanyone.pth",
+        "annotators": "Annotators",
+        "hf_hub": "hf/hub",
+        "torch_home": "torch",
+    },
+    "status_quo": {
+        "wan": "models/Diffusion_Transformer/Wan2.1-Fun-V1.1-1.3B-Control",
+        "iclight_dir": "IC-Light/models",
+        "matanyone": "MatAnyone/pretrained_models/matanyone.pth",
+        "annotators": "Annotators",
+        "hf_hub": ".huggingface_cache/hub",
+        "torch_home": "torch_hub_cache",
+    },
+}
+
+
+def stage_models(
+    root: Path,
+    *,
+    layout: str = "suite",
+    name: str = "flowportal",
+    skip: tuple[str, ...] = (),
+    extra: tuple[str, ...] = (),
+) -> Path:
+    """A model set with every file the stages open (tiny placeholder files), in ``layout``.
+
+    ``skip``: relative paths left out; ``extra``: relative paths added (e.g. a wrong ResNet name).
+    """
+    m = root / name
+    folders = LAYOUTS[layout]
+    for key, rel in MODEL_FILES:
+        path = f"{folders[key]}/{rel}" if rel else folders[key]
+        if path in skip:
+            continue
+        (m / path).parent.mkdir(parents=True, exist_ok=True)
+        (m / path).write_text("{}" if path.endswith(".json") else "w")
+    for repo in ("models--zhengpeng7--BiRefNet", "models--stablediffusionapi--realistic-vision-v51"):
+        ref = m / folders["hf_hub"] / repo / "refs" / "main"
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        ref.write_text(HF_REV)
+    for path in extra:
+        (m / path).parent.mkdir(parents=True, exist_ok=True)
+        (m / path).write_text("w")
     return m
 
 

@@ -53,17 +53,23 @@ def test_partial_edit_false_omits_flag(isolated_roots, staged):
     assert "--partial_edit" not in res.stdout
 
 
-def test_teacache_inactive_when_wan_renamed(isolated_roots, staged):
+def test_renamed_wan_dir_is_refused_when_teacache_is_asked_for(isolated_roots, staged):
+    """The old check compared the Wan setting with itself and never fired; TeaCache then silently ran off."""
     staged.joinpath("Wan2.1-Fun-V1.1-1.3B-Control").rename(staged / "wan")
-    res = entry(
+    args = [
         "flowportal",
         "preset=dgx_fast",
         "dry_run=true",
         f"flowportal.checkout={CHECKOUT}",
         "flowportal.wan=wan",
-    )
-    assert res.returncode == 0, res.stderr
-    assert "# TeaCache inactive: model_name 'wan' contains none" in res.stdout
+    ]
+    res = entry(*args)
+    assert res.returncode == 2, res.stdout
+    assert "TeaCache is requested but would be off: model_name 'wan' contains none" in res.stderr
+    assert "Wan2.1-Fun-V1.1-1.3B-Control" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    off = entry(*args, "preset.flowportal.enable_teacache=false")
+    assert off.returncode == 0, off.stderr
+    assert "# TeaCache inactive: enable_teacache is false" in off.stdout
 
 
 def test_upstream_refuses_fork_flags_before_running(tmp_path, isolated_roots, staged):
@@ -103,7 +109,7 @@ def test_missing_model_named_with_how_to_stage(isolated_roots, staged, small):
     res = entry("flowportal", "preset=dgx_fast", *small)
     assert res.returncode == 2
     assert (
-        "missing model file: MatAnyone checkpoint" in res.stderr
+        "missing model file for stage matanyone: MatAnyone checkpoint" in res.stderr
         and "python -m containers stage" in res.stderr
     )
 

@@ -16,7 +16,15 @@ import pytest
 
 from entrypoints.flowportal import manifest as mf
 from entrypoints.flowportal.status import _ranges, array_groups
-from tests.entrypoints.flowportal.conftest import REPO, batch_overrides, entry, make_manifest, make_mp4
+from tests.entrypoints.flowportal.conftest import (
+    REPO,
+    batch_overrides,
+    edit_chunk,
+    entry,
+    make_manifest,
+    make_mp4,
+    mpath,
+)
 
 # n_frames at 24 fps -> k_frames after 24->8 fps (int(n/3) usable)
 LENGTHS = {"a": 160, "b": 130, "c": 70, "d": 40, "e": 27, "f": 26, "g": 100, "h": 64}
@@ -84,17 +92,16 @@ def test_selection_is_seeded_and_partitioned():
 
 def test_manifest_app_on_real_videos(videos, tmp_path):
     batch = make_manifest(videos, tmp_path / "batch", num_select=2, num_chunks=3)
-    m = batch / "manifest"
-    summary = json.loads((m / "manifest.json").read_text())
+    summary = json.loads((batch / "manifest" / "manifest.json").read_text())
     assert summary["videos"] == 9 and summary["unreadable"] == 1 and summary["too_short"] == 1
     assert summary["valid"] == 7 and summary["rows"] == 5 and summary["chunks"] == [2, 2, 1]
-    rows = rows_of(m / "unselected.csv")
+    rows = rows_of(mpath(batch, "unselected.csv"))
     assert list(rows[0]) == ["video_name", "n_frames", "k_frames", "prompt_id"]
     for r in rows:
         assert (
             int(r["n_frames"]) == LENGTHS[r["video_name"]] and int(r["k_frames"]) == EXPECT_K[r["video_name"]]
         )
-    lines = (m / "prompts.txt").read_text().splitlines()
+    lines = mpath(batch, "prompts.txt").read_text().splitlines()
     assert lines[0].startswith("SRC|a person is signing") and lines[1].startswith("0|") and len(lines) == 11
     report = json.loads(next(batch.glob("**/run_report.json")).read_text())
     reasons = {s["item"]: s["reason"] for s in report["skipped"]}
@@ -118,11 +125,10 @@ def _log(batch: Path, i: int) -> list[str]:
 
 def test_batch_skip_resume_failures_and_status(tmp_path, videos, staged):
     batch, args = _batch_setup(tmp_path, videos, staged)
-    rows = rows_of(batch / "manifest" / "chunk0.csv")
+    rows = rows_of(mpath(batch, "chunk0.csv"))
     victim = rows[1]["video_name"]
     # a row whose prompt id is missing and one whose input vanished
-    with open(batch / "manifest" / "chunk1.csv", "a") as fh:
-        fh.write("ghost,160,49,3\nnoprompt,160,49,77\nf,26,9,1\n")
+    edit_chunk(batch, "chunk1.csv", "ghost,160,49,3\nnoprompt,160,49,77\nf,26,9,1\n")
     make_mp4(videos / "noprompt.mp4", 160)
     res = entry(
         "flowportal_batch",
@@ -145,7 +151,7 @@ def test_batch_skip_resume_failures_and_status(tmp_path, videos, staged):
     log = "\n".join(_log(batch, 1))
     assert "FAILED ghost input reason=input video" in log
     assert "FAILED noprompt input reason=prompt id 77 is not in the prompts file" in log
-    assert "FAILED f input reason=too short: 26 frames give fewer than 9 frames at 8 fps" in log
+    assert "FAILED f input reason=too short: 26 frames at 24 fps give fewer than 9 frames at 8 fps" in log
     st = entry("flowportal_status", f"batch_dir={batch}")
     assert st.returncode == 0, st.stderr
     lines = st.stdout.splitlines()
@@ -168,7 +174,7 @@ def test_chunk_index_out_of_range(tmp_path, videos, staged):
 
 def test_killed_mid_stage_rerun_redoes_only_that_video(tmp_path, videos, staged):
     batch, args = _batch_setup(tmp_path, videos, staged)
-    rows = rows_of(batch / "manifest" / "chunk0.csv")
+    rows = rows_of(mpath(batch, "chunk0.csv"))
     victim = rows[1]["video_name"]
     env = dict(os.environ, CONTAINERS_TEST_FLOWPORTAL_HANG=victim)
     proc = subprocess.Popen(

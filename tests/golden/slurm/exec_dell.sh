@@ -35,7 +35,6 @@ suite_bind "$NODE_LOCAL" rw
 suite_bind <ROOT>/shared/models ro
 suite_bind <REPO> rw
 suite_bind "$NODE_LOCAL"/models ro
-suite_bind <ROOT>/shared/scans ro
 sif="$(suite_sif mineru-dell-py310)"
 suite_container_env "${vars[@]}"
 exec env -i "${SUITE_RUNTIME_ENV[@]}" "${SUITE_CENV[@]}" \

@@ -1,0 +1,14 @@
+# Experiment pipelines and multi-node DDP (README "Staged experiments", "Multi-node DDP").
+# The tests' tiny trainings need torch (CPU build): the `ddp` extra, installed for make test.
+DDP_STAMP := $(VENV)/.ddp-installed
+
+$(DDP_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[ddp]'
+	@touch $@
+
+test test-slurm: $(DDP_STAMP)
+
+.PHONY: ddp-check
+ddp-check: $(STAMP) ## check a multi-node batch script: make ddp-check SCRIPT=train.sbatch ARGS='--num-workers 8'
+	@test -n "$(SCRIPT)" || { echo "error: SCRIPT is not set; fix: make ddp-check SCRIPT=path/to/job.sbatch" >&2; exit 2; }
+	$(PY) -m containers ddp-check $(SCRIPT) $(ARGS)
