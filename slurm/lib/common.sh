@@ -50,6 +50,12 @@ suite_init() {
   [[ -f "$REPO/slurm/lib/common.sh" ]] ||
     suite_die "repository not found at '$REPO'" "sbatch from the repository, or export CONTAINERS_REPO=/path/to/repo"
   export REPO CONTAINERS_REPO="$REPO"
+  # runtime=host asked for explicitly (a laptop, tests): "this Python" is the checkout's .venv when
+  # it runs here, as before; with a container runtime no Python of ours is used outside the image.
+  if [[ -z "${PY:-}" && "${CONTAINERS_RUNTIME:-}" == host ]]; then
+    if "$REPO/.venv/bin/python" -c '' 2>/dev/null; then PY="$REPO/.venv/bin/python"; else PY="$(command -v python3 || true)"; fi
+  fi
+  if [[ -n "${PY:-}" ]]; then export PY; fi
   # Threads: what the allocation grants, not the node's core count (oversubscription kills throughput).
   local threads="${SLURM_CPUS_PER_TASK:-}"
   if [[ -z "$threads" ]]; then threads="$(nproc 2>/dev/null || echo 1)"; fi
