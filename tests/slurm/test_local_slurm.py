@@ -232,10 +232,10 @@ def test_flowportal_batch_continues_past_the_time_limit_on_the_submit_path(slurm
             "pipeline.modes.batch.manifest.cpus_per_task=1", "pipeline.modes.batch.manifest.mem=1G",
             "pipeline.modes.batch.infer.sbatch_args=['--signal=B:USR1@50']"]
     # the manifest decides which video is second in chunk 0: run the same manifest first to name it
-    from tests.entrypoints.flowportal.conftest import make_manifest
+    from tests.entrypoints.flowportal.conftest import make_manifest, mpath
 
     probe = make_manifest(videos, tmp_path / "probe", num_select=0, num_chunks=2)
-    rows = (probe / "manifest" / "chunk0.csv").read_text().splitlines()[1:]
+    rows = mpath(probe, "chunk0.csv").read_text().splitlines()[1:]
     fp_env["CONTAINERS_TEST_FLOWPORTAL_HANG"] = rows[1].split(",")[0]
     out = subprocess.run([sys.executable, "-m", "containers", "submit", "flowportal", *args], cwd=REPO,
                          env=fp_env, capture_output=True, text=True, timeout=120)

@@ -177,13 +177,13 @@ def test_login_python_named_in_py_stops_the_job_in_one_line(dgx, tmp_path, where
 def test_flowportal_batch_array_with_a_time_limit_continuation_on_the_aarch64_node(dgx, tmp_path):
     """submit's FlowPortal batch on the aarch64 node: 2 chunks; chunk 0 hangs in a video, USR1 before
     the limit chains a continuation of that task, which redoes it; both chunks end complete."""
-    from tests.entrypoints.flowportal.conftest import make_manifest, make_mp4
+    from tests.entrypoints.flowportal.conftest import make_manifest, make_mp4, mpath
 
     videos = dgx["root"] / "videos"
     for i in range(4):
         make_mp4(videos / f"w{i}.mp4", 40)
     probe = make_manifest(videos, tmp_path / "probe", num_select=0, num_chunks=2)
-    hang = (probe / "manifest" / "chunk0.csv").read_text().splitlines()[2].split(",")[0]
+    hang = mpath(probe, "chunk0.csv").read_text().splitlines()[2].split(",")[0]
     batch = dgx["root"] / "batch"
     hung = dgx["root"] / "hung.flag"
     env = {**dgx["env"], "FLOWPORTAL_CHUNKS": "2", "FLOWPORTAL_ARRAY": "0-1", "FLOWPORTAL_MEM": "1G",
