@@ -70,8 +70,18 @@ def _resolve(module: str | None, level: int, current: str, is_pkg: bool) -> str:
     return ".".join([*base, module] if module else base)
 
 
+_SCANS: dict[tuple[str, str, str, bool], list[ImportRef]] = {}
+
+
 def scan(source: str, modname: str, path: str, *, is_pkg: bool = False) -> list[ImportRef]:
-    """Every import in ``source`` (module ``modname``), with function/guard context."""
+    """Every import in ``source`` (module ``modname``), with function/guard context (memoized)."""
+    key = (source, modname, path, is_pkg)
+    if key not in _SCANS:
+        _SCANS[key] = _scan(source, modname, path, is_pkg)
+    return _SCANS[key]
+
+
+def _scan(source: str, modname: str, path: str, is_pkg: bool) -> list[ImportRef]:
     try:
         tree = ast.parse(source, filename=path)
     except SyntaxError as exc:
@@ -141,7 +151,7 @@ class SourceTree:
         def read(rel: str) -> str | None:
             p = root / rel
             return p.read_text(encoding="utf-8", errors="replace") if p.is_file() else None
-        names = tuple(str(p.relative_to(root)) for p in root.rglob("*.py"))
+        names = tuple(str(p.relative_to(root)) for p in root.rglob("*.py") if ".venv" not in p.parts)
         return cls(read, str(root), names)
 
     @classmethod
@@ -299,3 +309,12 @@ def script_record(tree: SourceTree, script: str, *, python: tuple[int, int]) -> 
             "requires": {t: where(refs) for t, refs in sorted(c.required.items())},
             "optional": {t: where(refs) for t, refs in sorted(c.optional.items())
                          if t not in c.required}}
+
+
+def extract(sources: dict[str, tuple[SourceTree, str, list[str]]], *, python: tuple[int, int]) -> dict:
+    """The data file for checkouts an image clones: per source its revision, per script a record."""
+    out: dict = {}
+    for name, (tree, rev, scripts) in sorted(sources.items()):
+        out[name] = {"revision": rev,
+                     "scripts": {sc: script_record(tree, sc, python=python) for sc in scripts}}
+    return out

@@ -21,6 +21,8 @@ COMMANDS = {
     "publish": "copy a built SIF into the images dir (resumable, verified) and update its pointer",
     "images": "list the SIFs in the images dir: arch, labels, size, which one is current",
     "check-images": "run each current image's %test with Apptainer (apptainer test)",
+    "fork-imports": "regenerate recipes/<image>.imports.json from git repos of the checkouts an "
+                    "image clones, at the revisions its definition pins",
 }
 
 
@@ -49,6 +51,10 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
         parser.add_argument("--lockhash", help="default: the hash of the image's lock for that arch")
         parser.add_argument("--dir", help="images directory (default: paths.images)")
         parser.add_argument("overrides", nargs="*", help="Hydra overrides")
+    elif name == "fork-imports":
+        parser.add_argument("image", help="image name (hydra_conf/image/) with a sources: block")
+        parser.add_argument("--git", action="append", default=[], metavar="NAME=DIR",
+                            help="a git repository (bare or not) holding source NAME's pinned revision")
     elif name in ("images", "check-images"):
         parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. cluster=torch")
         parser.add_argument("--dir", help="images directory (default: paths.images)")
@@ -63,7 +69,60 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
 
 def main(args: argparse.Namespace) -> int:
     return {"lint": _lint, "lock": _lock, "build": _build, "publish": _publish, "images": _images,
-            "check-images": _check_images}[args.command](args)
+            "check-images": _check_images, "fork-imports": _fork_imports}[args.command](args)
+
+
+def _fork_imports(args: argparse.Namespace) -> int:
+    """Read each source's pinned revision from the definition, scan its scripts, write the data."""
+    import time
+
+    from containers import REPO_ROOT
+    from containers.atomic import write_json
+    from containers.closure import SourceTree, extract
+    from containers.lint import parse_definition
+    from containers.locks import get_image
+    from containers.runner import quote, run
+
+    spec = get_image(args.image)
+    if not spec.sources or not spec.imports:
+        raise UserError(f"image {spec.name} clones no checkouts (no sources:/imports: in its yaml)",
+                        where=f"hydra_conf/image/{spec.name}.yaml", fix="pick an image with a sources: block")
+    dirs = {}
+    for item in args.git:
+        name, sep, path = item.partition("=")
+        if not sep or name not in spec.sources:
+            raise UserError(f"--git {item!r} does not name one of {', '.join(spec.sources)}",
+                            fix="pass --git NAME=DIR for each source")
+        dirs[name] = Path(path)
+    missing = [n for n in spec.sources if n not in dirs]
+    if missing:
+        raise UserError(f"no git repository given for {', '.join(missing)}",
+                        fix=" ".join(f"--git {n}=DIR" for n in missing))
+    d = parse_definition((REPO_ROOT / spec.recipe).read_text(encoding="utf-8"))
+    trees = {}
+    for name, src in spec.sources.items():
+        rev = d.arguments.get(str(src["rev_arg"]), "")
+        got = run(["git", "-C", str(dirs[name]), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+                  check=False)
+        if got.returncode != 0 or got.stdout.strip() != rev:
+            raise UserError(f"{dirs[name]} has no commit {rev} ({src['rev_arg']} in {spec.recipe})",
+                            where=name, fix="fetch that revision into the repository (git fetch) and retry")
+        trees[name] = (SourceTree.git(dirs[name], rev), rev, [str(s) for s in src["scripts"]])
+    py = tuple(int(x) for x in spec.python.split(".")[:2])
+    data = {"image": spec.name,
+            "about": "imports and argparse flags of the stage scripts of the checkouts this image clones, "
+                     "at the pinned revisions; read by containers lint and by %test (imagecheck)",
+            "generated_by": quote(["python", "-m", "containers", "fork-imports", spec.name,
+                                   *(f"--git={n}=DIR" for n in sorted(spec.sources))]),
+            "generated_at": time.strftime("%Y-%m-%d"), "python": spec.python,
+            "sources": extract(trees, python=py)}  # type: ignore[arg-type]
+    out = REPO_ROOT / spec.imports
+    write_json(str(out), data)
+    for name, src in data["sources"].items():
+        req = sorted({m for r in src["scripts"].values() for m in r["requires"]})
+        print(f"{name} @ {src['revision'][:12]}: {len(src['scripts'])} scripts, third-party: {', '.join(req)}")
+    print(f"wrote {out.relative_to(REPO_ROOT)}")
+    return 0
 
 
 def _lint(args: argparse.Namespace) -> int:

@@ -402,10 +402,11 @@ def parse_lock(text: str) -> Lock:
         stripped = raw.strip()
         if stripped.startswith("#"):
             key, sep, value = stripped.lstrip("# ").partition(": ")
-            if sep and key and " " not in key and start == body_start:
-                header.setdefault(key, value.strip())
-                multi.setdefault(key, []).append(value.strip())
+            if start == body_start:  # our header: the comment lines before uv's output
                 body_start = start + 1
+                if sep and key and " " not in key:
+                    header.setdefault(key, value.strip())
+                    multi.setdefault(key, []).append(value.strip())
             continue
         body = stripped.split(" #", 1)[0].strip()
         if not body or body.startswith("-"):

@@ -58,7 +58,7 @@ def modules_of(names: Iterable[str]) -> list[str]:
             else:
                 continue
         if len(parts) == 1:
-            if _EXT.search(parts[0]) and not parts[0].startswith("_") or parts[0].endswith(".so"):
+            if _EXT.search(parts[0]):
                 tops.add(re.split(r"[.]", parts[0], maxsplit=1)[0])
             continue
         tops.add(parts[0])
@@ -155,7 +155,11 @@ def sdist_modules(url: str, size: int) -> list[str]:
 
 def pylock(lock_file: Path, python: str, platform: str, *, uv: str | None = None) -> list[dict[str, Any]]:
     """uv's PEP 751 view of an existing lock for one target: name, version, wheels (url, size, hash)."""
-    import tomllib
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: the images' and some login nodes' Python
+        raise UserError("reading uv's pylock.toml needs Python >= 3.11 (tomllib)",
+                        fix="run make lock with python3.11 or newer (make PYTHON=python3.11 lock)") from None
 
     from containers.runner import run, which
 
