@@ -362,6 +362,7 @@ def _check_installs(post: str, post_line: int, spec: ImageSpec | None, err) -> l
         err(post_line, "%post does not install the lock with --require-hashes (a comment does not count)")
     unlocked = canonical(spec.unlocked_wheel.get("name", "")) if spec and spec.unlocked_wheel else None
     for i in found:
+        cmd = "pip install" if i.tool == "pip" else f"uv pip {i.verb}"
         pkgs = i.packages()
         files = i.requirement_files()
         no = post_line + i.line
@@ -381,13 +382,14 @@ def _check_installs(post: str, post_line: int, spec: ImageSpec | None, err) -> l
                 elif not i.has("--no-deps"):
                     err(no, f"{name} is installed without --no-deps: its dependencies would bypass the lock")
                 continue
-            err(no, f"'{' '.join(pkgs)}' is installed by {i.tool} pip {i.verb} outside the lock "
-                    "(unpinned, unhashed); add it to the image's .in and make lock")
+            err(no, f"'{' '.join(pkgs)}' is installed by {cmd} outside the lock (not hash-checked); "
+                    "fix: add it to the image's .in and make lock (uv itself: recipes/tools.in)")
             continue
         if not files:
             continue
         if not i.has("--require-hashes"):
-            err(no, f"{i.tool} pip {i.verb} -r {files[0]} without --require-hashes: hashes are not checked")
+            err(no, f"{cmd} {'-r ' if i.verb == 'install' else ''}{files[0]} without --require-hashes: "
+                    "hashes are not checked")
     return []
 
 

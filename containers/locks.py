@@ -77,6 +77,7 @@ class ImageSpec:
     imports_not_needed: dict[str, str] = field(default_factory=dict)  # module -> why not needed
     unlocked_wheel: dict[str, str] = field(default_factory=dict)      # name, version, requires
     driver_min: str | None = None
+    doctor: dict[str, list[str]] = field(default_factory=dict)        # gpu/cpu -> capabilities
 
     def lock_path(self, arch: str, repo: Path = REPO_ROOT) -> Path:
         return repo / "recipes" / "locks" / f"{self.name}-{normalize(arch)}.txt"
@@ -113,6 +114,7 @@ def load_images(repo: Path = REPO_ROOT) -> dict[str, ImageSpec]:
                                     (data.get("imports_not_needed") or {}).items()},
                 unlocked_wheel={str(k): str(v) for k, v in (lock.get("unlocked_wheel") or {}).items()},
                 driver_min=str(data["driver_min"]) if data.get("driver_min") else None,
+                doctor={str(k): [str(c) for c in v] for k, v in (data.get("doctor") or {}).items()},
                 **{k: str(data[k]) for k in ("sif", "pointer") if data.get(k)})
         except KeyError as exc:
             raise UserError(f"image config lacks key {exc}", where=str(path),
