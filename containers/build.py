@@ -201,7 +201,8 @@ def check_build_args(spec: object, arch: str, overrides: Mapping[str, str], *, d
     if base is not None and bootstrap == "localimage" and not Path(base).is_file():
         raise UserError(f"build argument BASE={base} names no image file", where=where,
                         fix="build the base SIF first (the test world: tests/world) or pass an existing path")
-    if base is not None and bootstrap == "docker" and (":" not in base.rsplit("/", 1)[-1] or base.endswith(":latest")):
+    tag_less = base is not None and (":" not in base.rsplit("/", 1)[-1] or base.endswith(":latest"))
+    if base is not None and bootstrap == "docker" and tag_less:
         raise UserError(f"build argument BASE={base} is not pinned to a tag", where=where,
                         fix="name a version tag, e.g. ubuntu:22.04")
     lock = overrides.get("LOCK")

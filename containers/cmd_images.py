@@ -36,7 +36,8 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
         parser.add_argument("images", nargs="*", help="image names (default: all)")
         parser.add_argument("--arch", help="only this arch")
         parser.add_argument("--check", action="store_true",
-                            help="fail when inputs changed since locking; report newer releases (writes nothing)")
+                            help="fail when inputs changed since locking; report newer releases "
+                                 "(writes nothing)")
         parser.add_argument("--facts-only", action="store_true",
                             help="refresh recipes/locks/wheels.json for the existing locks only")
     elif name == "build":
@@ -138,7 +139,8 @@ def _fork_imports(args: argparse.Namespace) -> int:
     write_json(str(out), data)
     for name, src in data["sources"].items():
         req = sorted({m for r in src["scripts"].values() for m in r["requires"]})
-        print(f"{name} @ {src['revision'][:12]}: {len(src['scripts'])} scripts, third-party: {', '.join(req)}")
+        print(f"{name} @ {src['revision'][:12]}: {len(src['scripts'])} scripts, "
+              f"third-party: {', '.join(req)}")
     print(f"wrote {out.relative_to(REPO_ROOT) if out.is_relative_to(REPO_ROOT) else out}")
     return 0
 
@@ -158,8 +160,8 @@ def _lint(args: argparse.Namespace) -> int:
             if args.images and name not in args.images:
                 continue
             for top, where in optional_imports(spec).items():
-                in_lock = "" if top not in spec.imports_not_needed else f" (not needed: {spec.imports_not_needed[top]})"
-                print(f"{name}: optional import {top} ({where}){in_lock}")
+                why = spec.imports_not_needed.get(top)
+                print(f"{name}: optional import {top} ({where})" + (f" (not needed: {why})" if why else ""))
             for top, why in sorted(spec.imports_not_needed.items()):
                 print(f"{name}: not needed {top}: {why}")
     for f in findings:
@@ -202,7 +204,8 @@ def _lock(args: argparse.Namespace) -> int:
         if spec.test_build and not args.arch:
             tb = spec.test_build
             path = spec.test_lock_path() if args.facts_only else make_test_lock(spec)
-            written.append((path, str(tb.get("python", "3.11")), str(tb.get("platform", "x86_64-manylinux_2_28"))))
+            written.append((path, str(tb.get("python", "3.11")),
+                            str(tb.get("platform", "x86_64-manylinux_2_28"))))
             omitted = read_lock(path).multi.get("omitted", [])
             print(f"locked {spec.name} test (Python {tb.get('python', '3.11')}): {path.name} "
                   f"({len(read_lock(path).requirements)} packages, {len(omitted)} left out)")
@@ -239,7 +242,8 @@ def _lock_check(specs: list, args: argparse.Namespace) -> int:
             current = spec.lock_path(arch)
             if (spec.name, arch) in stale:
                 failed += 1
-                print(f"{label}: INPUTS CHANGED ({stale[(spec.name, arch)]}): relock: make lock IMAGE={spec.name}")
+                print(f"{label}: INPUTS CHANGED ({stale[(spec.name, arch)]}): "
+                      f"relock: make lock IMAGE={spec.name}")
                 continue
             edits = [f.message for f in lint_lock(current, spec, arch)
                      if "by hand" in f.message or "wheels-only" in f.message]
@@ -319,16 +323,14 @@ def _build_one(args: argparse.Namespace, image: str, arch_arg: str | None) -> in
         binfmt_registered,
         build_argv,
         build_env,
+        check_build_args,
         decide_route,
         sbatch_argv,
     )
     from containers.config import compose
-    from containers.lint import lint_repo
+    from containers.lint import lint_repo, parse_definition
     from containers.locks import get_image, lock_hash, require_arch
     from containers.runner import quote, run, which
-
-    from containers.build import check_build_args
-    from containers.lint import parse_definition
 
     spec = get_image(image)
     host = host_arch()
@@ -337,7 +339,8 @@ def _build_one(args: argparse.Namespace, image: str, arch_arg: str | None) -> in
     for item in args.build_arg:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise UserError(f"--build-arg {item!r} is not KEY=VALUE", fix="e.g. --build-arg BASE=ubuntu:22.04")
+            raise UserError(f"--build-arg {item!r} is not KEY=VALUE",
+                            fix="e.g. --build-arg BASE=ubuntu:22.04")
         overrides[key] = value
     declared = list(parse_definition((REPO_ROOT / spec.recipe).read_text(encoding="utf-8")).arguments)
     check_build_args(spec, arch, overrides, declared=declared, repo=REPO_ROOT)
@@ -370,6 +373,12 @@ def _build_one(args: argparse.Namespace, image: str, arch_arg: str | None) -> in
         return 0
     lock = overrides.get("LOCK", str(spec.lock_path(arch).relative_to(REPO_ROOT)))
     lock_file = Path(lock) if Path(lock).is_absolute() else REPO_ROOT / lock
+    from containers.locks import read_lock
+
+    variant = read_lock(lock_file).header.get("variant", "production")
+    if variant != "production" and not args.no_publish and not args.dry_run:
+        raise UserError(f"LOCK={lock} is a {variant} lock: its image must not be published as {spec.name}",
+                        fix="add --no-publish")
     build_args = {**overrides, "ARCH": arch, "LOCK": lock, "LOCK_HASH": lock_hash(lock_file),
                   "GIT_REV": _git_rev()}
     for key, var in spec.build_env_args.items():

@@ -297,7 +297,9 @@ def lint_definition(path: Path, spec: ImageSpec | None, *, repo: Path = REPO_ROO
     # Apptainer consumes %arguments and substitutes {{ VAR }} before it parses the rest: so does
     # the second opinion (spython knows neither)
     args_body = d.sections.get("arguments", ("", 0))[0]
-    rendered = d.render(text, {}).replace("%arguments\n" + args_body, "", 1) if args_body else d.render(text, {})
+    rendered = d.render(text, {})
+    if args_body:
+        rendered = rendered.replace("%arguments\n" + args_body, "", 1)
     why = _spython_ok(path, rendered)
     if why:
         err(1, why)
@@ -331,7 +333,8 @@ def lint_definition(path: Path, spec: ImageSpec | None, *, repo: Path = REPO_ROO
         err(env_line, "%environment does not set PYTHONNOUSERSITE (host ~/.local packages would leak in)")
     if re.search(r"PYTHONPATH=\"?\$\{PYTHONPATH:-", env_code):
         err(env_line, "%environment replaces PYTHONPATH when it is set (${PYTHONPATH:-...}): the image's "
-                      "own code disappears; append instead: PYTHONPATH=\"${PYTHONPATH:+$PYTHONPATH:}/opt/suite\"")
+                      "own code disappears; append instead: "
+                      "PYTHONPATH=\"${PYTHONPATH:+$PYTHONPATH:}/opt/suite\"")
     test_body, test_line = d.sections.get("test", ("", 1))
     if "containers.imagecheck" not in _strip_comments(test_body):
         err(test_line, "%test does not run 'python -m containers.imagecheck <image>' (the doctor, app "
@@ -421,7 +424,8 @@ def _check_against_spec(d: Definition, spec: ImageSpec, rel: str, repo: Path, re
         if cuda_wheels:
             f.append(Finding(rel, ref_line, f"base image {ref} ships CUDA libraries that the lock brings "
                                             f"again as wheels ({', '.join(cuda_wheels[:3])}, ...): 2-3 GB "
-                                            "twice in every SIF; use a plain OS base (--nv brings the driver)"))
+                                            "twice in every SIF; use a plain OS base (--nv brings "
+                                            "the driver)"))
     header = {k: v for k, v in d.headers.items()}
     for key, var in (("bootstrap", "BOOTSTRAP"), ("from", "BASE")):
         if var not in _TEMPLATE.findall(header.get(key, ("", 0))[0]):
@@ -435,9 +439,11 @@ def _check_against_spec(d: Definition, spec: ImageSpec, rel: str, repo: Path, re
     default_lock = d.arguments.get("LOCK", "")
     if default_lock and default_lock not in {str(spec.lock_path(a, repo).relative_to(repo))
                                              for a in spec.arches}:
-        f.append(Finding(rel, files_line, f"%arguments LOCK={default_lock} is not one of {spec.name}'s locks"))
+        f.append(Finding(rel, files_line,
+                         f"%arguments LOCK={default_lock} is not one of {spec.name}'s locks"))
     for arch in spec.arches:
-        rendered = d.render(files_body, {"ARCH": arch, "LOCK": str(spec.lock_path(arch, repo).relative_to(repo))})
+        lock_rel = str(spec.lock_path(arch, repo).relative_to(repo))
+        rendered = d.render(files_body, {"ARCH": arch, "LOCK": lock_rel})
         for ln in rendered.splitlines():
             src = ln.split()[0] if ln.strip() and not ln.strip().startswith("#") else ""
             if src and not src.startswith("/") and not (repo / src).exists():
@@ -638,7 +644,8 @@ def _check_tools_lock(repo: Path) -> list[Finding]:
     lock = parse_lock(path.read_text(encoding="utf-8"))
     f = []
     src = repo / TOOLS_INPUT
-    if src.is_file() and lock.header.get("inputs-sha256") != inputs_sha256(src.read_bytes(), "3.10+", "universal"):
+    want = inputs_sha256(src.read_bytes(), "3.10+", "universal") if src.is_file() else None
+    if want and lock.header.get("inputs-sha256") != want:
         f.append(Finding(rel, 1, f"stale lock: {TOOLS_INPUT} changed since it was made; fix: make lock"))
     if lock.header.get("body-sha256") != body_sha256(lock.body):
         f.append(Finding(rel, 1, "the tools lock was edited by hand; fix: make lock"))
@@ -702,10 +709,12 @@ def _check_unlocked_wheel(spec: ImageSpec, repo: Path) -> list[Finding]:
             have = pins.get(canonical(req.name))
             rel = str(lock_path.relative_to(repo))
             if have is None:
-                f.append(Finding(rel, 1, f"{uw['name']} {uw.get('version')} requires {req} but the {arch} lock "
-                                         f"has no {req.name}; fix: add it to {spec.lock_input} and make lock"))
+                f.append(Finding(rel, 1, f"{uw['name']} {uw.get('version')} requires {req} but the {arch} "
+                                         f"lock has no {req.name}; fix: add it to {spec.lock_input} "
+                                         "and make lock"))
             elif not req.specifier.contains(have, prereleases=True):
-                f.append(Finding(rel, 1, f"{uw['name']} {uw.get('version')} requires {req} but the {arch} lock "
+                f.append(Finding(rel, 1, f"{uw['name']} {uw.get('version')} requires {req} but the {arch} "
+                                         "lock "
                                          f"pins {req.name}=={have} (uv pip check fails at build time); fix: "
                                          f"pin {req} in {spec.lock_input} and make lock"))
     return f
@@ -760,10 +769,13 @@ def _check_presets(spec: ImageSpec, repo: Path, data: dict, rel: str) -> list[Fi
     f = []
     flavor = detect_flavor(flags)
     if flavor != "fork":
-        missing = sorted(f"{k}:--{fl}" for k, fs in FORK_ONLY.items() for fl in fs if fl not in flags.get(k, set()))
-        f.append(Finding(rel, 1, f"FlowPortal revision {rev} is {flavor}, not the fork's DGX revision: it lacks "
+        missing = sorted(f"{k}:--{fl}" for k, fs in FORK_ONLY.items() for fl in fs
+                         if fl not in flags.get(k, set()))
+        f.append(Finding(rel, 1, f"FlowPortal revision {rev} is {flavor}, not the fork's DGX revision: it "
+                                 "lacks "
                                  f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; fix: pin a "
-                                 "MyFlowPortal revision with the DGX speed flags (FLOWPORTAL_REV) and regenerate"))
+                                 "MyFlowPortal revision with the DGX speed flags (FLOWPORTAL_REV) and "
+                                 "regenerate"))
     builder = Builder(Checkout(Path("/opt/FlowPortal"), flavor, flags))
     for preset_file in sorted((repo / "hydra_conf" / "preset").glob("*.yaml")):
         p = yaml.safe_load(preset_file.read_text(encoding="utf-8")) or {}
@@ -790,7 +802,8 @@ def _check_apps(specs: dict[str, ImageSpec], repo: Path, images: list[str] | Non
             continue
         for a in spec.apps:
             if a not in apps:
-                f.append(Finding(f"hydra_conf/image/{name}.yaml", 1, f"app {a} has no hydra_conf/app/{a}.yaml"))
+                f.append(Finding(f"hydra_conf/image/{name}.yaml", 1,
+                                 f"app {a} has no hydra_conf/app/{a}.yaml"))
     for pf in sorted((repo / "hydra_conf" / "pipeline").glob("*.yaml")):
         text = pf.read_text(encoding="utf-8")
         for m in re.finditer(r"\{\s*app:\s*([\w-]+)\s*,\s*image:\s*([\w.-]+)", text):
@@ -799,8 +812,9 @@ def _check_apps(specs: dict[str, ImageSpec], repo: Path, images: list[str] | Non
                 continue
             if image in specs and app not in specs[image].apps:
                 f.append(Finding(str(pf.relative_to(repo)), text[:m.start()].count("\n") + 1,
-                                 f"step runs app {app} in image {image}, whose apps list lacks it (its imports "
-                                 f"are then unchecked); fix: add {app} to hydra_conf/image/{image}.yaml apps"))
+                                 f"step runs app {app} in image {image}, whose apps list lacks it (its "
+                                 f"imports are then unchecked); fix: add {app} to "
+                                 f"hydra_conf/image/{image}.yaml apps"))
     return f
 
 
@@ -876,7 +890,8 @@ def lint_closure(spec: ImageSpec, arch: str, lock_path: Path, facts: dict, *, re
     """Every required third-party import of the image is provided by this lock (or left out on purpose)."""
     rel = str(lock_path.relative_to(repo)) if lock_path.is_relative_to(repo) else str(lock_path)
     lock = parse_lock(lock_path.read_text(encoding="utf-8"))
-    platform = str(spec.test_build.get("platform", "x86_64-manylinux_2_28")) if test else platform_for(spec, arch)
+    platform = (str(spec.test_build.get("platform", "x86_64-manylinux_2_28")) if test
+                else platform_for(spec, arch))
     provided, unknown = provided_modules(lock, facts, platform)
     f: list[Finding] = []
     if unknown:

@@ -128,7 +128,8 @@ def test_good_lock_is_clean():
     ("python-mismatch-amd64.txt", "amd64", "lock was made for Python 3.12"),
     ("stale-amd64.txt", "amd64", "stale lock"),
     ("crlf-amd64.txt", "amd64", "CRLF line endings"),
-    ("deleted-amd64.txt", "amd64", "written with 2 packages and now has 1: 1 deleted by hand without relocking"),
+    ("deleted-amd64.txt", "amd64",
+     "written with 2 packages and now has 1: 1 deleted by hand without relocking"),
     ("localver-amd64.txt", "amd64", "numpy==2.2.6+cu128 is a local version (+cu128)"),
     ("nobinary-amd64.txt", "amd64", "not compiled wheels-only (--only-binary :all:)"),
 ])
@@ -362,9 +363,14 @@ def _local_index(tmp_path: Path) -> Path:
     name = "demo_pkg-1.0-py3-none-any.whl"
     files = {"demo_pkg/__init__.py": b"", "demo_pkg-1.0.dist-info/METADATA":
              b"Metadata-Version: 2.1\nName: demo-pkg\nVersion: 1.0\n",
-             "demo_pkg-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
-    record = "".join(f"{p},sha256={base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b'=').decode()},"
-                     f"{len(d)}\n" for p, d in files.items()) + "demo_pkg-1.0.dist-info/RECORD,,\n"
+             "demo_pkg-1.0.dist-info/WHEEL":
+             b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+
+    def digest(data: bytes) -> str:
+        return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+    record = "".join(f"{p},sha256={digest(d)},{len(d)}\n" for p, d in files.items())
+    record += "demo_pkg-1.0.dist-info/RECORD,,\n"
     pkg = tmp_path / "index" / "demo-pkg"
     pkg.mkdir(parents=True)
     with zipfile.ZipFile(pkg / name, "w") as zf:
