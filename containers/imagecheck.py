@@ -80,25 +80,38 @@ class Report:
         self.skipped.append(text)
 
 
-def _python_import(modules: list[str], cwd: Path | None = None) -> tuple[bool, str]:
-    """Import ``modules`` in a fresh interpreter (``cwd`` first on sys.path, like a script there)."""
+_IMPORTER = """
+import importlib, json, sys
+mods, cwd = json.loads(sys.argv[1]), sys.argv[2]
+if cwd:
+    sys.path.insert(0, cwd)
+out = {}
+for m in mods:
+    try:
+        importlib.import_module(m)
+        out[m] = [None, None]
+    except BaseException as exc:
+        msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:400]
+        out[m] = [msg, getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None]
+print(json.dumps(out))
+"""
+
+
+def _python_import(modules: list[str], cwd: Path | None = None) -> dict[str, tuple[str | None, str | None]]:
+    """Import each of ``modules`` in one fresh interpreter (``cwd`` first on sys.path, like a
+    script there): module -> (error line or None, the missing module's name if that was why)."""
     from containers.runner import run
 
-    code = ("import importlib, sys\n"
-            + (f"sys.path.insert(0, {str(cwd)!r})\n" if cwd else "")
-            + "".join(f"importlib.import_module({m!r})\n" for m in modules))
-    res = run([sys.executable, "-c", code], check=False, cwd=str(cwd) if cwd else None,
-              env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}, timeout=900)
-    lines = [ln for ln in (res.stderr or "").strip().splitlines() if ln.strip()]
-    return res.returncode == 0, (lines[-1] if lines else "")
-
-
-def _missing_name(message: str) -> str | None:
-    """The module name of a ``ModuleNotFoundError: No module named 'x.y'`` line."""
-    marker = "No module named '"
-    if marker not in message:
-        return None
-    return message.split(marker, 1)[1].split("'", 1)[0]
+    res = run([sys.executable, "-c", _IMPORTER, json.dumps(modules), str(cwd or "")], check=False,
+              cwd=str(cwd) if cwd else None, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+              timeout=900)
+    try:
+        data = json.loads(res.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        lines = [ln for ln in (res.stderr or "").strip().splitlines() if ln.strip()]
+        why = lines[-1] if lines else f"exit {res.returncode}"
+        return {m: (f"the interpreter died: {why}", None) for m in modules}
+    return {m: (v[0], v[1]) for m, v in data.items()}
 
 
 def check(image: str, *, lock_path: Path = LOCK, checks: list[str] | None = None) -> Report:
@@ -112,8 +125,7 @@ def check(image: str, *, lock_path: Path = LOCK, checks: list[str] | None = None
     print(f"imagecheck {image}: {variant} lock" + (f", left out: {', '.join(sorted(omitted))}"
                                                   if omitted else ""), flush=True)
 
-    def explain(what: str, message: str) -> None:
-        name = _missing_name(message)
+    def explain(what: str, message: str, name: str | None) -> None:
         top = name.split(".", 1)[0] if name else None
         if top and top in gone:
             r.skip(f"{what}: needs {top} ({gone[top]} is left out of this {variant} lock: "
@@ -143,10 +155,10 @@ def check(image: str, *, lock_path: Path = LOCK, checks: list[str] | None = None
     unknown = [a for a in spec.apps if a not in apps]
     for a in unknown:
         r.fail(f"app {a} is listed in hydra_conf/image/{image}.yaml but has no hydra_conf/app/{a}.yaml")
-    for a in spec.apps:
-        if a in apps:
-            ok, msg = _python_import([apps[a][0]])
-            r.ok(f"import {apps[a][0]} ({a})") if ok else explain(f"import {apps[a][0]} ({a})", msg)
+    served = {apps[a][0]: a for a in spec.apps if a in apps}
+    for module, (err, missing) in _python_import(list(served)).items():
+        what = f"import {module} ({served[module]})"
+        r.ok(what) if err is None else explain(what, err, missing)
 
     # 3. the stage scripts' own imports, from each script's directory
     if spec.imports:
@@ -157,9 +169,10 @@ def check(image: str, *, lock_path: Path = LOCK, checks: list[str] | None = None
                 if not (root / script).is_file():
                     r.fail(f"{name} has no {script} under {root}")
                     continue
-                ok, msg = _python_import(rec["import_check"], cwd=(root / script).parent)
-                what = f"{name}/{script}: import {', '.join(rec['import_check'])}"
-                r.ok(what) if ok else explain(what, msg)
+                results = _python_import(rec["import_check"], cwd=(root / script).parent)
+                for module, (err, missing) in results.items():
+                    what = f"{name}/{script}: import {module}"
+                    r.ok(what) if err is None else explain(what, err, missing)
 
     # 4. the doctor (GPU capabilities only where a GPU is visible)
     from containers.launch import nvidia_gpu_present

@@ -402,3 +402,40 @@ def test_lock_without_our_header_is_refused(tmp_path):
     lock.write_text(body)
     found = errors(lint_lock(lock, SPEC, "amd64", repo=DATA))
     assert any("no lock header" in m for m in found), found
+
+
+def _index_reachable() -> bool:
+    import subprocess
+    import sys
+
+    uv = str(Path(sys.executable).with_name("uv"))
+    proc = subprocess.run([uv, "pip", "compile", "-", "--python-version", "3.11", "--quiet", "--no-header"],
+                          input="six==1.17.0\n", capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "UV_PYTHON_DOWNLOADS": "never"})
+    return proc.returncode == 0
+
+
+def test_lock_check_tells_relock_from_newer_releases(tmp_path):
+    """make lock-check: newer releases are reported (exit 0); a changed input fails (exit 1)."""
+    if not _index_reachable():
+        pytest.skip("the package index is not reachable from here")
+    repo = _repo_copy(tmp_path)
+    (repo / "recipes" / "tiny.in").write_text("six\n")
+    (repo / "hydra_conf" / "image" / "tiny.yaml").write_text(
+        "name: tiny\nrecipe: recipes/tiny.def\narches: [amd64]\npython: \"3.11\"\n"
+        "lock: {input: recipes/tiny.in}\n")
+    env = {"PYTHONPATH": str(repo), "UV_PYTHON_DOWNLOADS": "never"}
+    old = cli("lock", "tiny", "--arch", "amd64", cwd=repo,
+              env={**env, "UV_EXCLUDE_NEWER": "2019-01-01T00:00:00Z"})
+    assert old.returncode == 0, old.stderr
+    assert "six==1.12.0" in (repo / "recipes" / "locks" / "tiny-amd64.txt").read_text()
+    proc = cli("lock", "--check", "tiny", cwd=repo, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "tiny amd64: current with its inputs; newer releases exist" in proc.stdout
+    assert "six 1.12.0 -> 1.17.0" in proc.stdout
+    (repo / "recipes" / "tiny.in").write_text("six\nrequests\n")
+    proc = cli("lock", "--check", "tiny", cwd=repo, env=env)
+    assert proc.returncode == 1
+    assert "tiny amd64: INPUTS CHANGED (its inputs changed since it was made): relock: make lock IMAGE=tiny" \
+        in proc.stdout
+    assert "Traceback" not in proc.stderr
