@@ -109,9 +109,11 @@ def build_in_world(image: str, *, repo: Path = REPO, lock: Path | None = None, t
         overrides = {"BOOTSTRAP": "localimage", "BASE": str(work / "base.sif"), "LOCK": rel_lock}
         binds = [f"{HOST_CA}:{CA_TARGET}"]
         ro_binds = [f"{HOST_CA}:{HOST_CA}"]
+        # a bind needs an existing mount point in the (base) image: the empty dirs Debian ships
+        mount_points = iter(("/mnt", "/srv", "/media"))
         for src_name, src in spec.sources.items():
             git = Path(os.environ[SOURCE_ENV[src_name]]).resolve()
-            inside = f"/run/src/{src_name}"
+            inside = next(mount_points)
             binds.append(f"{git}:{inside}")
             ro_binds.append(f"{git}:{git}")
             overrides[f"{str(src['rev_arg']).rsplit('_REV', 1)[0]}_REPO"] = inside
