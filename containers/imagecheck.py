@@ -24,12 +24,15 @@ import importlib.util
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from containers.errors import UserError, guard
 
 SUITE = Path(__file__).resolve().parent.parent
 LOCK = Path("/opt/suite/lock.txt")
+_CACHE_VARS = ("HF_HOME", "TORCH_HOME", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR",
+               "PADDLE_PDX_CACHE_HOME", "XDG_CACHE_HOME")
 
 
 def _lock_info(lock_path: Path) -> tuple[str, dict[str, str]]:
@@ -185,7 +188,11 @@ def check(image: str, *, lock_path: Path = LOCK, checks: list[str] | None = None
         r.skip(f"doctor capability {c}: {_cap_package(c)} is left out of this {variant} lock")
     want = [c for c in want if c not in dropped]
     argv = [sys.executable, "-m", "entrypoints", "doctor"] + (["--require", ",".join(want)] if want else [])
-    res = run(argv, check=False, capture=False, timeout=900)
+    with tempfile.TemporaryDirectory(prefix="imagecheck-") as tmp:
+        # a throwaway scratch and caches: an image's own filesystem is read-only
+        env = {**os.environ, "CONTAINERS_SCRATCH": f"{tmp}/scratch", "CONTAINERS_NODE_LOCAL": f"{tmp}/nvme",
+               **{var: f"{tmp}/cache/{var.lower()}" for var in _CACHE_VARS}}
+        res = run(argv, check=False, capture=False, timeout=900, env=env)
     if res.returncode == 0:
         r.ok(f"doctor --require {','.join(want) or '(none)'}" + ("" if gpu else " (no GPU visible)"))
     else:
