@@ -386,8 +386,22 @@ class Lock:
         return {r.name: r.version for r in self.requirements if r.version}
 
 
+_PARSED: dict[int, tuple[str, Lock]] = {}
+
+
 def parse_lock(text: str) -> Lock:
-    """Parse uv/pip requirements output with hashes (continuation lines joined)."""
+    """Parse uv/pip requirements output with hashes (continuation lines joined); memoized, as
+    lint reads each lock several times."""
+    key = hash(text)
+    hit = _PARSED.get(key)
+    if hit is not None and hit[0] == text:
+        return hit[1]
+    lock = _parse_lock(text)
+    _PARSED[key] = (text, lock)
+    return lock
+
+
+def _parse_lock(text: str) -> Lock:
     header: dict[str, str] = {}
     multi: dict[str, list[str]] = {}
     reqs: list[Requirement] = []
