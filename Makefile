@@ -28,11 +28,12 @@ venv: $(STAMP) ## create .venv with the host toolkit, demo and test dependencies
 doctor: $(STAMP) ## what this machine/image can do (GPU, torch, ORT, paddle, video, caches)
 	$(PY) -m entrypoints doctor $(ARGS)
 
-test: $(STAMP) ## the whole test suite (installs a private Slurm when root)
+test: $(STAMP) ## the whole test suite (as root: builds or reuses the test world, a private Slurm)
+	@if [ "$$(id -u)" = 0 ]; then $(PY) -m tests.world build || [ -z "$$CI" ]; fi
 	$(PY) -m pytest -q $(ARGS)
 
-test-fast: $(STAMP) ## tests without Slurm and slow end-to-end runs
-	$(PY) -m pytest -q -m "not slurm and not slow" $(ARGS)
+test-fast: $(STAMP) ## tests without Slurm, the test world (Apptainer, arm64, SMB) and slow runs
+	$(PY) -m pytest -q -m "not slurm and not slow and not apptainer and not arm64 and not smb" $(ARGS)
 
 lint: $(STAMP) ## ruff and shellcheck
 	$(VENV)/bin/ruff check containers entrypoints tests bench

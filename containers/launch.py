@@ -66,7 +66,9 @@ class Plan:
             env = [f"{k}={v}" for k, v in sorted(self.env.items())]
             cd = ["cd", self.cwd, "&&"] if self.cwd else []
             return (quote(cd[:2]) + " && " if cd else "") + quote(["env", "-i", *env, *self.argv])
-        return quote(self.argv)
+        verbatim = [f"{k}={v}" for k, v in sorted(self.env.items())
+                    if k.startswith(("APPTAINERENV_", "SINGULARITYENV_"))]
+        return quote(["env", *verbatim, *self.argv] if verbatim else self.argv)
 
 
 def detect_runtime(requested: str, *, path: str | None = None,
@@ -165,11 +167,41 @@ def default_binds(cfg: Any, extra: Sequence[str] = ()) -> list[Bind]:
     return binds
 
 
-def _csv_field(value: str) -> str:
-    """Apptainer parses each --env value as CSV: quote values holding ',' or '"'."""
+def _sourced_value(key: str, value: str) -> str:
+    """``value`` escaped for the shell line Apptainer writes it into.
+
+    Apptainer (1.4.5 measured) turns every ``--env`` and ``APPTAINERENV_*`` value into
+    ``export KEY="value"`` (escaping only ``"``) in a script the container sources: ``$``, backticks
+    and ``\\`` are live there, so a value ``$(id)`` would run ``id`` and ``$HOME`` would expand.
+    Escaping them makes the value arrive as written. A CR before LF is dropped by that shell and
+    cannot be escaped: refused.
+    """
+    if "\r\n" in value:
+        raise UserError(f"environment variable {key} holds a CR LF line break, which Apptainer drops",
+                        fix=f"remove the carriage return from {key}")
+    return value.replace("\\", "\\\\").replace("$", "\\$").replace("`", "\\`")
+
+
+def _env_flag(key: str, value: str) -> str | None:
+    """``KEY=VALUE`` as Apptainer's ``--env`` reads it back exactly, or None where it cannot.
+
+    ``--env`` is pflag's string-to-string flag (Apptainer 1.3 to 1.5): an item with one ``=`` is
+    only stripped of every leading and trailing ``"`` (no CSV: the value ``say "hi"`` sent
+    CSV-quoted arrives as ``say ""hi``); an item with two or more ``=`` is read as one CSV record
+    of ``k=v`` fields.
+    Values those rules would alter (a trailing ``"`` in the first case, a carriage return in the
+    second) return None: they go through ``APPTAINERENV_KEY`` instead, which is passed verbatim.
+    """
+    item = f"{key}={value}"
+    if item.count("=") == 1:
+        if value.endswith('"'):
+            return None
+        return f'"{item}"' if any(c in value for c in ",\n") else item  # the quotes are stripped again
+    if "\r" in value:
+        return None
     if any(c in value for c in ',"\n'):
-        return '"' + value.replace('"', '""') + '"'
-    return value
+        return '"' + item.replace('"', '""') + '"'
+    return item
 
 
 def plan_exec(cfg: Any, *, command: Sequence[str], runtime: str, sif: Path | None,
@@ -204,10 +236,17 @@ def plan_exec(cfg: Any, *, command: Sequence[str], runtime: str, sif: Path | Non
     for b in default_binds(cfg, extra_binds):
         argv += ["--bind", b.spec()]
     argv += ["--cwd" if runtime == "apptainer" else "--pwd", cwd]
+    verbatim: dict[str, str] = {}
     for k, v in sorted(cenv.items()):
-        argv += ["--env", _csv_field(f"{k}={v}")]
+        sourced = _sourced_value(k, v)
+        flag = _env_flag(k, sourced)
+        if flag is None:
+            verbatim[f"{'APPTAINER' if runtime == 'apptainer' else 'SINGULARITY'}ENV_{k}"] = sourced
+        else:
+            argv += ["--env", flag]
     argv += [str(sif), *command]
     env = {k: environ[k] for k in ("PATH", "HOME", "USER", "LANG", "TERM") if k in environ}
+    env.update(verbatim)
     for var in ("APPTAINER_TMPDIR", "APPTAINER_CACHEDIR", "SINGULARITY_TMPDIR",
                 "SINGULARITY_CACHEDIR", "APPTAINER_CONFIGDIR"):
         if var in environ:

@@ -121,6 +121,12 @@ def _read_metadata(fh, info: SifInfo) -> None:
             except (UnicodeDecodeError, json.JSONDecodeError):
                 continue
             if isinstance(data, dict):
-                labels = data.get("labels", data) if isinstance(data.get("labels"), dict) else data
+                # Apptainer 1.2+ writes inspect-metadata.json: {"data": {"attributes": {"labels": ...}}}
+                inner = data.get("data")
+                attrs = inner.get("attributes", {}) if isinstance(inner, dict) else {}
+                if isinstance(attrs, dict) and isinstance(attrs.get("labels"), dict):
+                    labels = attrs["labels"]
+                else:
+                    labels = data.get("labels", data) if isinstance(data.get("labels"), dict) else data
                 info.labels.update({str(k): str(v) for k, v in labels.items()
                                     if not isinstance(v, (dict, list))})

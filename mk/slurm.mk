@@ -5,7 +5,7 @@ PIPELINE ?= selftest
 .PHONY: slurm-up slurm-down slurm-status preflight submit submit-dry test-slurm
 
 slurm-up: $(STAMP) ## start a private local Slurm (root; installs slurm+munge via apt); then export SLURM_CONF=...
-	$(PY) -m tests.plugins.slurm_cluster up --root $(SLURM_ROOT)
+	$(PY) -m tests.plugins.slurm_cluster up --root $(SLURM_ROOT) $(if $(ARM64),--arm64)
 
 slurm-down: $(STAMP) ## stop the private local Slurm started by slurm-up (cancels its jobs)
 	$(PY) -m tests.plugins.slurm_cluster down --root $(SLURM_ROOT)

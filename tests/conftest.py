@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-pytest_plugins = ["tests.plugins.slurm_cluster"]
+pytest_plugins = ["tests.plugins.slurm_cluster", "tests.plugins.world", "tests.plugins.smb_share"]
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ import pytest
 from containers.config import compose
 from containers.errors import UserError
 from containers.images import resolve_sif
-from containers.launch import Bind, detect_runtime, plan_exec
+from containers.launch import Bind, _env_flag, _sourced_value, detect_runtime, plan_exec
 from tests.helpers import APPTAINER_FACTS, REPO, assert_golden, assert_one_line_error, cli, make_sif
 
 ENV = {"CUDA_VISIBLE_DEVICES": "0,1", "SLURM_JOB_ID": "4242", "OMP_NUM_THREADS": "8",
@@ -69,6 +69,19 @@ def test_nv_only_for_gpu_stages_on_gpu_nodes(isolated_roots):
     assert "--nv" in _plan(isolated_roots).argv
     assert "--nv" not in _plan(isolated_roots, gpu=False).argv
     assert "--nv" not in _plan(isolated_roots, present=False).argv
+
+
+def test_env_flag_forms_follow_apptainers_parser():
+    """pflag string-to-string: one '=' -> only outer quotes stripped; more -> one CSV record.
+    What real Apptainer makes of each form is in test_launch_apptainer.py."""
+    assert _env_flag("A", "x,y") == '"A=x,y"'
+    assert _env_flag("A", 'a "b" c') == 'A=a "b" c'
+    assert _env_flag("A", "a=b,c") == '"A=a=b,c"'
+    assert _env_flag("A", 'a=b "c" d') == '"A=a=b ""c"" d"'
+    assert _env_flag("A", 'say "hi"') is None and _env_flag("A", "a=b\r") is None
+    assert _sourced_value("A", "$(id) `id` \\") == "\\$(id) \\`id\\` \\\\"
+    with pytest.raises(UserError, match="CR LF"):
+        _sourced_value("A", "a\r\nb")
 
 
 def test_clean_environment_with_explicit_pass_through(isolated_roots):

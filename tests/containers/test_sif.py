@@ -1,24 +1,63 @@
-"""The SIF reader against real SIF files made with Debian's siftool."""
+"""The SIF reader against SIF files built by the real Apptainer (tests/world) for both arches,
+compared with what Apptainer itself says about them; siftool only makes the malformed ones."""
 
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 
 import pytest
 
 from containers.errors import UserError
+from containers.runner import run
 from containers.sif import read_sif
-from tests.helpers import assert_one_line_error, cli, make_sif
+from tests.helpers import REPO, assert_one_line_error, cli, make_sif
+
+DEF_FILE = REPO / "tests" / "world" / "test-image.def"
 
 
-@pytest.mark.parametrize("arch", ["amd64", "arm64"])
-def test_arch_and_labels(tmp_path, arch):
-    labels = {"recipe": "flowportal-cu130", "lock.sha256": "0123abcd", "torch": "2.14.1"}
-    info = read_sif(make_sif(tmp_path / f"{arch}.sif", arch, labels))
-    assert info.arch == arch
+def _apptainer_facts(sif) -> tuple[dict, dict]:
+    header = run(["apptainer", "sif", "header", str(sif)]).stdout
+    facts = dict(ln.split(":", 1) for ln in header.splitlines() if ":" in ln)
+    facts = {k.strip(): v.strip() for k, v in facts.items()}
+    labels = json.loads(run(["apptainer", "inspect", "--json", "--labels", str(sif)]).stdout)
+    return facts, labels["data"]["attributes"]["labels"]
+
+
+def _check_real(sif, arch):
+    info = read_sif(sif)
+    header, labels = _apptainer_facts(sif)
+    assert info.arch == arch == header["Primary Architecture"]
+    assert info.id == header["ID"]
+    created = datetime.fromtimestamp(info.created, timezone.utc).strftime("%Y-%m-%d %H:%M:%S +0000 UTC")
+    assert created == header["Created At"]
     assert info.labels == labels
+    assert info.labels["org.gpu-image-suite.role"] == "test-world"
+    assert info.labels["org.label-schema.build-arch"] == arch
+    text = DEF_FILE.read_text()
+    assert info.deffile == text[text.index("Bootstrap:"):]  # Apptainer keeps it from the header on
     fs = [d for d in info.descriptors if d.datatype == "FS"]
-    assert fs and fs[0].parttype == "PrimSys" and fs[0].fstype == "Squashfs"
+    assert len(fs) == 1 and fs[0].parttype == "PrimSys" and fs[0].fstype == "Squashfs" and fs[0].arch == arch
+
+
+@pytest.mark.apptainer
+def test_reads_an_apptainer_built_amd64_image(real_apptainer, test_sif_amd64):
+    _check_real(test_sif_amd64, "amd64")
+
+
+@pytest.mark.apptainer
+@pytest.mark.arm64
+def test_reads_an_apptainer_built_arm64_image(real_apptainer, test_sif_arm64):
+    _check_real(test_sif_arm64, "arm64")
+
+
+@pytest.mark.apptainer
+@pytest.mark.arm64
+def test_sif_command_on_a_real_image(real_apptainer, test_sif_arm64):
+    proc = cli("sif", str(test_sif_arm64), "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["arch"] == "arm64" and out["labels"]["org.gpu-image-suite.role"] == "test-world"
 
 
 def test_not_a_sif(tmp_path):
@@ -42,9 +81,8 @@ def test_missing_file(tmp_path):
         read_sif(tmp_path / "none.sif")
 
 
-def test_sif_command(tmp_path):
-    sif = make_sif(tmp_path / "a.sif", "arm64", {"recipe": "x"})
-    proc = cli("sif", str(sif), "--json")
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["arch"] == "arm64"
+def test_sif_command_errors(tmp_path):
     assert_one_line_error(cli("sif", str(tmp_path / "none.sif")), "does not exist")
+    bad = tmp_path / "bad.sif"
+    bad.write_text("not a sif")
+    assert_one_line_error(cli("sif", str(bad)), "not a SIF image")

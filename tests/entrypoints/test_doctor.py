@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from containers.launch import nvidia_gpu_present
 from entrypoints.apps.doctor import arch_covered
 from tests.helpers import assert_one_line_error, cli
 
@@ -31,10 +32,11 @@ def test_doctor_runs_here_and_reports_absent_as_absent(tmp_path):
     caps = result["capabilities"]
     assert set(caps) >= {"gpu", "torch", "torch-cuda", "onnx", "onnx-cuda", "paddle", "paddle-cuda",
                          "video", "caches", "models"}
-    # this machine: onnxruntime (CPU) and OpenCV are installed, no GPU, no paddle
+    # the test venv: onnxruntime (CPU build) and OpenCV, no paddle; a GPU only where the driver is
     assert caps["onnx"]["ok"] and result["onnxruntime"]["provider_used"] == "CPUExecutionProvider"
     assert result["onnxruntime"]["inference_ok"] is True
-    assert caps["gpu"]["ok"] is False and caps["onnx-cuda"]["ok"] is False
+    assert caps["gpu"]["ok"] is nvidia_gpu_present(), caps["gpu"]
+    assert caps["onnx-cuda"]["ok"] is False  # the CPU wheel has no CUDA provider, GPU or not
     assert result["paddle"] == {"present": False}
     assert caps["caches"]["ok"], caps["caches"]["detail"]  # the framework puts caches on node-local disk
     assert "cv2" in result["video"]["readers"]
@@ -53,10 +55,19 @@ def test_doctor_report_records_the_run(isolated_roots):
 
 
 def test_require_missing_capability_is_an_error():
-    proc = cli("doctor", "--require", "onnx,gpu", module="entrypoints")
+    proc = cli("doctor", "--require", "onnx,paddle", module="entrypoints")
     assert proc.returncode == 1
-    assert "missing required capabilities: gpu" in proc.stderr
+    assert "missing required capabilities: paddle" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_require_gpu_follows_the_machine():
+    """Here (no GPU) --require gpu fails; on a GPU machine it passes: the same test holds on both."""
+    proc = cli("doctor", "--require", "gpu", module="entrypoints")
+    if nvidia_gpu_present():
+        assert proc.returncode == 0, proc.stderr
+    else:
+        assert proc.returncode == 1 and "missing required capabilities: gpu" in proc.stderr
 
 
 def test_require_present_capability_passes():

@@ -91,3 +91,29 @@ def test_sampler_without_nvidia_smi(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     out = gpu_guard.UtilizationSampler(interval=0.05).start().stop()
     assert out["gpu_util_mean"] is None and "not sampled" in out["gpu_util_note"]
+
+
+def test_real_sampler_follows_the_machine():
+    """With the real nvidia-smi (GPU machines) samples are numbers; without one, a note says so."""
+    import shutil
+
+    import containers.launch
+
+    s = gpu_guard.UtilizationSampler(interval=0.2).start()
+    import time
+
+    time.sleep(1.0)
+    out = s.stop()
+    if shutil.which("nvidia-smi") and containers.launch.nvidia_gpu_present():
+        assert out["gpu_util_samples"] >= 1 and 0.0 <= out["gpu_util_mean"] <= 100.0, out
+    else:
+        assert out["gpu_util_mean"] is None and "not sampled" in out["gpu_util_note"], out
+
+
+def test_real_visibility_follows_the_machine(monkeypatch):
+    import containers.launch
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("SLURM_JOB_GPUS", raising=False)
+    ok, why = gpu_guard.nvidia_visible()
+    assert ok is containers.launch.nvidia_gpu_present(), why

@@ -7,6 +7,14 @@ profile's CPU partition ``cpu_short``. Fake GPUs are symlinks to /dev/null (Slur
 character device). Everything lives under one root folder; stopping cancels the jobs and kills
 only the daemons whose pid files are there, so nothing is left running.
 
+The ``spark`` node is an aarch64 node (an arm64 slurmd under qemu-user in the world's arm64 root,
+:mod:`tests.world.armnode`) when the session collects a test marked ``arm64`` (``make slurm-up
+ARM64=1`` by hand); otherwise it stays an x86 slurmd, which the x86-only tests (``--test-only``
+preflights) cannot tell apart. The arm64 node sees the repository, /tmp (pytest's folders, the
+Slurm root, the munge socket), the SMB-like share, the per-node "NVMe" folders and the world cache
+(the Apptainer launcher's root) at the same paths as the login side; every process left in its
+mount namespace is killed on stop.
+
 Skipped with a loud reason where it cannot install; with ``CI`` set that is a failure instead.
 """
 
@@ -30,6 +38,7 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 BINARIES = ("slurmctld", "slurmd", "sbatch", "munged")
 CPU_PARTITION = "cpu_short"  # the torch profile's default CPU partition name
+ARM64_NODE = "spark1"  # the node that becomes aarch64 when the arm64 world piece is there
 # name, partition, gres type, GPU count
 NODES = (
     ("l40s1", "l40s_public", "l40s", 4),
@@ -84,6 +93,9 @@ class LocalSlurm:
 
     root: Path
     env: dict[str, str] = field(default_factory=dict)
+    arm64_root: Path | None = None  # the arm64 node root: spark1 runs the arm64 slurmd in it
+    arm64_unavailable: str | None = None  # why spark1 is not aarch64 when arm64 tests wanted it
+    shared: Path | None = None  # the shared root (the SMB-like share), bound into the arm64 node
     _children: dict[int, subprocess.Popen] = field(default_factory=dict, repr=False)
 
     @property
@@ -94,10 +106,27 @@ class LocalSlurm:
         self.root = Path(self.root)
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
 
+    def node_local(self, node: str) -> Path:
+        """The node's own "NVMe" folder (one per node; jobs find it in ``$SUITE_NODE_NVME``)."""
+        return self.root / "nvme" / node
+
+    def arm64_binds(self) -> list[str]:
+        """Host paths the arm64 node sees at the same paths (recursive binds: mounts below come too)."""
+        from tests.world import rootfs
+
+        paths = {str(REPO), "/tmp", str(self.root), str(self.root / "nvme")}
+        if self.shared is not None:
+            paths.add(str(self.shared))
+        cache = rootfs.cache_dir()
+        if cache.is_dir():
+            paths.add(str(cache))  # the Apptainer launcher enters the sid root from there
+        # A path under another bound path comes along with it, except a mount made there later.
+        return sorted(paths)
+
     # ---------------------------------------------------------------- set-up
     def write_config(self) -> None:
         r = self.root
-        for sub in ("etc", "state", "spool", "log", "dev", "munge", "run"):
+        for sub in ("etc", "state", "spool", "log", "dev", "munge", "run", "nvme"):
             (r / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(r / "munge", 0o700)
         key = r / "munge" / "munge.key"
@@ -139,6 +168,7 @@ class LocalSlurm:
             "SlurmdTimeout=300",
             "InactiveLimit=0",
             "DefMemPerCPU=1000",
+            f"TaskProlog={r}/etc/task_prolog.sh",
         ]
         gres = ["AutoDetect=off"]
         parts: dict[str, list[str]] = {}
@@ -157,12 +187,17 @@ class LocalSlurm:
                 gres.append(f"NodeName={name} Name=gpu Type={gtype} File={files}")
             lines.append(node)
             (r / "spool" / name).mkdir(exist_ok=True)
+            self.node_local(name).mkdir(exist_ok=True)
             parts.setdefault(part, []).append(name)
         for part, names in parts.items():
             default = " Default=YES" if part == CPU_PARTITION else ""
             lines.append(f"PartitionName={part} Nodes={','.join(names)} MaxTime=INFINITE State=UP{default}")
         self.conf.write_text("\n".join(lines) + "\n")
         (r / "etc" / "gres.conf").write_text("\n".join(gres) + "\n")
+        # Each task learns its node's own local folder (real clusters: the same path, another disk).
+        prolog = r / "etc" / "task_prolog.sh"
+        prolog.write_text(f'#!/bin/sh\necho "export SUITE_NODE_NVME={r}/nvme/$SLURMD_NODENAME"\n')
+        prolog.chmod(0o755)
 
     def start(self, timeout: float = 60) -> LocalSlurm:
         """Start munged, slurmctld and every slurmd; return when all nodes are idle."""
@@ -191,13 +226,24 @@ class LocalSlurm:
             time.sleep(0.05)
         self._spawn("slurmctld", [_sbin("slurmctld"), "-D", "-f", str(self.conf), "-c", "-i"])
         for name, *_ in NODES:
-            self._spawn(f"slurmd-{name}", [_sbin("slurmd"), "-D", "-f", str(self.conf), "-N", name])
+            argv = [_sbin("slurmd"), "-D", "-f", str(self.conf), "-N", name]
+            if name == ARM64_NODE and self.arm64_root is not None:
+                from tests.world import armnode
+
+                argv = armnode.slurmd_argv(self.arm64_root, self.conf, name, self.arm64_binds())
+                timeout += 120  # slurmd starts under emulation
+            self._spawn(f"slurmd-{name}", argv)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             out = run(["sinfo", "-h", "-N", "-o", "%N %t"], env=self.env, check=False, timeout=60).stdout
             states = dict(ln.split() for ln in out.splitlines() if ln.strip())
             if len(states) == len(NODES) and all(s in ("idle", "mix", "alloc") for s in states.values()):
+                self._record_arm64_ns()
                 return self
+            dead = self._dead_daemon()
+            if dead:  # a daemon that exited will not come back: say which, now, with its output
+                self.stop()
+                raise RuntimeError(f"local Slurm: {dead}")
             time.sleep(0.3)
         log = (
             (r / "log" / "slurmctld.log").read_text(errors="replace")[-1500:]
@@ -206,6 +252,16 @@ class LocalSlurm:
         )
         self.stop()
         raise RuntimeError(f"local Slurm did not become ready in {timeout:g} s; slurmctld log tail:\n{log}")
+
+    def _dead_daemon(self) -> str | None:
+        for name, pid in self._pids():
+            proc = self._children.get(pid)
+            if proc is not None and proc.poll() is not None:
+                daemon = name.removesuffix(".pid")
+                out = self.root / "log" / f"{daemon}.stdout"
+                tail = out.read_text(errors="replace").strip().splitlines()[-1:] if out.exists() else []
+                return f"{daemon} exited with code {proc.returncode}" + (f": {tail[0]}" if tail else "")
+        return None
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.root / "log" / f"{name}.stdout", "ab")  # noqa: SIM115 (the daemon keeps it)
@@ -219,6 +275,17 @@ class LocalSlurm:
         )
         self._children[proc.pid] = proc
         (self.root / "run" / f"{name}.pid").write_text(f"{proc.pid}\n")
+
+    def _record_arm64_ns(self) -> None:
+        """Remember the arm64 node's mount namespace: stop() kills whatever is still in it."""
+        if self.arm64_root is None:
+            return
+        from tests.world import armnode
+
+        for name, pid in self._pids():
+            ns = armnode.mount_ns(pid) if name == f"slurmd-{ARM64_NODE}.pid" else None
+            if ns and ns != armnode.mount_ns(os.getpid()):
+                (self.root / "run" / f"{ARM64_NODE}.mntns").write_text(ns + "\n")
 
     def _pids(self) -> list[tuple[str, int]]:
         out = []
@@ -266,6 +333,12 @@ class LocalSlurm:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
         self._children.clear()
+        ns_file = self.root / "run" / f"{ARM64_NODE}.mntns"
+        if ns_file.exists():  # slurmstepds and job processes of the arm64 node, if any outlived it
+            from tests.world import armnode
+
+            armnode.kill_ns(ns_file.read_text().strip())
+            ns_file.unlink()
         for pid_file in (self.root / "run").glob("*.pid") if (self.root / "run").is_dir() else ():
             pid_file.unlink()
 
@@ -361,8 +434,12 @@ except ImportError:  # the up/down CLI runs without pytest
 if pytest is not None:
 
     @pytest.fixture(scope="session")
-    def slurm_cluster(tmp_path_factory):
-        """A started private cluster for the whole session; stopped (no processes left) at the end."""
+    def slurm_cluster(request, tmp_path_factory):
+        """A started private cluster for the whole session; stopped (no processes left) at the end.
+
+        When the session has tests marked ``arm64``, spark1 is the aarch64 node and the SMB-like
+        share is mounted first (a mount made after the node started would not reach it).
+        """
         reason = why_unavailable()
         if reason:
             msg = f"LOCAL SLURM UNAVAILABLE, Slurm tests not run: {reason}"
@@ -370,8 +447,18 @@ if pytest is not None:
                 pytest.fail(msg + " (CI is set: these tests must run)")
             pytest.skip(msg)
         cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"))
+        if any(item.get_closest_marker("arm64") for item in request.session.items):
+            _prepare_arm64(request, cluster)
         try:
-            cluster.start()
+            try:
+                cluster.start()
+            except Exception as exc:
+                if cluster.arm64_root is None:
+                    raise
+                # The x86 tests still get their cluster; the arm64 ones report why theirs is missing.
+                cluster.arm64_unavailable = " ".join(f"the arm64 slurmd did not start: {exc}".split())[:400]
+                cluster.arm64_root = None
+                cluster.start()
         except Exception as exc:
             if os.environ.get("CI"):
                 raise
@@ -381,6 +468,32 @@ if pytest is not None:
         finally:
             cluster.stop()
 
+    def _prepare_arm64(request, cluster: LocalSlurm) -> None:
+        """Build or reuse the arm64 node root; on failure spark1 stays x86 and says why."""
+        from tests.world import armnode, rootfs, smbfs
+
+        try:
+            cluster.arm64_root = armnode.ensure()
+        except rootfs.WorldUnavailable as exc:
+            cluster.arm64_unavailable = exc.line()
+            return
+        except Exception as exc:  # a failed build (apt, copy) is reported like a missing piece
+            cluster.arm64_unavailable = " ".join(f"{type(exc).__name__}: {exc}".split())[:400]
+            return
+        if smbfs.why_unavailable() is None:
+            cluster.shared = request.getfixturevalue("smb_share").path
+
+    @pytest.fixture
+    def spark_arm64(slurm_cluster):
+        """The cluster, with spark1 being the aarch64 node; a loud skip (CI: a failure) otherwise."""
+        if slurm_cluster.arm64_root is None:
+            msg = ("ARM64 NODE UNAVAILABLE, tests marked 'arm64' not run: "
+                   f"{slurm_cluster.arm64_unavailable or 'no test marked arm64 was collected at start-up'}")
+            if os.environ.get("CI"):
+                pytest.fail(msg + " (CI is set: these tests must run)")
+            pytest.skip(msg)
+        return slurm_cluster
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
@@ -388,8 +501,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("action", choices=("up", "down", "status"))
     ap.add_argument("--root", type=Path, default=DEFAULT_ROOT)
+    ap.add_argument("--arm64", action="store_true",
+                    help="make spark1 the aarch64 node (builds its root once)")
     a = ap.parse_args(argv)
     cluster = LocalSlurm(a.root)
+    if a.action == "up" and a.arm64:
+        from tests.world import armnode, rootfs
+
+        try:
+            cluster.arm64_root = armnode.ensure()
+        except rootfs.WorldUnavailable as exc:
+            print(f"error: {exc.line()}", file=sys.stderr)
+            return 2
     if a.action == "up":
         reason = why_unavailable()
         if reason:

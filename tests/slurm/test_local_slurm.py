@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from containers.launch import nvidia_gpu_present
+
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slurm
 N_FILES = 1500  # enough per-file work that the second task finds the lock held
@@ -86,6 +88,9 @@ def test_gpu_guard_fails_the_middle_job_and_cancels_its_dependents(slurm_cluster
     ids = job_ids(out)
     states = slurm_cluster.wait(list(ids.values()), timeout=90)
     assert states[ids["first"]] == ["COMPLETED"]
+    if nvidia_gpu_present():  # a real driver makes the fake GPU usable: the guard has no reason to stop
+        assert states[ids["middle"]] == ["COMPLETED"] and states[ids["last"]] == ["COMPLETED"], states
+        return
     assert states[ids["middle"]] == ["FAILED"]
     assert states[ids["last"]] == ["CANCELLED"]  # --kill-on-invalid-dep, not pending forever
     log = (run_dir(out) / "jobs" / "middle" / f"slurm-{ids['middle']}.out").read_text()

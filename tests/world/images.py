@@ -10,9 +10,9 @@ itself built and can run show what a process inside sees (binds, --env parsing, 
   withholds, and --fakeroot cannot chown), with the host's CA bundle bound over the image's so pip
   reaches the registry through the machine's TLS set-up.
 
-Each SIF has a completion marker holding a digest of everything it was made from (the roots'
-recipes, the definition file, STEPS_VERSION); a different digest, a missing marker or a missing
-file means rebuild. Built into a temporary name, renamed, marker last.
+Each SIF is named after (and has a completion marker holding) a digest of everything it was made
+from (the root's recipe, the definition file, STEPS_VERSION): a changed definition is a new file,
+a missing marker or file means rebuild. Built into a temporary name, renamed, marker last.
 """
 
 from __future__ import annotations
@@ -68,6 +68,12 @@ def test_digest(arch: str) -> str:
     return fingerprint({"from": base_digest(arch), "def": sha256_file(DEF_FILE), "steps": STEPS_VERSION})
 
 
+def sif_path(kind: str, arch: str, cache: Path | None = None) -> Path:
+    """Where the ``kind`` ("base" or "test") SIF of ``arch`` for the current recipes lives."""
+    digest = base_digest(arch) if kind == "base" else test_digest(arch)
+    return (cache or cache_dir()) / "images" / f"{kind}-{arch}.{digest[:12]}.sif"
+
+
 def _check_arch(arch: str) -> None:
     if arch not in ARCHES:
         raise WorldUnavailable(f"no test image for arch '{arch}'", fix=f"use one of {', '.join(ARCHES)}")
@@ -77,16 +83,18 @@ def base_sif(arch: str, *, cache: Path | None = None, log: Callable[[str], None]
     """The base SIF of ``arch`` (built now when missing or stale)."""
     _check_arch(arch)
     out_dir = _images_dir(cache)
-    sif, digest = out_dir / f"base-{arch}.sif", base_digest(arch)
+    digest, sif = base_digest(arch), sif_path("base", arch, cache)
     if _fresh(sif, digest):
         return sif
     sid = ensure(pieces.SID_APPTAINER, cache=cache, log=log)
     root = ensure(pieces.bookworm(arch), cache=cache, log=log)
-    with piece_lock(out_dir / f".base-{arch}.lock"):
+    with piece_lock(out_dir / f".{sif.name}.lock"):
         if _fresh(sif, digest):
             return sif
         _drop(sif)
-        tmp = out_dir / f"base-{arch}.building-{os.getpid()}.sif"
+        for stale in out_dir.glob(f"{sif.name}.building-*"):
+            remove_tree(stale)
+        tmp = out_dir / f"{sif.name}.building-{os.getpid()}.sif"
         start = time.monotonic()
         _say(log, f"world: packing {sif.name} from {root}")
         try:
@@ -105,7 +113,7 @@ def test_sif(arch: str, *, cache: Path | None = None, log: Callable[[str], None]
     """The test image of ``arch``: Python 3.11 + the entrypoints' imports (built when stale)."""
     _check_arch(arch)
     out_dir = _images_dir(cache)
-    sif, digest = out_dir / f"test-{arch}.sif", test_digest(arch)
+    digest, sif = test_digest(arch), sif_path("test", arch, cache)
     if _fresh(sif, digest):
         return sif
     base = base_sif(arch, cache=cache, log=log)
@@ -113,12 +121,14 @@ def test_sif(arch: str, *, cache: Path | None = None, log: Callable[[str], None]
     if not HOST_CA.is_file():
         raise WorldUnavailable(f"no CA bundle at {HOST_CA} to reach the Python package index from %post",
                                fix="apt-get install ca-certificates")
-    with piece_lock(out_dir / f".test-{arch}.lock"):
+    with piece_lock(out_dir / f".{sif.name}.lock"):
         if _fresh(sif, digest):
             return sif
         _drop(sif)
+        for stale in out_dir.glob(f"{sif.name}.building-*"):
+            remove_tree(stale)
         name, uid = pieces.BUILDER
-        work = out_dir / f"build-{arch}-{os.getpid()}"
+        work = out_dir / f"{sif.name}.building-{os.getpid()}"
         remove_tree(work)
         work.mkdir()
         start = time.monotonic()

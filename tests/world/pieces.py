@@ -6,6 +6,9 @@ recipe's digest (its cache stamp) changes with it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from containers.markers import fingerprint
 from tests.world.rootfs import Recipe
 
 BUILDER = ("worldbuild", 4242)  # the unprivileged user `apptainer build --userns` runs as
@@ -25,3 +28,30 @@ def bookworm(arch: str) -> Recipe:
     """Debian 12 with Python 3.11: the base of the test images (no device nodes: see Recipe)."""
     return Recipe(name=f"bookworm-{arch}", suite="bookworm", arch=arch,
                   include=("python3", "python3-venv"), sif_ready=True)
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A root made from a copy of ``base`` plus apt-installed ``packages`` (tests/world/armnode.py).
+
+    Cheaper than another debootstrap when the base is emulated (arm64): a copy and an apt-get
+    install instead of a second emulated debootstrap (times: bench/results/world_arm64.txt).
+    ``steps`` is the version of the derivation code; ``digest()`` covers the base's digest too, so
+    a new base means a new derived root.
+    """
+
+    name: str
+    base: Recipe
+    packages: tuple[str, ...]
+    steps: int = 1
+
+    def digest(self) -> str:
+        return fingerprint({"base": self.base.digest(), "packages": self.packages, "steps": self.steps})
+
+
+# The DGX Spark node of the local Slurm: Debian's arm64 slurmd (22.05.8, as on the host) and munge.
+SPARK_NODE = Derived(name="spark-node-arm64", base=bookworm("arm64"),
+                     packages=("slurmd", "slurm-client", "munge"))
+
+# Roots other parts of the world add register here so ``gc`` keeps them.
+EXTRA_ROOTS: list[Recipe | Derived] = [SPARK_NODE]

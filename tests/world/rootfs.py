@@ -9,10 +9,14 @@ API (everything a caller needs; raises :class:`WorldUnavailable` with one line w
 - ``Recipe(name, suite, arch="amd64", variant="minbase", include=(), sif_ready=False,
   users=(), edits=())``: what a root is. ``digest()`` hashes every field plus :data:`STEPS_VERSION`, so a
   changed recipe (or changed build steps) means a different root.
-- ``ensure(recipe, *, cache=None, log=None) -> Path``: the root's directory, built when missing,
-  half-built or stale. A root counts as built only when its completion marker (written last, after
-  the build directory was renamed into place) holds the recipe's digest; anything else under its
-  name is deleted and rebuilt (never trusted). Concurrent callers wait on one lock per root.
+- ``ensure(recipe, *, cache=None, log=None) -> Path``: the root's directory
+  (``roots/NAME.DIGEST12``), built when missing or half-built. A root counts as built only when
+  its completion marker (written last, after the build directory was renamed into place) holds the
+  recipe's digest; anything else at that path is deleted and rebuilt (never trusted). A changed
+  recipe is a new digest, hence a new folder: checkouts at different commits sharing the cache
+  never delete each other's roots. Concurrent callers wait on one lock per root.
+- ``gc(keep, *, cache=None)``: delete every cached root/image named ``NAME.DIGEST12...`` not in
+  ``keep`` (other folders in the cache are left alone).
 - ``why_unavailable(recipe) -> str | None``: None when ``ensure`` can work here (root, debootstrap,
   qemu-user binfmt for a foreign arch; installs the Debian packages with apt-get when it can).
 - ``enter_argv(root, argv, *, binds=(), ro_binds=(), cwd=None) -> list[str]``: the argv that
@@ -175,6 +179,19 @@ def _ensure_binfmt(arch: str) -> str | None:
     return None
 
 
+# Programs the suite needs on the host besides the roots (make test installs them when root).
+SUITE_TOOLS = {"siftool": "siftool", "mksquashfs": "squashfs-tools", "shellcheck": "shellcheck"}
+
+
+def ensure_suite_tools() -> str | None:
+    """apt-get install the suite's host programs that are missing; None when all are there."""
+    missing = sorted({pkg for prog, pkg in SUITE_TOOLS.items() if not _which(prog)})
+    if not missing:
+        return None
+    why = _apt_install(missing)
+    return f"{' '.join(missing)} missing and {why}" if why else None
+
+
 def why_unavailable(recipe: Recipe | None = None) -> str | None:
     """None when roots (of ``recipe``'s arch) can be built and entered here, else one line why."""
     if os.name != "posix" or os.getuid() != 0:
@@ -235,11 +252,21 @@ def _say(log: Callable[[str], None] | None, text: str) -> None:
     (log or (lambda s: print(s, file=sys.stderr, flush=True)))(text)
 
 
+def root_path(recipe: Recipe, cache: Path | None = None) -> Path:
+    """Where ``recipe``'s root lives: one folder per recipe digest.
+
+    Why per digest: two checkouts at different commits (a helper's branch, CI's fresh clone) may
+    use one machine-wide cache at once; with one folder per name, each would delete the root the
+    other is running in. Older digests stay until ``gc`` removes them.
+    """
+    return (cache or cache_dir()) / "roots" / f"{recipe.name}.{recipe.digest()[:12]}"
+
+
 def ensure(recipe: Recipe, *, cache: Path | None = None,
            log: Callable[[str], None] | None = None) -> Path:
-    """The built root of ``recipe`` (built now when missing, half-built or stale)."""
-    base = (cache or cache_dir()) / "roots"
-    root, marker = base / recipe.name, base / f"{recipe.name}.done"
+    """The built root of ``recipe`` (built now when missing or half-built)."""
+    root = root_path(recipe, cache)
+    base, marker = root.parent, root.with_name(root.name + ".done")
     digest = recipe.digest()
     if is_done(marker, digest) and (root / "bin" / "sh").exists():
         return root
@@ -247,14 +274,14 @@ def ensure(recipe: Recipe, *, cache: Path | None = None,
     if why:
         raise WorldUnavailable(f"root filesystem '{recipe.name}' cannot be built: {why}")
     base.mkdir(parents=True, exist_ok=True)
-    with piece_lock(base / f".{recipe.name}.lock"):
+    with piece_lock(base / f".{root.name}.lock"):
         if is_done(marker, digest) and (root / "bin" / "sh").exists():
             return root
         with contextlib.suppress(FileNotFoundError):
             marker.unlink()  # from here on the old root is not vouched for
-        for stale in [root, *base.glob(f"{recipe.name}.building-*")]:
-            remove_tree(stale)
-        work = base / f"{recipe.name}.building-{os.getpid()}"
+        for stale in [root, *base.glob(f"{root.name}.building-*")]:
+            remove_tree(stale)  # half-built: never trusted (the lock says no one is building it)
+        work = base / f"{root.name}.building-{os.getpid()}"
         start = time.monotonic()
         _say(log, f"world: building root '{recipe.name}' ({recipe.suite}/{recipe.arch}) in {root}")
         try:
@@ -270,6 +297,21 @@ def ensure(recipe: Recipe, *, cache: Path | None = None,
                      built=time.strftime("%Y-%m-%dT%H:%M:%S"))
         _say(log, f"world: root '{recipe.name}' built in {seconds:.0f} s")
         return root
+
+
+def gc(keep: Iterable[Path], cache: Path | None = None) -> list[Path]:
+    """Delete cached roots and images not in ``keep`` (other digests, leftovers); returns them."""
+    cache = cache or cache_dir()
+    keep_names = {p.name for p in keep} | {p.name + ".done" for p in keep}
+    ours = re.compile(r"^[\w.-]+\.[0-9a-f]{12}(\.sif)?(\.done|\.building-[\w-]+(\.sif)?)?$")
+    removed = []
+    for sub in ("roots", "images"):
+        for p in sorted((cache / sub).glob("*")):
+            if p.name.split(".building-")[0] in keep_names or not ours.match(p.name):
+                continue  # kept (or being built now), or not named the way ensure()/images name them
+            remove_tree(p)
+            removed.append(p)
+    return removed
 
 
 def _debootstrap(recipe: Recipe, work: Path) -> None:
@@ -360,9 +402,9 @@ def describe(cache: Path | None = None) -> list[dict]:
     out = []
     for marker in sorted(base.glob("*.done")):
         try:
-            out.append({"name": marker.stem, **json.loads(marker.read_text())})
+            out.append({"dir": marker.name[:-5], **json.loads(marker.read_text())})
         except (OSError, ValueError):
-            out.append({"name": marker.stem, "broken": True})
+            out.append({"dir": marker.name[:-5], "broken": True})
     return out
 
 
