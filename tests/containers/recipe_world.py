@@ -141,7 +141,18 @@ def build_in_world(image: str, *, repo: Path = REPO, lock: Path | None = None, t
             with contextlib.suppress(Exception):
                 remove_tree(work)
         write_marker(marker, key, seconds=seconds)
+        _prune(out_dir, f"{image}{'-' + tag if tag else ''}-", keep=stem)
         return Built(image, True, sif, seconds, False, text[-6000:])
+
+
+def _prune(out_dir: Path, prefix: str, keep: str) -> None:
+    """Older builds of the same image (other keys) only take space: the cache keeps the newest."""
+    for p in out_dir.glob(f"{prefix}*"):
+        rest = p.name[len(prefix):].split(".", 1)[0]
+        if p.name.startswith(keep) or len(rest) != 12 or not all(c in "0123456789abcdef" for c in rest):
+            continue
+        with contextlib.suppress(OSError):
+            p.unlink()
 
 
 def check_in_world(built: Built, image: str, repo: Path = REPO) -> tuple[bool, str]:
