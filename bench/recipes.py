@@ -179,8 +179,10 @@ def main(out_dir: Path) -> None:
                   "'test' rows: the test-world locks (Python 3.11, CUDA-only packages left out).", "",
                   *sizes()]
     (out_dir / "recipes-size.txt").write_text("\n".join(size_lines) + "\n")
-    build_lines = ["command: make bench ARGS=recipes   (python -m bench recipes; RECIPES_BENCH_FRESH=1 "
-                   "rebuilds)", machine, "",
+    build_lines = ["command: RECIPES_BENCH_FRESH=1 make bench ARGS=recipes   (python -m bench recipes; "
+                   "without RECIPES_BENCH_FRESH=1 cached builds report their original time)",
+                   "flowportal needs CONTAINERS_TEST_FLOWPORTAL_GIT and CONTAINERS_TEST_MATANYONE_GIT "
+                   "(local git repositories holding the pinned revisions)", machine, "",
                    "Each recipe's real definition built by real Apptainer in the test world (apptainer build",
                    "--userns from the world's Debian bookworm base, the image's Python 3.11 test lock; %post",
                    "downloads and installs the lock, %test runs containers.imagecheck). Wall time includes",

@@ -343,7 +343,7 @@ def lint_definition(path: Path, spec: ImageSpec | None, *, repo: Path = REPO_ROO
     code = _strip_comments(d.render(post, {}))
     if not re.search(r"rm -rf[^\n]*\.cache|UV_NO_CACHE|--no-cache", code):
         err(post_line, "%post leaves package caches in the image (use --no-cache or remove ~/.cache)")
-    f += _check_installs(post, post_line, spec, err)
+    f += _check_installs(d.render(post, {}), post_line, spec, err)
     f_files, _ = d.sections.get("files", ("", 1)), None
     files_body, files_line = f_files
     for ig in ignored_dirs(repo):
@@ -379,6 +379,10 @@ def _check_installs(post: str, post_line: int, spec: ImageSpec | None, err) -> l
                             "PyPI stops at 2.6.2, install 3.x from Paddle's index")
                 elif not ver:
                     err(no, f"'{name}' is installed unpinned in %post; pin it with ==")
+                elif spec and name == unlocked and ver != spec.unlocked_wheel.get("version", ver):
+                    err(no, f"%post installs {name}=={ver} but lock.unlocked_wheel declares version "
+                            f"{spec.unlocked_wheel.get('version')} (whose requirements lint checks); "
+                            "make them agree")
                 elif name != unlocked:
                     err(no, f"'{pkgs[0]}' is installed outside the lock; declare it as lock.unlocked_wheel "
                             "in the image yaml (its requirements are then checked) or lock it")

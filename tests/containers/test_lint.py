@@ -439,3 +439,12 @@ def test_lock_check_tells_relock_from_newer_releases(tmp_path):
     assert "tiny amd64: INPUTS CHANGED (its inputs changed since it was made): relock: make lock IMAGE=tiny" \
         in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def test_the_unlocked_wheel_version_must_be_the_one_whose_requirements_are_checked(tmp_path):
+    _repo_copy(tmp_path)
+    d = tmp_path / "recipes" / "paddle-py312.def"
+    d.write_text(d.read_text().replace("PADDLE_VERSION=3.2.1", "PADDLE_VERSION=3.3.0"))
+    proc = cli("lint", "paddle-py312", cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 1
+    assert "installs paddlepaddle-gpu==3.3.0 but lock.unlocked_wheel declares version 3.2.1" in proc.stderr
