@@ -83,6 +83,12 @@ def check_start(cfg: Any, run: Any = None) -> None:
     ok, why = nvidia_visible()
     if not ok:
         _act(why, cfg, run)
+        return
+    from entrypoints.apps.doctor import driver_floor_error  # the image's CUDA needs a new enough driver
+
+    too_old = driver_floor_error(cfg)
+    if too_old:
+        raise UserError(too_old, fix="submit to a partition with that driver (cluster=... gpu=...)")
 
 
 def check_device(device: Any, cfg: Any = None, run: Any = None) -> None:
