@@ -54,6 +54,7 @@ class Clusters:
     cxy: np.ndarray         # (k, G, 4)
     votes: np.ndarray       # (k, G, L)
     votes_all: np.ndarray   # (k, G, L)
+    abstain: np.ndarray | None = None  # (k, G) bool: voter has no say on this cluster
 
 
 def _best_per_key(key: np.ndarray, value: np.ndarray) -> np.ndarray:
@@ -68,8 +69,34 @@ def _best_per_key(key: np.ndarray, value: np.ndarray) -> np.ndarray:
     return out
 
 
+def _covered(boxes: np.ndarray, cover: np.ndarray) -> np.ndarray:
+    """Share of each box's area covered by the ``cover`` boxes (which do not overlap much)."""
+    if not len(boxes) or not len(cover):
+        return np.zeros(len(boxes))
+    from entrypoints.newsbag.geometry import _window_pairs, areas
+
+    half = float((cover[:, 3] - cover[:, 1]).max()) * 0.5
+    key = np.concatenate([(cover[:, 1] + cover[:, 3]) * 0.5, np.full(len(boxes), np.inf)])
+    lo = np.concatenate([np.full(len(cover), np.inf), boxes[:, 1] - half])
+    hi = np.concatenate([np.full(len(cover), -np.inf), boxes[:, 3] + half])
+    i, j = _window_pairs(key, lo, hi)
+    i, j = i - len(cover), j
+    ok = (i >= 0) & (j < len(cover))
+    i, j = i[ok], j[ok]
+    a, b = boxes[i], cover[j]
+    w = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+    h = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
+    inter = np.bincount(i, weights=w * h, minlength=len(boxes))
+    return np.clip(inter / np.maximum(areas(boxes), 1e-9), 0.0, 1.0)
+
+
+# labels on which text-line detectors have no say (a photo has no text lines to find)
+LINE_ABSTAINS = ("figure",)
+
+
 def cluster(per_variant: list[Boxes], voter_of_variant: np.ndarray, share: np.ndarray, n_voters: int,
-            iou_thr: float, label_weight: np.ndarray) -> Clusters:
+            iou_thr: float, label_weight: np.ndarray, line: np.ndarray | None = None,
+            cover_min: float = 0.5) -> Clusters:
     """Cluster the boxes of every variant and aggregate them per (cluster, voter).
 
     ``voter_of_variant`` (V,) maps each variant to its voter; ``share`` (V,) is the variant's
@@ -119,7 +146,27 @@ def cluster(per_variant: list[Boxes], voter_of_variant: np.ndarray, share: np.nd
     votes_all = np.bincount(lab_cell, weights=wbox, minlength=kg * N_LABELS).reshape(k, g_count, N_LABELS)
     votes = np.bincount(lab_cell, weights=wbox * label_weight[vid],
                         minlength=kg * N_LABELS).reshape(k, g_count, N_LABELS)
-    return Clusters(k, g_count, presence, confidence, cw, cxy, votes, votes_all)
+    abstain = np.zeros((k, g_count), bool)
+    if line is not None and line.any():
+        # Text-line sources group lines into blocks that rarely split a page as a layout model
+        # does; they back a cluster whose area their blocks cover (>= cover_min), and abstain on
+        # clusters labelled as something without text lines (photos).
+        box = cxy.sum(axis=1) / np.maximum(cw.sum(axis=1), 1e-12)[:, None]
+        informed = votes.sum(axis=1)
+        label = np.where(informed.sum(axis=1) > 0, informed.argmax(axis=1), votes_all.sum(axis=1).argmax(axis=1))
+        from entrypoints.newsbag.geometry import LABEL_INDEX
+
+        no_text = np.isin(label, [LABEL_INDEX[x] for x in LINE_ABSTAINS])
+        for v in np.flatnonzero(line):
+            g_i = int(voter_of_variant[v])
+            b = per_variant[v]
+            cov = _covered(box, b.xyxy)
+            backed = cov >= cover_min
+            mean_score = float(b.score.mean()) if len(b) else 0.0
+            presence[:, g_i] = np.maximum(presence[:, g_i], backed)
+            confidence[:, g_i] = np.maximum(confidence[:, g_i], backed * mean_score)
+            abstain[:, g_i] |= no_text & (presence[:, g_i] == 0)
+    return Clusters(k, g_count, presence, confidence, cw, cxy, votes, votes_all, abstain)
 
 
 def consensus(cl: Clusters, voter_weight: np.ndarray, active: np.ndarray, min_support: float,
@@ -128,12 +175,14 @@ def consensus(cl: Clusters, voter_weight: np.ndarray, active: np.ndarray, min_su
     if cl.k == 0:
         return Boxes.empty()
     w = voter_weight * active
-    total = float(w.sum())
-    if total <= 0:
+    if float(w.sum()) <= 0:
         return Boxes.empty()
-    support = cl.presence @ w / total
-    conf = cl.confidence @ w / total
-    keep = (support > 0) & ((support > min_support + EPS) | (conf >= min_confidence - EPS))
+    w_k = np.where(cl.abstain, 0.0, w[None, :]) if cl.abstain is not None else np.broadcast_to(w, cl.presence.shape)
+    total = np.maximum(w_k.sum(axis=1), 1e-12)
+    support = (cl.presence * w_k).sum(axis=1) / total
+    conf = (cl.confidence * w_k).sum(axis=1) / total
+    members = cl.cw @ active.astype(np.float64) > 0  # an active voter has a box in it
+    keep = members & ((support > min_support + EPS) | (conf >= min_confidence - EPS))
     if not keep.any():
         return Boxes.empty()
     a = active.astype(np.float64)

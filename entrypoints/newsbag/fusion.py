@@ -124,7 +124,8 @@ class Fuser:
         self.cl = None
         if method == "consensus":
             self.cl = cons_mod.cluster(per_variant, self.voter_of_variant, share, len(self.voters),
-                                       s.cluster_iou, np.array([0.0 if x else 1.0 for x in line]))
+                                       s.cluster_iou, np.array([0.0 if x else 1.0 for x in line]),
+                                       line=np.array(line, bool))
 
     def fuse(self, left_out: int | None = None) -> Boxes:
         active = np.ones(len(self.voters), bool)

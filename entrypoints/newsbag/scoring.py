@@ -42,33 +42,50 @@ def match_counts(pred: Boxes, ref: Boxes, iou_thr: float) -> tuple[int, int]:
     return out[0], out[1]
 
 
-def label_rasters(boxes: Boxes, width: float, height: float, grid: int) -> np.ndarray:
-    """(labels, grid, grid) bool: cell covered by a box of that label (cell centre inside the box)."""
-    g1 = grid + 1
+@dataclass
+class Rasters:
+    """Per-label coverage rasters of one layout: ``labels`` (m,) present and ``cells`` (m, grid, grid)."""
+
+    labels: np.ndarray
+    cells: np.ndarray
+
+    @property
+    def count(self) -> int:
+        return int(np.count_nonzero(self.cells))
+
+
+def label_rasters(boxes: Boxes, width: float, height: float, grid: int) -> Rasters:
+    """Cells covered by a box of each present label (cell centre inside the box)."""
     if not len(boxes):
-        return np.zeros((N_LABELS, grid, grid), bool)
+        return Rasters(np.zeros(0, np.int64), np.zeros((0, grid, grid), bool))
+    g1 = grid + 1
+    labels, lab = np.unique(boxes.label, return_inverse=True)
     b = boxes.xyxy
     # first cell whose centre (c + 0.5) * step is >= the edge: ceil(edge / step - 0.5)
     ix = np.clip(np.ceil(b[:, 0::2] * (grid / width) - 0.5), 0, grid).astype(np.int64)
     iy = np.clip(np.ceil(b[:, 1::2] * (grid / height) - 0.5), 0, grid).astype(np.int64)
-    base = boxes.label * (g1 * g1)
+    base = lab.reshape(-1) * (g1 * g1)
     idx = np.concatenate([base + iy[:, 0] * g1 + ix[:, 0], base + iy[:, 0] * g1 + ix[:, 1],
                           base + iy[:, 1] * g1 + ix[:, 0], base + iy[:, 1] * g1 + ix[:, 1]])
     n = len(boxes)
-    wts = np.repeat([1.0, -1.0, -1.0, 1.0], n)
-    d = np.bincount(idx, weights=wts, minlength=N_LABELS * g1 * g1).reshape(N_LABELS, g1, g1)
-    return (d.cumsum(axis=1).cumsum(axis=2)[:, :grid, :grid]) > 0.5
+    wts = np.repeat(np.array([1, -1, -1, 1], dtype=np.int32), n)
+    d = np.zeros(len(labels) * g1 * g1, dtype=np.int32)
+    np.add.at(d, idx, wts)
+    d = d.reshape(len(labels), g1, g1)
+    np.cumsum(d, axis=2, out=d)
+    np.cumsum(d, axis=1, out=d)
+    return Rasters(labels, d[:, :grid, :grid] > 0)
 
 
-def coverage(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Label-wise area IoU of two raster stacks; 1.0 when both are empty."""
-    union = int(np.count_nonzero(pred | ref))
-    if union == 0:
-        return 1.0
-    return float(np.count_nonzero(pred & ref)) / union
+def coverage(pred: Rasters, ref: Rasters) -> float:
+    """Label-wise area IoU of two raster sets; 1.0 when both are empty."""
+    common, ip, ir = np.intersect1d(pred.labels, ref.labels, assume_unique=True, return_indices=True)
+    inter = int(np.count_nonzero(pred.cells[ip] & ref.cells[ir])) if len(common) else 0
+    union = pred.count + ref.count - inter
+    return 1.0 if union == 0 else inter / union
 
 
-def compare(pred: Boxes, ref: Boxes, ref_rasters: np.ndarray, width: float, height: float,
+def compare(pred: Boxes, ref: Boxes, ref_rasters: Rasters, width: float, height: float,
             iou_thr: float, grid: int) -> dict[str, float]:
     tp, loc_tp = match_counts(pred, ref, iou_thr)
     cov = coverage(label_rasters(pred, width, height, grid), ref_rasters)

@@ -169,67 +169,130 @@ def read_tsv(path: Path) -> list[dict[str, str]]:
     return [dict(zip(cols, ln.split("\t"), strict=True)) for ln in lines[1:]]
 
 
-def test_leaderboard_ranks_a_deliberately_bad_variant_last(tmp_path):
-    bad = [(700, 20, 760, 60, "other"), (30, 700, 90, 760, "other"), (300, 400, 360, 460, "other")]
+def write_gt(run_dir: Path, page_ids, boxes=LAYOUT, condition: str = "clean") -> Path:
+    """Truth next to the page images the source records name (``/nowhere`` is replaced)."""
+    pages = run_dir / "pages"
+    pages.mkdir(exist_ok=True)
+    for pid in page_ids:
+        gt = rec("ground_truth", "gt", boxes, page_id=pid)
+        gt["image"] = str(pages / f"{pid}.png")
+        gt["condition"] = condition
+        write_page(pages / f"{pid}.gt.json", gt)
+    for path in (run_dir / "outputs" / "sources").rglob("*.json"):
+        r = read_page(path)
+        r["image"] = str(pages / f"{r['page_id']}.png")
+        write_page(path, r)
+    return pages
+
+
+BAD = [(700, 20, 760, 60, "other"), (30, 700, 90, 760, "other"), (300, 400, 360, 460, "other")]
+
+
+def test_leaderboard_ranks_by_truth_and_a_bad_variant_last(tmp_path):
     write_sources(tmp_path, {"a/base": LAYOUT, "a/shift": jitter(LAYOUT, 4), "b/base": jitter(LAYOUT, -3),
-                             "c/base": LAYOUT[:-1], "d/bad": bad})
+                             "c/base": LAYOUT[:-1], "d/bad": BAD})
+    write_gt(tmp_path, ("p1", "p2", "p3"))
     summary = fusion.fuse_run(tmp_path, fusion.Settings(), run=FakeRun(), workers=1, progress=False)
     out = tmp_path / "outputs" / "fusion"
+    text = (out / "variant_leaderboard.tsv").read_text()
+    assert text.startswith("# newsbag variant leaderboard. Ranking basis: ground truth on 3 of 3 pages")
     rows = read_tsv(out / "variant_leaderboard.tsv")
+    # a/base, a/shift (4 px) and b/base (3 px) all match the truth at IoU 0.5: equal F1, so coverage
+    # (the exact one covers the truth best) orders them, never their names
     assert [r["rank"] for r in rows] == ["1", "2", "3", "4", "5"]
-    assert rows[-1]["source"] == "d" and rows[-1]["variant"] == "bad" and float(rows[-1]["f1"]) == 0.0
-    assert float(rows[0]["f1"]) > 0.9 and rows[0]["pages"] == "3"
+    assert [float(r["gt_f1"]) for r in rows[:3]] == [1.0, 1.0, 1.0] and rows[0]["variant"] == "base"
+    assert float(rows[0]["gt_coverage"]) > float(rows[1]["gt_coverage"]) > float(rows[2]["gt_coverage"])
+    assert rows[-1]["source"] == "d" and rows[-1]["variant"] == "bad" and float(rows[-1]["gt_f1"]) == 0.0
+    assert rows[3]["variant"] == "base" and rows[3]["source"] == "c"   # misses one of six blocks
+    assert float(rows[3]["gt_f1"]) == pytest.approx(2 * 5 / 11, abs=1e-4)
+    assert all(r["agree_f1"] != "-" for r in rows)                       # agreement shown beside it
     srows = read_tsv(out / "source_leaderboard.tsv")
-    assert srows[-1]["source"] == "d" and {r["source"] for r in srows} == {"a", "b", "c", "d"}
-    assert summary["ranking"][-1]["variant"] == "d/bad"
+    assert srows[-1]["source"] == "d" and [r["rank"] for r in srows] == ["1", "2", "3", "4"]
+    assert summary["ranked_by"] == "gt_f1" and summary["ranking"][-1]["variant"] == "d/bad"
     cons = read_page(out / "pages" / "p1.json")
     assert cons["source"] == "consensus" and len(cons["boxes"]) == len(LAYOUT)
-    assert (out / "variant_leaderboard.tsv").read_text().startswith("# newsbag variant leaderboard")
     assert (out / "fusion_complete.json").is_file()
     assert len(read_tsv(out / "page_scores.tsv")) == 3
 
 
-def test_bad_inputs_are_skipped_with_reasons_and_the_run_goes_on(tmp_path):
+def test_without_truth_agreement_ranks_only_with_three_sources(tmp_path):
+    three = tmp_path / "three"
+    write_sources(three, {"a/v": LAYOUT, "b/v": jitter(LAYOUT, 3), "d/bad": BAD})
+    s3 = fusion.fuse_run(three, fusion.Settings(), run=FakeRun(), workers=1, progress=False)
+    assert s3["ranked_by"] == "agree_f1" and "leave-one-out agreement among 3 sources" in s3["ranking_basis"]
+    rows = read_tsv(three / "outputs" / "fusion" / "variant_leaderboard.tsv")
+    assert [r["rank"] for r in rows] == ["1", "1", "3"] and rows[-1]["source"] == "d"
+    two = tmp_path / "two"
+    write_sources(two, {"a/v": LAYOUT, "d/bad": BAD})
+    s2 = fusion.fuse_run(two, fusion.Settings(), run=FakeRun(), workers=1, progress=False)
+    assert s2["ranked_by"] is None and "agreement cannot rank" in s2["ranking_basis"]
+    text = (two / "outputs" / "fusion" / "variant_leaderboard.tsv").read_text()
+    assert "agreement cannot rank" in text.splitlines()[0]
+    rows = read_tsv(two / "outputs" / "fusion" / "variant_leaderboard.tsv")
+    assert [r["rank"] for r in rows] == ["-", "-"] and {r["source"] for r in rows} == {"a", "d"}
+    assert all(r["agree_f1"] != "-" for r in rows)                       # both shown, neither ranked
+
+
+def test_equal_scores_share_a_rank_and_never_fall_back_to_names():
+    from entrypoints.newsbag.report import competition_ranks
+
+    assert competition_ranks([(0.5, 0.2), (0.5, 0.2), (0.7, 0.1), None, (0.5, 0.1)]) == [2, 2, 1, None, 4]
+
+
+def test_bad_inputs_are_skipped_with_reasons_and_partial_rows_say_so(tmp_path):
     write_sources(tmp_path, {"a/v": LAYOUT, "b/v": LAYOUT}, pages=("p1", "p2"))
-    write_sources(tmp_path, {"c/v": LAYOUT}, pages=("p1",))           # covers fewer pages
-    (source_pages_dir(tmp_path, "b", "v") / "p2.json").write_text("{not json")  # corrupt
+    write_sources(tmp_path, {"c/v": LAYOUT}, pages=("p1",))           # covers another page set
+    write_gt(tmp_path, ("p1", "p2"))
+    (tmp_path / "pages" / "p2.gt.json").write_text('{"page_id": "p2", "boxes": 3}')  # malformed truth
+    (source_pages_dir(tmp_path, "b", "v") / "p2.json").write_text("{not json")  # corrupt record
     run = FakeRun()
     summary = fusion.fuse_run(tmp_path, fusion.Settings(), run=run, workers=1, progress=False)
     reasons = {s["item"]: s["reason"] for s in run.report["skipped"]}
-    assert "no output for this page" in reasons["c/v/p2"]
+    assert reasons["c/v"].startswith("covers 1 of 2 pages; not scored on the other 1 (p2)")
     assert "not valid JSON" in reasons["b/v/p2"]
     assert "only one variant" in reasons["a/v/p2"]
-    assert summary["fused"] == 2
+    assert reasons["ground_truth/p2"].startswith("malformed ground truth, page not scored against truth")
+    assert all("\n" not in r for r in reasons.values())
+    assert summary["fused"] == 2 and summary["gt_pages"] == 1
     rows = {r["source"]: r for r in read_tsv(tmp_path / "outputs" / "fusion" / "variant_leaderboard.tsv")}
     assert rows["c"]["missing"] == "1" and rows["c"]["pages"] == "1"
+    assert rows["c"]["note"].startswith("partial: 1 of 2 pages")
+    assert "ground truth on 1 of 2 pages" in summary["ranking_basis"]
 
 
-def test_accuracy_against_ground_truth(tmp_path):
-    pages = tmp_path / "pages"
-    pages.mkdir()
-    gt = rec("ground_truth", "gt", LAYOUT, page_id="p1")
-    gt["image"] = str(pages / "p1.png")
-    write_page(pages / "p1.gt.json", gt)
-    for key, boxes in {"a/v": LAYOUT, "b/v": jitter(LAYOUT, 3), "c/v": LAYOUT[:2]}.items():
-        r = rec(*key.split("/"), boxes)
-        r["image"] = str(pages / "p1.png")
-        write_page(source_pages_dir(tmp_path, *key.split("/")) / "p1.json", r)
+def test_accuracy_against_ground_truth_by_condition(tmp_path):
+    write_sources(tmp_path, {"a/v": LAYOUT, "b/v": jitter(LAYOUT, 3), "c/v": LAYOUT[:2]}, pages=("p1", "p2"))
+    pages = write_gt(tmp_path, ("p1",))
+    gt2 = read_page(pages / "p1.gt.json")
+    write_page(pages / "p2.gt.json", {**gt2, "page_id": "p2", "condition": "degraded: blur, jpeg"})
     summary = fusion.fuse_run(tmp_path, fusion.Settings(), run=FakeRun(), progress=False)
-    rows = {r["system"]: r for r in read_tsv(tmp_path / "outputs" / "fusion" / "accuracy.tsv")}
-    assert float(rows["consensus"]["f1"]) == 1.0 and float(rows["a/v"]["f1"]) == 1.0
-    assert float(rows["c/v"]["recall"]) == pytest.approx(2 / 6, abs=1e-4)
-    assert summary["accuracy"]["consensus"]["f1"] == 1.0
+    rows = read_tsv(tmp_path / "outputs" / "fusion" / "accuracy.tsv")
+    by = {(r["group"], r["system"]): r for r in rows}
+    assert {g for g, _ in by} == {"all", "clean", "degraded"}
+    assert float(by["all", "consensus"]["f1"]) == 1.0 and float(by["clean", "a/v"]["f1"]) == 1.0
+    assert by["degraded", "consensus"]["pages"] == "1" and by["all", "consensus"]["pages"] == "2"
+    assert float(by["all", "c/v"]["recall"]) == pytest.approx(2 / 6, abs=1e-4)
+    assert summary["accuracy"]["all"]["consensus"]["f1"] == 1.0
+    if fusion.cons_mod.wbf_available()[0]:
+        assert float(by["all", "baseline:wbf"]["f1"]) == 1.0  # three agreeing sources: WBF agrees too
 
 
-def test_app_end_to_end_rerun_skips_and_empty_run_dir_is_one_line_error(tmp_path):
+def test_app_end_to_end_rerun_skips_only_on_an_exact_fingerprint(tmp_path):
     write_sources(tmp_path, {"a/v": LAYOUT, "b/v": jitter(LAYOUT, 2)})
     cmd = [sys.executable, "-m", "entrypoints", "fusion", f"run_dir={tmp_path}", "workers=1"]
     first = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert first.returncode == 0, first.stderr
+    assert "ranking basis: none: no ground truth" in first.stdout
     report = json.loads((tmp_path / "jobs" / "fusion" / "run_report.json").read_text())
     assert report["exit_status"] == 0 and report["fusion"]["fused"] == 3
     second = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert "nothing to do" in second.stdout
+    third = subprocess.run([*cmd, "fusion.min_support=0.6"], capture_output=True, text=True, cwd=REPO)
+    assert third.returncode == 0 and "nothing to do" not in third.stdout   # other settings: recomputed
+    path = source_pages_dir(tmp_path, "b", "v") / "p2.json"
+    write_page(path, rec("b", "v", LAYOUT[:3], page_id="p2"))           # an input changed
+    fourth = subprocess.run([*cmd, "fusion.min_support=0.6"], capture_output=True, text=True, cwd=REPO)
+    assert "nothing to do" not in fourth.stdout
     empty = tmp_path / "empty"
     bad = subprocess.run([*cmd[:4], f"run_dir={empty}"], capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 2
@@ -246,5 +309,8 @@ def test_settings_from_config_overrides_defaults_and_refuses_bad_values():
                                                           "source_weights": {"dell": 2}}}))
     assert (s.grid, s.cluster_iou, s.match_iou, s.source_weights) == (32, 0.4, 0.5, {"dell": 2.0})
     assert isinstance(s.grid, int) and fusion.settings_from(OmegaConf.create({})) == fusion.Settings()
-    with pytest.raises(UserError, match="min_support"):
-        fusion.settings_from(OmegaConf.create({"fusion": {"min_support": 0}}))
+    for bad, match in (({"min_support": 1.5}, "min_support"), ({"method": "union"}, "method=union"),
+                       ({"grid": "many"}, "bad fusion setting"), ({"colour": 1}, "unknown fusion setting"),
+                       ({"source_weights": {"a": 0}}, "positive")):
+        with pytest.raises(UserError, match=match):
+            fusion.settings_from(OmegaConf.create({"fusion": bad}))
