@@ -32,7 +32,7 @@ class Aggregate:
         self.gt_pages = 0
         self.gt_by_group: dict[str, int] = defaultdict(int)
         self.fused = 0
-        self.page_rows: list[tuple[float, str, int, int, float, float, str]] = []
+        self.page_rows: list[tuple[float, str, int, int, float, float, str, float | None]] = []
 
     def add(self, res: Any) -> None:
         from entrypoints.newsbag.scoring import f1
@@ -49,9 +49,11 @@ class Aggregate:
                     self.gt[g][key].add(counts)
         if res.disagreement is not None:
             sc = list(res.scores.values())
+            cons = (res.gt_scores or {}).get(CONSENSUS_SOURCE)
             self.page_rows.append((res.disagreement, res.page_id, len(res.scores), len(res.consensus["boxes"]),
                                    sum(f1(v["tp"], v["pred"], v["ref"]) for v in sc) / len(sc),
-                                   sum(v["coverage"] for v in sc) / len(sc), res.condition or "-"))
+                                   sum(v["coverage"] for v in sc) / len(sc), res.condition or "-",
+                                   None if cons is None else f1(cons["tp"], cons["pred"], cons["ref"])))
 
 
 def _fmt(v: float | None) -> str:
@@ -159,10 +161,12 @@ def build(agg: Aggregate, s: Any, *, n_pages: int, n_sources: int) -> tuple[dict
     agg.page_rows.sort(key=lambda r: (-r[0], r[1]))
     tables["page_scores.tsv"] = _table(
         "# per-page disagreement among variants: 1 - mean over variants of (f1 + coverage)/2 against the\n"
-        "# leave-one-out consensus; review renders the highest first.\n",
-        ["page_id", "variants", "consensus_boxes", "disagreement", "mean_f1", "mean_coverage", "condition"],
-        ([pid, str(nv), str(nb), _fmt(d), _fmt(f), _fmt(c), cond] for d, pid, nv, nb, f, c, cond in
-         agg.page_rows))
+        "# leave-one-out consensus; review renders the highest first. consensus_gt_f1: the fused page vs\n"
+        "# its ground truth ('-' = no truth); condition: the truth's page condition.\n",
+        ["page_id", "variants", "consensus_boxes", "disagreement", "mean_f1", "mean_coverage", "condition",
+         "consensus_gt_f1"],
+        ([pid, str(nv), str(nb), _fmt(d), _fmt(f), _fmt(c), cond, _fmt(g)]
+         for d, pid, nv, nb, f, c, cond, g in agg.page_rows))
 
     accuracy: dict[str, dict[str, dict[str, float]]] | None = None
     if agg.gt_pages:
@@ -190,5 +194,5 @@ def build(agg: Aggregate, s: Any, *, n_pages: int, n_sources: int) -> tuple[dict
             "# Ranked by f1 then coverage within each group; equal scores share a rank.\n",
             ["group", "rank", "system", "pages", "boxes", "gt_boxes", *METRICS], arows)
     summary = {"ranking_basis": why, "ranked_by": ranked_by, "ranking": ranking, "accuracy": accuracy,
-               "gt_pages": agg.gt_pages, "sources": n_sources, "method": s.method}
+               "gt_pages": agg.gt_pages, "sources": n_sources, "method": s.method, "settings": dict(vars(s))}
     return tables, summary

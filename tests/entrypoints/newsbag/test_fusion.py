@@ -314,3 +314,77 @@ def test_settings_from_config_overrides_defaults_and_refuses_bad_values():
                        ({"source_weights": {"a": 0}}, "positive")):
         with pytest.raises(UserError, match=match):
             fusion.settings_from(OmegaConf.create({"fusion": bad}))
+
+
+def _gt_f1(pages, s):
+    from entrypoints.newsbag.scoring import Tally
+
+    tallies: dict[str, Tally] = {}
+    for recs, gt in pages:
+        for k, v in fusion.fuse_page("p", recs, s, gt).gt_scores.items():
+            tallies.setdefault(k, Tally()).add(v)
+    return {k: t.metrics()["f1"] for k, t in tallies.items()}
+
+
+@pytest.mark.parametrize("n_sources", [2, 3])
+def test_consensus_beats_every_single_source_on_synthetic_pages_with_truth(n_sources):
+    from bench import _newsbag_synth as synth
+
+    rng = np.random.default_rng(11)
+    pages = [synth.page(rng, f"p{i}", synth.SOURCES[:n_sources]) for i in range(12)]
+    f1 = _gt_f1(pages, fusion.Settings())
+    singles = {k: v for k, v in f1.items() if "/" in k}
+    assert len(singles) == n_sources
+    assert f1["consensus"] > max(singles.values()) + 0.02, f1
+    if fusion.cons_mod.wbf_available()[0]:
+        assert "baseline:wbf" in f1 and f1["baseline:wbf"] > max(singles.values()), f1
+
+
+def test_two_sources_never_make_a_union_and_a_source_votes_once():
+    a = [(20, 20, 300, 300, "text")]
+    b = [(600, 600, 900, 900, "text")]
+    weak = fusion.fuse_page("p1", {"a/v": rec("a", "v", a, score=0.6), "b/v": rec("b", "v", b, score=0.6)},
+                            fusion.Settings())
+    assert weak.consensus["boxes"] == []            # each box has one of two sources behind it, unsure
+    sure = fusion.fuse_page("p1", {"a/v": rec("a", "v", a, score=0.95), "b/v": rec("b", "v", b, score=0.6)},
+                            fusion.Settings())
+    assert [(bx["x0"], bx["score"]) for bx in sure.consensus["boxes"]] == [(20, 0.475)]  # only the sure one
+    # five thresholds of one model agree on a box the two other sources do not see: still one vote of three
+    recs = {f"a/t{i}": rec("a", f"t{i}", a, score=0.9) for i in range(5)}
+    recs |= {"b/v": rec("b", "v", b, score=0.9), "c/v": rec("c", "v", b, score=0.9)}
+    res = fusion.fuse_page("p1", recs, fusion.Settings())
+    assert [bx["x0"] for bx in res.consensus["boxes"]] == [600]
+
+
+def test_wbf_is_a_selectable_method_that_runs_ensemble_boxes():
+    ensemble_boxes = pytest.importorskip("ensemble_boxes")
+    recs = {"a/v": rec("a", "v", LAYOUT, score=0.9), "b/v": rec("b", "v", jitter(LAYOUT, 6), score=0.7),
+            "c/v": rec("c", "v", LAYOUT[:3], score=0.8)}
+    res = fusion.fuse_page("p1", recs, fusion.Settings(method="wbf", wbf_score_thr=0.3))
+    assert res.consensus["variant"] == "wbf"
+    keys = sorted(recs)
+    norm = np.array([W, H, W, H], float)
+    boxes, scores, labels = ensemble_boxes.weighted_boxes_fusion(
+        [(geometry.Boxes.from_record(recs[k]).xyxy / norm).tolist() for k in keys],
+        [geometry.Boxes.from_record(recs[k]).score.tolist() for k in keys],
+        [geometry.Boxes.from_record(recs[k]).label.tolist() for k in keys], weights=[1, 1, 1], iou_thr=0.5)
+    want = sorted((float(x0) * W, float(sc)) for (x0, *_), sc in zip(boxes, scores, strict=True)
+                  if sc >= 0.3)
+    got = sorted((bx["x0"], bx["score"]) for bx in res.consensus["boxes"])
+    assert len(got) == len(want) == len(LAYOUT)
+    np.testing.assert_allclose(np.array(got), np.array(want), atol=0.02)
+    assert set(res.scores) == set(recs)             # leave-one-out works for WBF too
+
+
+def test_sparse_pairs_equal_the_dense_iou_matrix():
+    rng = np.random.default_rng(3)
+    xy = rng.uniform(0, 1000, (300, 2))
+    wh = rng.uniform(5, 300, (300, 2))
+    boxes = np.concatenate([xy, xy + wh], axis=1)
+    group = rng.integers(0, 4, 300)
+    for thr in (0.1, 0.5, 0.9):
+        i, j, iou = geometry.iou_pairs(boxes, thr, group=group)
+        dense = geometry.iou_matrix(boxes, boxes)
+        want = {(a, b) for a, b in zip(*np.nonzero(np.triu(dense >= thr, 1)), strict=True) if group[a] != group[b]}
+        assert set(zip(i.tolist(), j.tolist(), strict=True)) == want
+        np.testing.assert_allclose(iou, dense[i, j])
