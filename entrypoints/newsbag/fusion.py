@@ -380,6 +380,8 @@ def fuse_run(run_dir: Path, s: Settings, *, run: Any, workers: int = 1, gt_dir: 
         return previous
     if len(variants) < 2:
         run.skip("leave-one-out", f"only one variant ({variants[0]}): consensus equals it; no scores")
+    if s.baseline and s.method == "consensus" and truth and not cons_mod.wbf_available()[0]:
+        run.skip("baseline:wbf", f"no WBF baseline row: {cons_mod.wbf_available()[1]}")
 
     skipped: list[tuple[str, str]] = []
     coverage_of: dict[str, int] = Counter(k for paths in pages.values() for k in paths)

@@ -161,8 +161,14 @@ class PPOCRv6DetDetector:
     granularity = "line"
 
     def __init__(self, source: str, variant: str, settings: dict[str, Any], device: str) -> None:
-        from rapidocr import RapidOCR
+        try:
+            from rapidocr import RapidOCR
+        except ImportError as exc:
+            from containers.errors import UserError
 
+            raise UserError(f"rapidocr 3.x is not installed here ({exc})", where=f"variants.{source}",
+                            fix=f"pip install rapidocr==3.10.0 (its wheel ships the model), or switch the "
+                                f"source off with variants.{source}=null") from None
         self.source, self.variant = source, variant
         params: dict[str, Any] = {"Global.use_cls": False, "Global.use_rec": False,
                                   "Global.log_level": "warning",

@@ -51,18 +51,26 @@ def blocks_to_boxes(blocks: Iterable[Any], width: int, height: int) -> list[dict
     return out
 
 
-def load_model(model_path: str, device: str) -> tuple[Any, Any]:
-    """Model and processor through mineru-vl-utils' loader (the tied-``lm_head`` fix), on ``device``."""
+def _loading() -> Any:
     try:
-        from mineru_vl_utils.transformers_loading import load_transformers_model, load_transformers_processor
+        from mineru_vl_utils import transformers_loading
     except ImportError as exc:
         from containers.errors import UserError
 
         raise UserError(f"mineru-vl-utils has no transformers loader ({exc})", where="mineru image",
                         fix="use mineru-vl-utils >= 2.0.7 (its loader keeps the output layer of "
                             "transformers >= 5.10 from being randomly initialised)") from None
-    model = load_transformers_model(model_path, device_map=device)
-    return model, load_transformers_processor(model_path)
+    return transformers_loading
+
+
+def load_model_only(model_path: str, device: str) -> Any:
+    """The model through mineru-vl-utils' loader (the tied-``lm_head`` fix), placed on ``device``."""
+    return _loading().load_transformers_model(model_path, device_map=device)
+
+
+def load_model(model_path: str, device: str) -> tuple[Any, Any]:
+    """Model and processor, both through mineru-vl-utils' own loaders."""
+    return load_model_only(model_path, device), _loading().load_transformers_processor(model_path)
 
 
 class MinerUDetector:
