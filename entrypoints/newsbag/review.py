@@ -173,7 +173,7 @@ def render_page(page_id: str, panels: list[tuple[str, list, list | None]], image
         sheet.paste(p, (8 + (i % cols) * (pw + 8), top + (i // cols) * (ph + 8)))
     sheet.paste(leg, (8, top + rows * (ph + 8)))
     with atomic_path(out, suffix=".png") as tmp:
-        sheet.save(tmp, format="PNG", optimize=False)
+        sheet.save(tmp, format="PNG", compress_level=3)  # fast: noisy scans compress poorly anyway
     return why
 
 

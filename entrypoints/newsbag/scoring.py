@@ -68,9 +68,8 @@ def label_rasters(boxes: Boxes, width: float, height: float, grid: int) -> Raste
     idx = np.concatenate([base + iy[:, 0] * g1 + ix[:, 0], base + iy[:, 0] * g1 + ix[:, 1],
                           base + iy[:, 1] * g1 + ix[:, 0], base + iy[:, 1] * g1 + ix[:, 1]])
     n = len(boxes)
-    wts = np.repeat(np.array([1, -1, -1, 1], dtype=np.int32), n)
-    d = np.zeros(len(labels) * g1 * g1, dtype=np.int32)
-    np.add.at(d, idx, wts)
+    wts = np.repeat(np.array([1.0, -1.0, -1.0, 1.0]), n)
+    d = np.bincount(idx, weights=wts, minlength=len(labels) * g1 * g1).astype(np.int32)
     d = d.reshape(len(labels), g1, g1)
     np.cumsum(d, axis=2, out=d)
     np.cumsum(d, axis=1, out=d)
