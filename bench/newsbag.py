@@ -63,8 +63,10 @@ def speed(lines: list[str]) -> None:
     rng = np.random.default_rng(0)
     per_page: dict[int, float] = {}
     lines.append("1. speed, one core (best of 3; synthetic pages, 4 sources)")
-    lines.append(f"   {'boxes/source':>12} {'pages':>5} {'consensus':>14} {'WBF (ens.-boxes)':>17} {'WBF/ours':>9} "
-                 f"{'full fuse_page':>15}")
+    lines.append(
+        f"   {'boxes/source':>12} {'pages':>5} {'consensus':>14} {'WBF (ens.-boxes)':>17} {'WBF/ours':>9} "
+        f"{'full fuse_page':>15}"
+    )
     for n_blocks, n_pages in ((240, 100), (960, 25)):
         pages = [synth.page(rng, f"p{i}", synth.SOURCES[:4], n_blocks=n_blocks)[0] for i in range(n_pages)]
         boxes = float(np.mean([len(r["boxes"]) for p in pages for r in p.values()]))
@@ -72,16 +74,30 @@ def speed(lines: list[str]) -> None:
         for recs in pages:
             keys, per_variant, _ = fusion.prepare(recs, s, synth.W, synth.H, "p")
             prepared.append((keys, per_variant, [recs[k]["granularity"] == "line" for k in keys]))
-        t_ours = _best(lambda: [fusion.Fuser(k, pv, ln, s, synth.W, synth.H, "consensus").fuse()
-                                for k, pv, ln in prepared])
-        t_wbf = _best(lambda: [consensus.wbf(pv, np.ones(len(pv)), synth.W, synth.H, iou_thr=s.cluster_iou,
-                                             score_thr=s.wbf_score_thr) for _, pv, _ in prepared], repeat=1)
-        t_full = _best(lambda: [fusion.fuse_page("p", recs, s) for recs in pages])
+        t_ours = _best(
+            lambda prepared=prepared: [
+                fusion.Fuser(k, pv, ln, s, synth.W, synth.H, "consensus").fuse() for k, pv, ln in prepared
+            ]
+        )
+        t_wbf = _best(
+            lambda prepared=prepared: [
+                consensus.wbf(
+                    pv, np.ones(len(pv)), synth.W, synth.H, iou_thr=s.cluster_iou, score_thr=s.wbf_score_thr
+                )
+                for _, pv, _ in prepared
+            ],
+            repeat=1,
+        )
+        t_full = _best(lambda pages=pages: [fusion.fuse_page("p", recs, s) for recs in pages])
         per_page[n_blocks] = t_full / n_pages
-        lines.append(f"   {boxes:>12.0f} {n_pages:>5} {n_pages / t_ours:>9.0f} pg/s {n_pages / t_wbf:>12.1f} pg/s "
-                     f"{t_wbf / t_ours:>8.1f}x {n_pages / t_full:>10.0f} pg/s")
-    lines.append(f"   time per page when boxes quadruple (full fuse_page): "
-                 f"{per_page[960] / per_page[240]:.2f}x (target <= 2.5x)")
+        lines.append(
+            f"   {boxes:>12.0f} {n_pages:>5} {n_pages / t_ours:>9.0f} pg/s {n_pages / t_wbf:>12.1f} pg/s "
+            f"{t_wbf / t_ours:>8.1f}x {n_pages / t_full:>10.0f} pg/s"
+        )
+    lines.append(
+        f"   time per page when boxes quadruple (full fuse_page): "
+        f"{per_page[960] / per_page[240]:.2f}x (target <= 2.5x)"
+    )
 
 
 def accuracy(lines: list[str]) -> None:
@@ -100,8 +116,10 @@ def accuracy(lines: list[str]) -> None:
         f1 = {k: t.metrics()["f1"] for k, t in tallies.items()}
         singles = {k: v for k, v in f1.items() if "/" in k}
         best = max(singles, key=lambda k: singles[k])
-        lines.append(f"   {n} sources: consensus {f1['consensus']:.3f}  WBF {f1.get('baseline:wbf', float('nan')):.3f}"
-                     f"  best single {singles[best]:.3f} ({best})  worst single {min(singles.values()):.3f}")
+        lines.append(
+            f"   {n} sources: consensus {f1['consensus']:.3f}  WBF {f1.get('baseline:wbf', float('nan')):.3f}"
+            f"  best single {singles[best]:.3f} ({best})  worst single {min(singles.values()):.3f}"
+        )
 
 
 def app_path(lines: list[str]) -> None:
@@ -110,7 +128,9 @@ def app_path(lines: list[str]) -> None:
 
     rng = np.random.default_rng(7)
     n = 1000
-    lines.append(f"3. the app path (read JSON, fuse, write consensus pages and tables), {n} pages x 4 sources")
+    lines.append(
+        f"3. the app path (read JSON, fuse, write consensus pages and tables), {n} pages x 4 sources"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp)
         for i in range(n):
@@ -120,7 +140,9 @@ def app_path(lines: list[str]) -> None:
                 (d / f"p{i:05d}.json").write_text(json.dumps(rec))
         for workers in sorted({1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1}):
             t0 = time.perf_counter()
-            fusion.fuse_run(run_dir, fusion.Settings(), run=_Run(), workers=workers, force=True, progress=False)
+            fusion.fuse_run(
+                run_dir, fusion.Settings(), run=_Run(), workers=workers, force=True, progress=False
+            )
             dt = time.perf_counter() - t0
             lines.append(f"   {workers} worker(s): {n / dt:8.1f} pages/s ({dt:.1f} s)")
 
@@ -132,14 +154,19 @@ def demo(lines: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        r = run([sys.executable, "-m", "entrypoints", "newsbag_demo", f"run_dir={tmp}/demo", "runtime=host"],
-                cwd=REPO, check=False)
+        r = run(
+            [sys.executable, "-m", "entrypoints", "newsbag_demo", f"run_dir={tmp}/demo", "runtime=host"],
+            cwd=REPO,
+            check=False,
+        )
         dt = time.perf_counter() - t0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         summary = _fusion_summary(Path(tmp) / "demo" / "outputs" / "fusion")
-    lines.append(f"4. make demo (5 bundled pages: 3 clean, 2 degraded; 3 embedded sources + fusion + review): "
-                 f"{dt:.1f} s wall, {cpu:.1f} s CPU, exit {r.returncode}")
+    lines.append(
+        f"4. make demo (5 bundled pages: 3 clean, 2 degraded; 3 embedded sources + fusion + review): "
+        f"{dt:.1f} s wall, {cpu:.1f} s CPU, exit {r.returncode}"
+    )
     lines.append(f"   ranking basis: {summary.get('ranking_basis')}")
     lines += ["   " + ln.strip() for ln in accuracy_lines(summary.get("accuracy")) if ln.strip()]
 
@@ -148,12 +175,15 @@ def main(out_dir: Path) -> None:
     from containers.atomic import write_text
 
     if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})   # one core for sections 1-2
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core for sections 1-2
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    lines = [f"# command: {COMMAND}",
-             f"# machine: {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}, "
-             f"numpy {np.__version__}; load average at start {load:.1f}",
-             f"# date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}", ""]
+    lines = [
+        f"# command: {COMMAND}",
+        f"# machine: {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}, "
+        f"numpy {np.__version__}; load average at start {load:.1f}",
+        f"# date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
+        "",
+    ]
     for section in (speed, accuracy):
         section(lines)
         print("\n".join(lines[-6:]), flush=True)
@@ -162,8 +192,10 @@ def main(out_dir: Path) -> None:
     for section in (app_path, demo):
         section(lines)
         print("\n".join(lines[-5:]), flush=True)
-    lines.append(f"# load average at end {os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan'):.1f} "
-                 "(other jobs share these CPUs: absolute rates scale with it, the ratios much less)")
+    lines.append(
+        f"# load average at end {os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan'):.1f} "
+        "(other jobs share these CPUs: absolute rates scale with it, the ratios much less)"
+    )
     text = "\n".join(lines) + "\n"
     write_text(Path(out_dir) / "newsbag.txt", text)
     print(text)

@@ -109,7 +109,8 @@ def check_onnx_providers(providers: Sequence[str] | Any, cfg: Any = None, run: A
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
-def check_runtime(what: str, facts: dict[str, Any], *, wanted_gpu: bool, cfg: Any = None, run: Any = None) -> None:
+def check_runtime(what: str, facts: dict[str, Any], *, wanted_gpu: bool, cfg: Any = None,
+                  run: Any = None) -> None:
     """After a model's first page: a GPU job, or a run that chose CUDA, must not have computed on the CPU.
 
     ``facts`` says where the framework really ran: ``{"framework": "onnxruntime", "providers":

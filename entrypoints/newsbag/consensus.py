@@ -1,7 +1,7 @@
 """Consensus boxes from several detectors: clusters, a score-aware keep rule, leave-one-out.
 
 Why this shape:
-- Clusters are mutual best matches: box a (variant A) and box b (variant B) join when IoU >= 
+- Clusters are mutual best matches: box a (variant A) and box b (variant B) join when IoU >=
   ``cluster_iou`` and each is the other's best match in the other's variant; clusters are the
   connected components of those edges. Edges come from ``geometry.iou_pairs`` (sparse), and
   every later step is a bincount over (cluster, voter) cells, so nothing is quadratic.
@@ -48,12 +48,12 @@ class Clusters:
 
     k: int
     n_voters: int
-    presence: np.ndarray    # (k, G)
+    presence: np.ndarray  # (k, G)
     confidence: np.ndarray  # (k, G)
-    cw: np.ndarray          # (k, G)
-    cxy: np.ndarray         # (k, G, 4)
-    votes: np.ndarray       # (k, G, L)
-    votes_all: np.ndarray   # (k, G, L)
+    cw: np.ndarray  # (k, G)
+    cxy: np.ndarray  # (k, G, 4)
+    votes: np.ndarray  # (k, G, L)
+    votes_all: np.ndarray  # (k, G, L)
     abstain: np.ndarray | None = None  # (k, G) bool: voter has no say on this cluster
 
 
@@ -94,9 +94,16 @@ def _covered(boxes: np.ndarray, cover: np.ndarray) -> np.ndarray:
 LINE_ABSTAINS = ("figure",)
 
 
-def cluster(per_variant: list[Boxes], voter_of_variant: np.ndarray, share: np.ndarray, n_voters: int,
-            iou_thr: float, label_weight: np.ndarray, line: np.ndarray | None = None,
-            cover_min: float = 0.5) -> Clusters:
+def cluster(
+    per_variant: list[Boxes],
+    voter_of_variant: np.ndarray,
+    share: np.ndarray,
+    n_voters: int,
+    iou_thr: float,
+    label_weight: np.ndarray,
+    line: np.ndarray | None = None,
+    cover_min: float = 0.5,
+) -> Clusters:
     """Cluster the boxes of every variant and aggregate them per (cluster, voter).
 
     ``voter_of_variant`` (V,) maps each variant to its voter; ``share`` (V,) is the variant's
@@ -108,8 +115,16 @@ def cluster(per_variant: list[Boxes], voter_of_variant: np.ndarray, share: np.nd
     g_count = n_voters
     if n == 0:
         z = np.zeros((0, g_count))
-        return Clusters(0, g_count, z, z, z, np.zeros((0, g_count, 4)), np.zeros((0, g_count, N_LABELS)),
-                        np.zeros((0, g_count, N_LABELS)))
+        return Clusters(
+            0,
+            g_count,
+            z,
+            z,
+            z,
+            np.zeros((0, g_count, 4)),
+            np.zeros((0, g_count, N_LABELS)),
+            np.zeros((0, g_count, N_LABELS)),
+        )
     xyxy = np.concatenate([b.xyxy for b in per_variant])
     label = np.concatenate([b.label for b in per_variant])
     score = np.concatenate([b.score for b in per_variant])
@@ -140,12 +155,14 @@ def cluster(per_variant: list[Boxes], voter_of_variant: np.ndarray, share: np.nd
             confidence[:, g_i] = best_v[:, cols].max(axis=1)
     wbox = share[vid] * np.maximum(score, 1e-3)
     cw = np.bincount(cell, weights=wbox, minlength=kg).reshape(k, g_count)
-    cxy = np.stack([np.bincount(cell, weights=wbox * xyxy[:, c], minlength=kg) for c in range(4)],
-                   axis=1).reshape(k, g_count, 4)
+    cxy = np.stack(
+        [np.bincount(cell, weights=wbox * xyxy[:, c], minlength=kg) for c in range(4)], axis=1
+    ).reshape(k, g_count, 4)
     lab_cell = cell * N_LABELS + label
     votes_all = np.bincount(lab_cell, weights=wbox, minlength=kg * N_LABELS).reshape(k, g_count, N_LABELS)
-    votes = np.bincount(lab_cell, weights=wbox * label_weight[vid],
-                        minlength=kg * N_LABELS).reshape(k, g_count, N_LABELS)
+    votes = np.bincount(lab_cell, weights=wbox * label_weight[vid], minlength=kg * N_LABELS).reshape(
+        k, g_count, N_LABELS
+    )
     abstain = np.zeros((k, g_count), bool)
     if line is not None and line.any():
         # Text-line sources group lines into blocks that rarely split a page as a layout model
@@ -153,7 +170,9 @@ def cluster(per_variant: list[Boxes], voter_of_variant: np.ndarray, share: np.nd
         # clusters labelled as something without text lines (photos).
         box = cxy.sum(axis=1) / np.maximum(cw.sum(axis=1), 1e-12)[:, None]
         informed = votes.sum(axis=1)
-        label = np.where(informed.sum(axis=1) > 0, informed.argmax(axis=1), votes_all.sum(axis=1).argmax(axis=1))
+        label = np.where(
+            informed.sum(axis=1) > 0, informed.argmax(axis=1), votes_all.sum(axis=1).argmax(axis=1)
+        )
         from entrypoints.newsbag.geometry import LABEL_INDEX
 
         no_text = np.isin(label, [LABEL_INDEX[x] for x in LINE_ABSTAINS])
@@ -169,15 +188,20 @@ def cluster(per_variant: list[Boxes], voter_of_variant: np.ndarray, share: np.nd
     return Clusters(k, g_count, presence, confidence, cw, cxy, votes, votes_all, abstain)
 
 
-def consensus(cl: Clusters, voter_weight: np.ndarray, active: np.ndarray, min_support: float,
-              min_confidence: float) -> Boxes:
+def consensus(
+    cl: Clusters, voter_weight: np.ndarray, active: np.ndarray, min_support: float, min_confidence: float
+) -> Boxes:
     """The consensus of the ``active`` voters (bool (G,)): kept clusters as boxes scored by confidence."""
     if cl.k == 0:
         return Boxes.empty()
     w = voter_weight * active
     if float(w.sum()) <= 0:
         return Boxes.empty()
-    w_k = np.where(cl.abstain, 0.0, w[None, :]) if cl.abstain is not None else np.broadcast_to(w, cl.presence.shape)
+    w_k = (
+        np.where(cl.abstain, 0.0, w[None, :])
+        if cl.abstain is not None
+        else np.broadcast_to(w, cl.presence.shape)
+    )
     total = np.maximum(w_k.sum(axis=1), 1e-12)
     support = (cl.presence * w_k).sum(axis=1) / total
     conf = (cl.confidence * w_k).sum(axis=1) / total
@@ -195,8 +219,16 @@ def consensus(cl: Clusters, voter_weight: np.ndarray, active: np.ndarray, min_su
     return Boxes(xyxy, votes.argmax(axis=1), np.clip(conf[keep], 0.0, 1.0))
 
 
-def wbf(per_variant: list[Boxes], variant_weight: np.ndarray, width: float, height: float, *,
-        iou_thr: float, score_thr: float, skip_box_thr: float = 0.0) -> Boxes:
+def wbf(
+    per_variant: list[Boxes],
+    variant_weight: np.ndarray,
+    width: float,
+    height: float,
+    *,
+    iou_thr: float,
+    score_thr: float,
+    skip_box_thr: float = 0.0,
+) -> Boxes:
     """Weighted Boxes Fusion (``ensemble-boxes``) of the variants, boxes scored >= ``score_thr`` kept.
 
     Each variant is one model with its share of its source's weight; coordinates are passed
@@ -210,14 +242,21 @@ def wbf(per_variant: list[Boxes], variant_weight: np.ndarray, width: float, heig
     norm = np.array([width, height, width, height], dtype=np.float64)
     boxes, scores, labels = weighted_boxes_fusion(
         [np.clip(b.xyxy / norm, 0.0, 1.0).tolist() for b, _ in models],
-        [b.score.tolist() for b, _ in models], [b.label.tolist() for b, _ in models],
-        weights=[w for _, w in models], iou_thr=iou_thr, skip_box_thr=skip_box_thr)
+        [b.score.tolist() for b, _ in models],
+        [b.label.tolist() for b, _ in models],
+        weights=[w for _, w in models],
+        iou_thr=iou_thr,
+        skip_box_thr=skip_box_thr,
+    )
     scores = np.asarray(scores, dtype=np.float64)
     keep = scores >= score_thr
     if not keep.any():
         return Boxes.empty()
-    return Boxes(np.asarray(boxes, dtype=np.float64)[keep] * norm, np.asarray(labels)[keep].astype(np.int64),
-                 np.clip(scores[keep], 0.0, 1.0))
+    return Boxes(
+        np.asarray(boxes, dtype=np.float64)[keep] * norm,
+        np.asarray(labels)[keep].astype(np.int64),
+        np.clip(scores[keep], 0.0, 1.0),
+    )
 
 
 def wbf_available() -> tuple[bool, str]:

@@ -45,23 +45,29 @@ from entrypoints.newsbag.scoring import compare, f1, label_rasters
 
 METHODS = ("consensus", "wbf")
 CONDITIONS = ("clean", "degraded")
-CODE_MODULES = ("entrypoints.newsbag.fusion", "entrypoints.newsbag.geometry", "entrypoints.newsbag.consensus",
-                "entrypoints.newsbag.scoring", "entrypoints.newsbag.report", "entrypoints.newsbag.schema")
+CODE_MODULES = (
+    "entrypoints.newsbag.fusion",
+    "entrypoints.newsbag.geometry",
+    "entrypoints.newsbag.consensus",
+    "entrypoints.newsbag.scoring",
+    "entrypoints.newsbag.report",
+    "entrypoints.newsbag.schema",
+)
 
 
 @dataclass
 class Settings:
     """Fusion settings (``fusion.*`` in the app config); the dataclass holds defaults and types."""
 
-    method: str = "consensus"   # consensus (clusters + keep rule) or wbf (ensemble-boxes)
-    cluster_iou: float = 0.5    # boxes of different variants at IoU >= this may cluster
-    match_iou: float = 0.5      # a box matches a reference box at IoU >= this (and the same label)
-    min_support: float = 0.5    # keep a cluster when MORE than this share of the source weight backs it
+    method: str = "consensus"  # consensus (clusters + keep rule) or wbf (ensemble-boxes)
+    cluster_iou: float = 0.5  # boxes of different variants at IoU >= this may cluster
+    match_iou: float = 0.5  # a box matches a reference box at IoU >= this (and the same label)
+    min_support: float = 0.5  # keep a cluster when MORE than this share of the source weight backs it
     min_confidence: float = 0.35  # ... or when its score-weighted support reaches this
     unscored_score: float = 0.5  # vote of a box whose source gives no score ("scored": false)
-    wbf_score_thr: float = 0.3   # method=wbf and the baseline: keep fused boxes scored >= this
-    baseline: bool = True       # score the other method too where ground truth exists
-    grid: int = 48              # coverage raster (grid x grid cells per label)
+    wbf_score_thr: float = 0.3  # method=wbf and the baseline: keep fused boxes scored >= this
+    baseline: bool = True  # score the other method too where ground truth exists
+    grid: int = 48  # coverage raster (grid x grid cells per label)
     line_vgap: float = 0.3
     line_hgap: float = 1.0
     source_weights: dict[str, float] = field(default_factory=dict)
@@ -71,9 +77,9 @@ class Settings:
 class PageResult:
     page_id: str
     consensus: dict[str, Any]
-    scores: dict[str, dict[str, float]]            # "source/variant" -> compare() vs leave-one-out
+    scores: dict[str, dict[str, float]]  # "source/variant" -> compare() vs leave-one-out
     gt_scores: dict[str, dict[str, float]] | None  # vs ground truth: variants, "consensus", baseline
-    condition: str | None                          # the ground truth's page condition
+    condition: str | None  # the ground truth's page condition
     disagreement: float | None
     skipped: list[tuple[str, str]]
 
@@ -82,16 +88,22 @@ def baseline_name(s: Settings) -> str:
     return "baseline:newsbag" if s.method == "wbf" else "baseline:wbf"
 
 
-def prepare(records: dict[str, dict[str, Any]], s: Settings, width: float, height: float,
-            page_id: str) -> tuple[list[str], list[Boxes], list[tuple[str, str]]]:
+def prepare(
+    records: dict[str, dict[str, Any]], s: Settings, width: float, height: float, page_id: str
+) -> tuple[list[str], list[Boxes], list[tuple[str, str]]]:
     """Variant keys (sorted), their boxes on the first record's page size, and size warnings."""
     keys = sorted(records)
     per_variant, skipped = [], []
     for k in keys:
         r = records[k]
         if abs(r["width"] - width) > 1 or abs(r["height"] - height) > 1:
-            skipped.append((f"{k}/{page_id}", f"page size {r['width']}x{r['height']} differs from "
-                            f"{int(width)}x{int(height)}; boxes rescaled, not dropped"))
+            skipped.append(
+                (
+                    f"{k}/{page_id}",
+                    f"page size {r['width']}x{r['height']} differs from "
+                    f"{int(width)}x{int(height)}; boxes rescaled, not dropped",
+                )
+            )
         b = Boxes.from_record(r, (width / r["width"], height / r["height"]), unscored=s.unscored_score)
         if r["granularity"] == "line":
             b = lines_to_blocks(b, vgap=s.line_vgap, hgap=s.line_hgap)
@@ -102,8 +114,16 @@ def prepare(records: dict[str, dict[str, Any]], s: Settings, width: float, heigh
 class Fuser:
     """The consensus of one page and its leave-one-out references, for either method."""
 
-    def __init__(self, keys: list[str], per_variant: list[Boxes], line: list[bool], s: Settings,
-                 width: float, height: float, method: str) -> None:
+    def __init__(
+        self,
+        keys: list[str],
+        per_variant: list[Boxes],
+        line: list[bool],
+        s: Settings,
+        width: float,
+        height: float,
+        method: str,
+    ) -> None:
         self.s, self.width, self.height, self.method = s, width, height, method
         self.per_variant = per_variant
         sources = [k.split("/", 1)[0] for k in keys]
@@ -123,24 +143,38 @@ class Fuser:
         self.variant_weight = self.voter_weight[self.voter_of_variant] * share
         self.cl = None
         if method == "consensus":
-            self.cl = cons_mod.cluster(per_variant, self.voter_of_variant, share, len(self.voters),
-                                       s.cluster_iou, np.array([0.0 if x else 1.0 for x in line]),
-                                       line=np.array(line, bool))
+            self.cl = cons_mod.cluster(
+                per_variant,
+                self.voter_of_variant,
+                share,
+                len(self.voters),
+                s.cluster_iou,
+                np.array([0.0 if x else 1.0 for x in line]),
+                line=np.array(line, bool),
+            )
 
     def fuse(self, left_out: int | None = None) -> Boxes:
         active = np.ones(len(self.voters), bool)
         if left_out is not None:
             active[left_out] = False
         if self.method == "consensus":
-            return cons_mod.consensus(self.cl, self.voter_weight, active, self.s.min_support,
-                                      self.s.min_confidence)
+            return cons_mod.consensus(
+                self.cl, self.voter_weight, active, self.s.min_support, self.s.min_confidence
+            )
         w = self.variant_weight * active[self.voter_of_variant]
-        return cons_mod.wbf(self.per_variant, w, self.width, self.height, iou_thr=self.s.cluster_iou,
-                            score_thr=self.s.wbf_score_thr)
+        return cons_mod.wbf(
+            self.per_variant,
+            w,
+            self.width,
+            self.height,
+            iou_thr=self.s.cluster_iou,
+            score_thr=self.s.wbf_score_thr,
+        )
 
 
-def fuse_page(page_id: str, records: dict[str, dict[str, Any]], s: Settings,
-              gt: dict[str, Any] | None = None) -> PageResult:
+def fuse_page(
+    page_id: str, records: dict[str, dict[str, Any]], s: Settings, gt: dict[str, Any] | None = None
+) -> PageResult:
     """Consensus, leave-one-out scores and (when ``gt`` is given) accuracy for one page.
 
     ``records`` maps "source/variant" to validated page records of the same page.
@@ -151,9 +185,16 @@ def fuse_page(page_id: str, records: dict[str, dict[str, Any]], s: Settings,
     line = [records[k]["granularity"] == "line" for k in keys]
     fuser = Fuser(keys, per_variant, line, s, width, height, s.method)
     cons = fuser.fuse()
-    consensus = page_record(page_id=page_id, image=first["image"], width=int(width), height=int(height),
-                            source=CONSENSUS_SOURCE, variant=s.method, granularity="block",
-                            boxes=cons.to_json())
+    consensus = page_record(
+        page_id=page_id,
+        image=first["image"],
+        width=int(width),
+        height=int(height),
+        source=CONSENSUS_SOURCE,
+        variant=s.method,
+        granularity="block",
+        boxes=cons.to_json(),
+    )
     scores: dict[str, dict[str, float]] = {}
     if len(fuser.voters) >= 2:
         refs: dict[int, tuple[Boxes, np.ndarray]] = {}
@@ -172,8 +213,9 @@ def fuse_page(page_id: str, records: dict[str, dict[str, Any]], s: Settings,
         condition = str(gt.get("condition") or "clean")
         g = Boxes.from_record(gt, (width / gt["width"], height / gt["height"]))
         ras = label_rasters(g, width, height, s.grid)
-        gt_scores = {k: compare(per_variant[i], g, ras, width, height, s.match_iou, s.grid)
-                     for i, k in enumerate(keys)}
+        gt_scores = {
+            k: compare(per_variant[i], g, ras, width, height, s.match_iou, s.grid) for i, k in enumerate(keys)
+        }
         gt_scores[CONSENSUS_SOURCE] = compare(cons, g, ras, width, height, s.match_iou, s.grid)
         if s.baseline:
             other = "consensus" if s.method == "wbf" else "wbf"
@@ -198,39 +240,65 @@ def settings_from(cfg: Any) -> Settings:
     known = set(vars(s))
     for name in f:
         if name not in known:
-            raise UserError(f"unknown fusion setting '{name}'", where="fusion config",
-                            fix=f"use one of: {', '.join(sorted(known))}")
+            raise UserError(
+                f"unknown fusion setting '{name}'",
+                where="fusion config",
+                fix=f"use one of: {', '.join(sorted(known))}",
+            )
     try:
         s.source_weights = {str(k): float(v) for k, v in dict(f.get("source_weights") or {}).items()}
         for name, default in vars(Settings()).items():
             if name != "source_weights" and name in f:
                 v = f[name]
-                setattr(s, name, (str(v).lower() in ("1", "true", "yes")) if isinstance(default, bool)
-                        else type(default)(v))
+                setattr(
+                    s,
+                    name,
+                    (str(v).lower() in ("1", "true", "yes"))
+                    if isinstance(default, bool)
+                    else type(default)(v),
+                )
     except (TypeError, ValueError) as exc:
-        raise UserError(f"bad fusion setting: {exc}", where="fusion config",
-                        fix="fusion.* values are numbers (grid an integer, method a name)") from None
+        raise UserError(
+            f"bad fusion setting: {exc}",
+            where="fusion config",
+            fix="fusion.* values are numbers (grid an integer, method a name)",
+        ) from None
     if s.method not in METHODS:
-        raise UserError(f"fusion.method={s.method} is not one of {', '.join(METHODS)}", where="fusion config",
-                        fix="pass fusion.method=consensus or fusion.method=wbf")
+        raise UserError(
+            f"fusion.method={s.method} is not one of {', '.join(METHODS)}",
+            where="fusion config",
+            fix="pass fusion.method=consensus or fusion.method=wbf",
+        )
     for name in ("cluster_iou", "match_iou"):
         v = getattr(s, name)
         if not 0.0 < v <= 1.0:
-            raise UserError(f"fusion.{name}={v} is outside (0, 1]", where="fusion config",
-                            fix=f"pass fusion.{name}=0.5")
+            raise UserError(
+                f"fusion.{name}={v} is outside (0, 1]", where="fusion config", fix=f"pass fusion.{name}=0.5"
+            )
     for name in ("min_support", "min_confidence", "unscored_score", "wbf_score_thr"):
         v = getattr(s, name)
         if not 0.0 <= v <= 1.0:
-            raise UserError(f"fusion.{name}={v} is outside [0, 1]", where="fusion config",
-                            fix=f"pass fusion.{name}={getattr(Settings(), name)}")
+            raise UserError(
+                f"fusion.{name}={v} is outside [0, 1]",
+                where="fusion config",
+                fix=f"pass fusion.{name}={getattr(Settings(), name)}",
+            )
     if any(w <= 0 for w in s.source_weights.values()):
-        raise UserError("fusion.source_weights must be positive", where="fusion config",
-                        fix="e.g. fusion.source_weights={dell: 2.0}")
+        raise UserError(
+            "fusion.source_weights must be positive",
+            where="fusion config",
+            fix="e.g. fusion.source_weights={dell: 2.0}",
+        )
     if s.grid < 4:
-        raise UserError(f"fusion.grid={s.grid} is too small", where="fusion config", fix="pass fusion.grid=48")
+        raise UserError(
+            f"fusion.grid={s.grid} is too small", where="fusion config", fix="pass fusion.grid=48"
+        )
     if s.method == "wbf" and not cons_mod.wbf_available()[0]:
-        raise UserError(cons_mod.wbf_available()[1], where="fusion.method=wbf",
-                        fix="install ensemble-boxes, or use fusion.method=consensus")
+        raise UserError(
+            cons_mod.wbf_available()[1],
+            where="fusion.method=wbf",
+            fix="install ensemble-boxes, or use fusion.method=consensus",
+        )
     return s
 
 
@@ -294,8 +362,9 @@ def _work(args: tuple[str, dict[str, Path], Settings, str | None, str]) -> tuple
         try:
             gt = read_page(gt_file)
         except ValueError as exc:
-            skipped.append((f"ground_truth/{page_id}", f"malformed ground truth, page not scored against "
-                                                       f"truth: {exc}"))
+            skipped.append(
+                (f"ground_truth/{page_id}", f"malformed ground truth, page not scored against truth: {exc}")
+            )
     res = fuse_page(page_id, records, s, gt)
     skipped.extend(res.skipped)
     _write_consensus(Path(out_pages) / f"{page_id}.json", res.consensus)
@@ -330,16 +399,21 @@ def _add_skips(run: Any, skipped: list[tuple[str, str]], limit: int = 50) -> Non
             run.skip(f"{item}/*", f"{n - limit} more pages: {reason}")
 
 
-def run_fingerprint(pages: dict[str, dict[str, Path]], truth: dict[str, Path], s: Settings,
-                    gt_dir: Path | None) -> str:
+def run_fingerprint(
+    pages: dict[str, dict[str, Path]], truth: dict[str, Path], s: Settings, gt_dir: Path | None
+) -> str:
     """What made the fusion outputs: settings, every input and truth file (size + mtime), code."""
     from containers.markers import code_version, fingerprint
 
     names = [f"{pid}/{key}" for pid, paths in pages.items() for key in sorted(paths)]
     files = [paths[key] for pid, paths in pages.items() for key in sorted(paths)]
     gts = [truth[pid] for pid in sorted(truth)]
-    settings = {"fusion": {k: v for k, v in vars(s).items()}, "inputs": names,
-                "truth": [str(p) for p in gts], "gt_dir": str(gt_dir) if gt_dir else None}
+    settings = {
+        "fusion": {k: v for k, v in vars(s).items()},
+        "inputs": names,
+        "truth": [str(p) for p in gts],
+        "gt_dir": str(gt_dir) if gt_dir else None,
+    }
     return fingerprint(settings, [*files, *gts], code_version(*CODE_MODULES))
 
 
@@ -350,13 +424,23 @@ def _previous(marker: Path, digest: str) -> dict[str, Any] | None:
     if not is_done(marker, digest):
         return None
     data = read_marker(marker) or {}
-    intact = all(Path(o["path"]).is_file() and Path(o["path"]).stat().st_size == o["bytes"]
-                 for o in data.get("outputs", []))
+    intact = all(
+        Path(o["path"]).is_file() and Path(o["path"]).stat().st_size == o["bytes"]
+        for o in data.get("outputs", [])
+    )
     return data.get("summary") if intact else None
 
 
-def fuse_run(run_dir: Path, s: Settings, *, run: Any, workers: int = 1, gt_dir: Path | None = None,
-             force: bool = False, progress: bool = True) -> dict[str, Any]:
+def fuse_run(
+    run_dir: Path,
+    s: Settings,
+    *,
+    run: Any,
+    workers: int = 1,
+    gt_dir: Path | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Fuse every page under ``run_dir/outputs/sources`` and write the leaderboards."""
     from containers.atomic import write_text
     from containers.markers import write_marker
@@ -369,14 +453,18 @@ def fuse_run(run_dir: Path, s: Settings, *, run: Any, workers: int = 1, gt_dir: 
         truth = find_truth(pages, gt_dir)
         st.update(pages=len(pages), variants=len(variants), with_ground_truth=len(truth))
     if not pages:
-        raise UserError(f"no source outputs under {run_dir / 'outputs' / 'sources'}",
-                        where="fusion", fix="run the source stages first (e.g. newsbag_embedded) with the "
-                        "same run_dir=")
+        raise UserError(
+            f"no source outputs under {run_dir / 'outputs' / 'sources'}",
+            where="fusion",
+            fix="run the source stages first (e.g. newsbag_embedded) with the same run_dir=",
+        )
     digest = run_fingerprint(pages, truth, s, gt_dir)
     previous = None if force else _previous(marker, digest)
     if previous is not None:
-        print(f"fusion: {marker} has the fingerprint of these settings, inputs and code; nothing to do "
-              "(force=true reruns)")
+        print(
+            f"fusion: {marker} has the fingerprint of these settings, inputs and code; nothing to do "
+            "(force=true reruns)"
+        )
         return previous
     if len(variants) < 2:
         run.skip("leave-one-out", f"only one variant ({variants[0]}): consensus equals it; no scores")
@@ -390,11 +478,18 @@ def fuse_run(run_dir: Path, s: Settings, *, run: Any, workers: int = 1, gt_dir: 
         if missing[key]:
             absent = [pid for pid, paths in pages.items() if key not in paths]
             more = f" and {len(absent) - 3} more" if len(absent) > 3 else ""
-            skipped.append((key, f"covers {coverage_of[key]} of {len(pages)} pages; not scored on the other "
-                            f"{missing[key]} ({', '.join(absent[:3])}{more}): its rows say partial"))
+            skipped.append(
+                (
+                    key,
+                    f"covers {coverage_of[key]} of {len(pages)} pages; not scored on the other "
+                    f"{missing[key]} ({', '.join(absent[:3])}{more}): its rows say partial",
+                )
+            )
 
-    jobs = [(pid, paths, s, str(truth[pid]) if pid in truth else None, str(out / "pages"))
-            for pid, paths in pages.items()]
+    jobs = [
+        (pid, paths, s, str(truth[pid]) if pid in truth else None, str(out / "pages"))
+        for pid, paths in pages.items()
+    ]
     agg = report.Aggregate(variants)
     with run.step("fuse", pages=len(jobs), workers=workers) as st:
         if workers > 1 and len(jobs) >= 64:
@@ -422,15 +517,20 @@ def fuse_run(run_dir: Path, s: Settings, *, run: Any, workers: int = 1, gt_dir: 
     _add_skips(run, skipped)
 
     with run.step("write"):
-        tables, summary = report.build(agg, s, n_pages=len(pages), n_sources=len({v.split("/")[0]
-                                                                                  for v in variants}))
+        tables, summary = report.build(
+            agg, s, n_pages=len(pages), n_sources=len({v.split("/")[0] for v in variants})
+        )
         written = [write_text(out / name, text) for name, text in tables.items()]
         for p in written:
             run.output(p)
         summary.update(pages=len(pages), fused=agg.fused, variants=variants)
         run.report["fusion"] = summary
-        write_marker(marker, digest, summary=summary,  # completion marker last
-                     outputs=[{"path": str(p), "bytes": p.stat().st_size} for p in written])
+        write_marker(
+            marker,
+            digest,
+            summary=summary,  # completion marker last
+            outputs=[{"path": str(p), "bytes": p.stat().st_size} for p in written],
+        )
     return summary
 
 
@@ -439,14 +539,22 @@ def run(cfg: Any, run: Any) -> int:
     s = settings_from(cfg)
     workers = int(cfg.get("workers") or 0) or min(8, os.cpu_count() or 1)
     gt_dir = cfg.get("gt_dir")
-    summary = fuse_run(Path(str(cfg.run_dir)), s, run=run, workers=workers,
-                       gt_dir=Path(str(gt_dir)) if gt_dir else None, force=bool(cfg.get("force")),
-                       progress=bool(cfg.get("progress", True)))
+    summary = fuse_run(
+        Path(str(cfg.run_dir)),
+        s,
+        run=run,
+        workers=workers,
+        gt_dir=Path(str(gt_dir)) if gt_dir else None,
+        force=bool(cfg.get("force")),
+        progress=bool(cfg.get("progress", True)),
+    )
     out = Path(str(cfg.run_dir)) / "outputs" / "fusion"
     print(f"fusion: {summary['fused']}/{summary['pages']} pages; leaderboards in {out}")
     print(f"fusion: ranking basis: {summary['ranking_basis']}")
     ranked = [r for r in summary.get("ranking", []) if r.get("rank")]
     if ranked:
         top = ranked[0]
-        print(f"fusion: best variant {top['variant']} ({summary['ranked_by']} {top[summary['ranked_by']]:.3f})")
+        print(
+            f"fusion: best variant {top['variant']} ({summary['ranked_by']} {top[summary['ranked_by']]:.3f})"
+        )
     return 0

@@ -36,8 +36,9 @@ class Boxes:
         return cls(np.zeros((0, 4)), np.zeros(0, dtype=np.int64), np.zeros(0))
 
     @classmethod
-    def from_record(cls, record: dict[str, Any], scale: tuple[float, float] = (1.0, 1.0),
-                    unscored: float | None = None) -> Boxes:
+    def from_record(
+        cls, record: dict[str, Any], scale: tuple[float, float] = (1.0, 1.0), unscored: float | None = None
+    ) -> Boxes:
         """Boxes of a page record; boxes flagged ``"scored": false`` take ``unscored`` as score."""
         bs = record["boxes"]
         if not bs:
@@ -49,8 +50,11 @@ class Boxes:
         if unscored is None:
             score = np.fromiter((b["score"] for b in bs), dtype=np.float64, count=len(bs))
         else:
-            score = np.fromiter((b["score"] if b.get("scored", True) else unscored for b in bs),
-                                dtype=np.float64, count=len(bs))
+            score = np.fromiter(
+                (b["score"] if b.get("scored", True) else unscored for b in bs),
+                dtype=np.float64,
+                count=len(bs),
+            )
         return cls(xyxy, label, score)
 
     def __len__(self) -> int:
@@ -63,15 +67,20 @@ class Boxes:
         s = np.clip(self.score if score is None else score, 0.0, 1.0).round(5).tolist()
         xy = self.xyxy.round(2).tolist()
         names = [TAXONOMY[i] for i in self.label.tolist()]
-        return [{"x0": b[0], "y0": b[1], "x1": b[2], "y1": b[3], "label": n, "raw_label": n, "score": v}
-                for b, n, v in zip(xy, names, s, strict=True)]
+        return [
+            {"x0": b[0], "y0": b[1], "x1": b[2], "y1": b[3], "label": n, "raw_label": n, "score": v}
+            for b, n, v in zip(xy, names, s, strict=True)
+        ]
 
 
 def concat(parts: list[Boxes]) -> Boxes:
     if not parts:
         return Boxes.empty()
-    return Boxes(np.concatenate([p.xyxy for p in parts]), np.concatenate([p.label for p in parts]),
-                 np.concatenate([p.score for p in parts]))
+    return Boxes(
+        np.concatenate([p.xyxy for p in parts]),
+        np.concatenate([p.label for p in parts]),
+        np.concatenate([p.score for p in parts]),
+    )
 
 
 def areas(xyxy: np.ndarray) -> np.ndarray:
@@ -115,8 +124,9 @@ def _window_pairs(key: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.n
     return i[keep], j[keep]
 
 
-def iou_pairs(xyxy: np.ndarray, thr: float, group: np.ndarray | None = None
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def iou_pairs(
+    xyxy: np.ndarray, thr: float, group: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pair (i < j) with IoU >= ``thr`` (> 0), skipping pairs of one ``group``; with the IoU.
 
     IoU >= t needs ``ih >= t * max(h)`` and so ``|cy_i - cy_j| <= (1 - t) * max(h_i, h_j)``:
@@ -134,9 +144,11 @@ def iou_pairs(xyxy: np.ndarray, thr: float, group: np.ndarray | None = None
     # found from i's window: keep when i is the taller (or equally tall with the lower index)
     ok = (h[i] > h[j]) | ((h[i] == h[j]) & (i < j))
     # the width bound, the size ratio bound and the group rule, before any exact IoU
-    ok &= np.abs((xyxy[i, 0] + xyxy[i, 2]) - (xyxy[j, 0] + xyxy[j, 2])) * 0.5 \
+    ok &= (
+        np.abs((xyxy[i, 0] + xyxy[i, 2]) - (xyxy[j, 0] + xyxy[j, 2])) * 0.5
         <= (1.0 - thr) * np.maximum(w[i], w[j]) + 1e-9
-    ok &= (h[j] >= thr * h[i] - 1e-9)
+    )
+    ok &= h[j] >= thr * h[i] - 1e-9
     if group is not None:
         ok &= group[i] != group[j]
     i, j = i[ok], j[ok]
@@ -168,8 +180,9 @@ def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     return inv.reshape(-1)
 
 
-def lines_to_blocks(boxes: Boxes, *, vgap: float = 0.3, hgap: float = 1.0,
-                    max_height_ratio: float = 1.45) -> Boxes:
+def lines_to_blocks(
+    boxes: Boxes, *, vgap: float = 0.3, hgap: float = 1.0, max_height_ratio: float = 1.45
+) -> Boxes:
     """Group text lines into blocks (paragraphs, headlines, bylines).
 
     Two lines join when one sits under the other with horizontal overlap >= 30% of the narrower
@@ -196,8 +209,8 @@ def lines_to_blocks(boxes: Boxes, *, vgap: float = 0.3, hgap: float = 1.0,
     wmin = np.minimum(b[i, 2] - b[i, 0], b[j, 2] - b[j, 0])
     xov = np.minimum(b[i, 2], b[j, 2]) - np.maximum(b[i, 0], b[j, 0])
     yov = np.minimum(b[i, 3], b[j, 3]) - np.maximum(b[i, 1], b[j, 1])
-    gap = -yov / hmin                                                     # vertical gap in line heights
-    below = (xov >= 0.3 * wmin) & (b[j, 1] > b[i, 1] + 0.3 * h[i])       # j under i
+    gap = -yov / hmin  # vertical gap in line heights
+    below = (xov >= 0.3 * wmin) & (b[j, 1] > b[i, 1] + 0.3 * h[i])  # j under i
     nearest = np.full(n, np.inf)
     np.minimum.at(nearest, i[below], gap[below])
     finite = nearest[np.isfinite(nearest)]

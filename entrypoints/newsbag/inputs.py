@@ -110,9 +110,7 @@ def to_rgb8(im: Any) -> Any:
             g = a.clip(0, None) * (255.0 / top)
         g = np.round(g).astype(np.uint8)
         return np.repeat(g[:, :, None], 3, axis=2)
-    if mode == "P":
-        im = im.convert("RGBA")
-    elif mode == "PA":
+    if mode == "P" or mode == "PA":
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA", "La", "RGBa"):
         rgba = im.convert("RGBA")

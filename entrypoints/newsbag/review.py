@@ -13,6 +13,7 @@ agreement and the disagreement histogram. Pillow draws the panels; matplotlib (A
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import math
@@ -28,10 +29,19 @@ from entrypoints.newsbag.schema import TAXONOMY, gt_path_for, iter_source_pages,
 
 # One colour per taxonomy label (colour-blind-friendly first; order follows TAXONOMY).
 PALETTE = {
-    "text": (0, 114, 178), "title": (213, 94, 0), "figure": (0, 158, 115), "caption": (204, 121, 167),
-    "table": (230, 159, 0), "header": (86, 180, 233), "footer": (120, 120, 120),
-    "page_number": (90, 60, 160), "advertisement": (200, 30, 30), "masthead": (150, 100, 0),
-    "author": (0, 90, 90), "equation": (160, 160, 0), "other": (60, 60, 60),
+    "text": (0, 114, 178),
+    "title": (213, 94, 0),
+    "figure": (0, 158, 115),
+    "caption": (204, 121, 167),
+    "table": (230, 159, 0),
+    "header": (86, 180, 233),
+    "footer": (120, 120, 120),
+    "page_number": (90, 60, 160),
+    "advertisement": (200, 30, 30),
+    "masthead": (150, 100, 0),
+    "author": (0, 90, 90),
+    "equation": (160, 160, 0),
+    "other": (60, 60, 60),
 }
 assert set(PALETTE) == set(TAXONOMY)
 THUMB_PANEL = 420  # px per thumbnail panel: body text stays readable at ~0.4x of a 1,100 px page
@@ -63,8 +73,13 @@ def _page_image(record: dict[str, Any]) -> tuple[Any, str | None]:
     return img, None
 
 
-def draw_panel(base: Any, boxes: list[tuple[tuple[float, float, float, float], str]], title: str,
-               width: int, faint: list[tuple[float, float, float, float]] | None = None) -> Any:
+def draw_panel(
+    base: Any,
+    boxes: list[tuple[tuple[float, float, float, float], str]],
+    title: str,
+    width: int,
+    faint: list[tuple[float, float, float, float]] | None = None,
+) -> Any:
     """The page at ``width`` px (never enlarged) with ``boxes`` outlined by label, under a title bar."""
     from PIL import Image, ImageDraw
 
@@ -79,8 +94,9 @@ def draw_panel(base: Any, boxes: list[tuple[tuple[float, float, float, float], s
     line = max(2, round(width / 300))
     for (x0, y0, x1, y1), label in boxes:
         col = PALETTE.get(label, PALETTE["other"])
-        d.rectangle([x0 * scale, y0 * scale, x1 * scale, y1 * scale], fill=(*col, 45), outline=(*col, 255),
-                    width=line)
+        d.rectangle(
+            [x0 * scale, y0 * scale, x1 * scale, y1 * scale], fill=(*col, 45), outline=(*col, 255), width=line
+        )
     page = Image.alpha_composite(page, overlay).convert("RGB")
     font = _font(18)
     lines = title.split("\n")
@@ -118,8 +134,12 @@ def _f1(c: dict[str, float] | None) -> str:
     return "-" if c is None else f"{f1(c['tp'], c['pred'], c['ref']):.2f}"
 
 
-def page_panels(records: dict[str, dict[str, Any]], consensus: dict[str, Any] | None,
-                gt: dict[str, Any] | None, settings: Any) -> list[tuple[str, list, list | None]]:
+def page_panels(
+    records: dict[str, dict[str, Any]],
+    consensus: dict[str, Any] | None,
+    gt: dict[str, Any] | None,
+    settings: Any,
+) -> list[tuple[str, list, list | None]]:
     """(title, boxes, faint raw lines) per panel: truth, each variant as fused, the consensus."""
     from entrypoints.newsbag import fusion
     from entrypoints.newsbag.geometry import Boxes
@@ -132,7 +152,9 @@ def page_panels(records: dict[str, dict[str, Any]], consensus: dict[str, Any] | 
     if gt is not None:
         g = Boxes.from_record(gt, (width / gt["width"], height / gt["height"]))
         ras = label_rasters(g, width, height, settings.grid)
-        panels.append((f"GROUND TRUTH ({len(g)} blocks)\n{gt.get('condition') or ''}".rstrip(), _boxes(g), None))
+        panels.append(
+            (f"GROUND TRUTH ({len(g)} blocks)\n{gt.get('condition') or ''}".rstrip(), _boxes(g), None)
+        )
     res = fusion.fuse_page("p", records, settings, gt) if len(records) else None
     if records:
         keys, per_variant, _ = fusion.prepare(records, settings, width, height, "p")
@@ -141,19 +163,32 @@ def page_panels(records: dict[str, dict[str, Any]], consensus: dict[str, Any] | 
             line = r["granularity"] == "line"
             faint = [(x["x0"], x["y0"], x["x1"], x["y1"]) for x in r["boxes"]] if line else None
             what = f"{len(r['boxes'])} lines -> {len(b)} blocks" if line else f"{len(b)} blocks"
-            nums = f"F1 truth {_f1(res.gt_scores.get(k) if res and res.gt_scores else None)}  " \
-                   f"agree {_f1(res.scores.get(k) if res else None)}"
+            nums = (
+                f"F1 truth {_f1(res.gt_scores.get(k) if res and res.gt_scores else None)}  "
+                f"agree {_f1(res.scores.get(k) if res else None)}"
+            )
             panels.append((f"{k} ({what})\n{nums}", _boxes(b), faint))
     if consensus is not None:
         c = Boxes.from_record(consensus, (width / consensus["width"], height / consensus["height"]))
-        nums = f"F1 truth {_f1(compare(c, g, ras, width, height, settings.match_iou, settings.grid))}" \
-            if g is not None else "no ground truth"
+        nums = (
+            f"F1 truth {_f1(compare(c, g, ras, width, height, settings.match_iou, settings.grid))}"
+            if g is not None
+            else "no ground truth"
+        )
         panels.append((f"CONSENSUS ({len(c)} blocks, {consensus.get('variant')})\n{nums}", _boxes(c), None))
     return panels
 
 
-def render_page(page_id: str, panels: list[tuple[str, list, list | None]], image_record: dict[str, Any],
-                out: Path, *, panel_width: int = 720, cols: int = 3, head: str = "") -> str | None:
+def render_page(
+    page_id: str,
+    panels: list[tuple[str, list, list | None]],
+    image_record: dict[str, Any],
+    out: Path,
+    *,
+    panel_width: int = 720,
+    cols: int = 3,
+    head: str = "",
+) -> str | None:
     """One PNG: the panels in a grid, a title line and the legend of the labels drawn."""
     from PIL import Image, ImageDraw
 
@@ -183,9 +218,12 @@ def thumbnail(panels: list[tuple[str, list, list | None]], image_record: dict[st
 
     base, _ = _page_image(image_record)
     chosen = [p for p in panels if p[0].startswith(("GROUND TRUTH", "CONSENSUS"))] or panels[:1]
-    imgs = [draw_panel(base, boxes, title.split("\n")[0], THUMB_PANEL, faint) for title, boxes, faint in chosen]
-    sheet = Image.new("RGB", (sum(i.width for i in imgs) + 4 * len(imgs), max(i.height for i in imgs)),
-                      (235, 235, 235))
+    imgs = [
+        draw_panel(base, boxes, title.split("\n")[0], THUMB_PANEL, faint) for title, boxes, faint in chosen
+    ]
+    sheet = Image.new(
+        "RGB", (sum(i.width for i in imgs) + 4 * len(imgs), max(i.height for i in imgs)), (235, 235, 235)
+    )
     x = 0
     for im in imgs:
         sheet.paste(im, (x, 0))
@@ -194,8 +232,13 @@ def thumbnail(panels: list[tuple[str, list, list | None]], image_record: dict[st
         sheet.save(tmp, format="PNG")
 
 
-def summary_plot(variant_rows: list[dict[str, str]], accuracy: dict[str, Any] | None,
-                 page_rows: list[dict[str, str]], basis: str, out: Path) -> None:
+def summary_plot(
+    variant_rows: list[dict[str, str]],
+    accuracy: dict[str, Any] | None,
+    page_rows: list[dict[str, str]],
+    basis: str,
+    out: Path,
+) -> None:
     """Accuracy against truth (clean / degraded), leave-one-out agreement, disagreement histogram."""
     import matplotlib
 
@@ -213,8 +256,13 @@ def summary_plot(variant_rows: list[dict[str, str]], accuracy: dict[str, Any] | 
         for gi, grp in enumerate(groups):
             vals = [accuracy[grp].get(sname, {}).get("f1", 0.0) for sname in systems]
             n = accuracy[grp].get(systems[0], {}).get("pages", 0) if systems else 0
-            a.barh([v + (gi - (len(groups) - 1) / 2) * hgt for v in y], vals, height=hgt, color=colours[grp],
-                   label=f"{grp} ({n} pages)")
+            a.barh(
+                [v + (gi - (len(groups) - 1) / 2) * hgt for v in y],
+                vals,
+                height=hgt,
+                color=colours[grp],
+                label=f"{grp} ({n} pages)",
+            )
         a.set_yticks(y, systems)
         a.set_xlim(0, 1)
         a.set_xlabel("F1 vs ground truth (IoU 0.5, same label)")
@@ -225,12 +273,19 @@ def summary_plot(variant_rows: list[dict[str, str]], accuracy: dict[str, Any] | 
         a.set_axis_off()
     names = [f"{r['source']}/{r['variant']}" for r in variant_rows][::-1]
     agree = [float(r["agree_f1"]) if r.get("agree_f1", "-") != "-" else 0.0 for r in variant_rows][::-1]
-    cov = [float(r["agree_coverage"]) if r.get("agree_coverage", "-") != "-" else 0.0 for r in variant_rows][::-1]
+    cov = [float(r["agree_coverage"]) if r.get("agree_coverage", "-") != "-" else 0.0 for r in variant_rows][
+        ::-1
+    ]
     y = list(range(len(names)))
     b.barh([v + 0.2 for v in y], agree, height=0.4, label="f1", color="#009e73")
     b.barh([v - 0.2 for v in y], cov, height=0.4, label="coverage", color="#e69f00")
-    b.set_yticks(y, [f"{r['rank']}. {n}" if (r := variant_rows[::-1][i])["rank"] != "-" else n
-                     for i, n in enumerate(names)])
+    b.set_yticks(
+        y,
+        [
+            f"{r['rank']}. {n}" if (r := variant_rows[::-1][i])["rank"] != "-" else n
+            for i, n in enumerate(names)
+        ],
+    )
     b.set_xlim(0, 1)
     b.set_title("agreement with the other sources (leave-one-out)\nnumbers: leaderboard rank on its basis")
     b.legend(loc="lower right")
@@ -246,17 +301,20 @@ def summary_plot(variant_rows: list[dict[str, str]], accuracy: dict[str, Any] | 
     plt.close(fig)
 
 
-def write_index(out: Path, top: list[dict[str, str]], files: dict[str, tuple[str, str]], run_dir: Path,
-                k: int, basis: str) -> None:
+def write_index(
+    out: Path, top: list[dict[str, str]], files: dict[str, tuple[str, str]], run_dir: Path, k: int, basis: str
+) -> None:
     rows = "\n".join(
-        f"<tr><td>{i}</td><td><a href=\"pages/{html.escape(files[r['page_id']][0])}\">"
+        f'<tr><td>{i}</td><td><a href="pages/{html.escape(files[r["page_id"]][0])}">'
         f"{html.escape(r['page_id'])}</a></td><td>{html.escape(r.get('condition', '-'))}</td>"
         f"<td>{html.escape(r['disagreement'])}</td><td>{html.escape(r.get('consensus_gt_f1', '-'))}</td>"
         f"<td>{html.escape(r['mean_f1'])}</td><td>{html.escape(r['variants'])}</td>"
         f"<td>{html.escape(r['consensus_boxes'])}</td>"
-        f"<td><a href=\"pages/{html.escape(files[r['page_id']][0])}\"><img src=\"thumbs/"
-        f"{html.escape(files[r['page_id']][1])}\" loading=\"lazy\"></a></td></tr>"
-        for i, r in enumerate(top, 1) if r["page_id"] in files)
+        f'<td><a href="pages/{html.escape(files[r["page_id"]][0])}"><img src="thumbs/'
+        f'{html.escape(files[r["page_id"]][1])}" loading="lazy"></a></td></tr>'
+        for i, r in enumerate(top, 1)
+        if r["page_id"] in files
+    )
     text = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>newsbag review: top {k} informative pages</title>
 <style>body{{font-family:sans-serif}} td{{vertical-align:top;padding:4px}} th{{text-align:left}}
@@ -296,21 +354,25 @@ def review_run(run_dir: Path, *, run: Any, top_k: int = 20, panel_width: int = 7
     fusion_dir = run_dir / "outputs" / "fusion"
     scores = fusion_dir / "page_scores.tsv"
     if not scores.is_file():
-        raise UserError(f"no fusion results ({scores} is missing)", where="review",
-                        fix="run the fusion app first with the same run_dir=")
+        raise UserError(
+            f"no fusion results ({scores} is missing)",
+            where="review",
+            fix="run the fusion app first with the same run_dir=",
+        )
     if top_k < 1:
         raise UserError(f"top_k={top_k} must be at least 1", where="review", fix="pass top_k=20")
     if panel_width < 100:
-        raise UserError(f"panel_width={panel_width} is too small to read", where="review",
-                        fix="pass panel_width=720 (pixels per panel; pages are never enlarged)")
+        raise UserError(
+            f"panel_width={panel_width} is too small to read",
+            where="review",
+            fix="pass panel_width=720 (pixels per panel; pages are never enlarged)",
+        )
     if cols < 1:
         raise UserError(f"cols={cols} must be at least 1", where="review", fix="pass cols=3")
     settings = _settings(fusion_dir)
     summary: dict[str, Any] = {}
-    try:
+    with contextlib.suppress(OSError, ValueError):
         summary = json.loads((fusion_dir / "fusion_complete.json").read_text()).get("summary") or {}
-    except (OSError, ValueError):
-        pass
     basis = str(summary.get("ranking_basis") or "unknown (fusion_complete.json missing)")
     page_rows = read_tsv(scores)
     top = page_rows[:top_k]
@@ -348,22 +410,31 @@ def review_run(run_dir: Path, *, run: Any, top_k: int = 20, panel_width: int = 7
                     run.skip(f"ground_truth/{pid}", f"truth panel not drawn: {exc}")
             panels = page_panels(records, consensus, gt, settings)
             name = f"{i:02d}_{pid}.png"
-            head = (f"disagreement {r['disagreement']}, consensus F1 vs truth {r.get('consensus_gt_f1', '-')}, "
-                    f"{r.get('condition', '-')}")
-            why = render_page(pid, panels, image_record, out / "pages" / name, panel_width=panel_width,
-                              cols=cols, head=head)
+            head = (
+                f"disagreement {r['disagreement']}, consensus F1 vs truth {r.get('consensus_gt_f1', '-')}, "
+                f"{r.get('condition', '-')}"
+            )
+            why = render_page(
+                pid, panels, image_record, out / "pages" / name, panel_width=panel_width, cols=cols, head=head
+            )
             thumbnail(panels, image_record, out / "thumbs" / name)
             if why:
                 run.skip(f"image/{pid}", why)
             files[pid] = (name, name)
-            print(f"review: {i}/{len(top)} {pid} (disagreement {r['disagreement']})", file=sys.stderr,
-                  flush=True)
+            print(
+                f"review: {i}/{len(top)} {pid} (disagreement {r['disagreement']})",
+                file=sys.stderr,
+                flush=True,
+            )
     with run.step("index"):
         write_index(out / "index.html", top, files, run_dir, top_k, basis)
         run.output(out / "index.html")
     with run.step("summary"):
-        vrows = read_tsv(fusion_dir / "variant_leaderboard.tsv") if (
-            fusion_dir / "variant_leaderboard.tsv").is_file() else []
+        vrows = (
+            read_tsv(fusion_dir / "variant_leaderboard.tsv")
+            if (fusion_dir / "variant_leaderboard.tsv").is_file()
+            else []
+        )
         summary_plot(vrows, summary.get("accuracy"), page_rows, basis, run_dir / "review" / "summary.png")
         run.output(run_dir / "review" / "summary.png")
     run.report["review"] = {"pages": [f[0] for f in files.values()], "dir": str(out)}
@@ -379,11 +450,17 @@ def run(cfg: Any, run: Any) -> int:
         try:
             return int(v)
         except (TypeError, ValueError):
-            raise UserError(f"{key}={v!r} is not a whole number", where="review",
-                            fix=f"pass {key}={default}") from None
+            raise UserError(
+                f"{key}={v!r} is not a whole number", where="review", fix=f"pass {key}={default}"
+            ) from None
 
-    res = review_run(run_dir, run=run, top_k=whole("top_k", 20), panel_width=whole("panel_width", 720),
-                     cols=whole("cols", 3))
+    res = review_run(
+        run_dir,
+        run=run,
+        top_k=whole("top_k", 20),
+        panel_width=whole("panel_width", 720),
+        cols=whole("cols", 3),
+    )
     print(f"review: {len(res['pages'])} overlay pages in {res['dir'] / 'pages'}")
     print(f"review: open {res['dir'] / 'index.html'} ; summary plot {run_dir / 'review' / 'summary.png'}")
     return 0

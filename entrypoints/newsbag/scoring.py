@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from entrypoints.newsbag.geometry import N_LABELS, Boxes, iou_pairs
+from entrypoints.newsbag.geometry import Boxes, iou_pairs
 
 
 def match_counts(pred: Boxes, ref: Boxes, iou_thr: float) -> tuple[int, int]:
@@ -65,8 +65,14 @@ def label_rasters(boxes: Boxes, width: float, height: float, grid: int) -> Raste
     ix = np.clip(np.ceil(b[:, 0::2] * (grid / width) - 0.5), 0, grid).astype(np.int64)
     iy = np.clip(np.ceil(b[:, 1::2] * (grid / height) - 0.5), 0, grid).astype(np.int64)
     base = lab.reshape(-1) * (g1 * g1)
-    idx = np.concatenate([base + iy[:, 0] * g1 + ix[:, 0], base + iy[:, 0] * g1 + ix[:, 1],
-                          base + iy[:, 1] * g1 + ix[:, 0], base + iy[:, 1] * g1 + ix[:, 1]])
+    idx = np.concatenate(
+        [
+            base + iy[:, 0] * g1 + ix[:, 0],
+            base + iy[:, 0] * g1 + ix[:, 1],
+            base + iy[:, 1] * g1 + ix[:, 0],
+            base + iy[:, 1] * g1 + ix[:, 1],
+        ]
+    )
     n = len(boxes)
     wts = np.repeat(np.array([1.0, -1.0, -1.0, 1.0]), n)
     d = np.bincount(idx, weights=wts, minlength=len(labels) * g1 * g1).astype(np.int32)
@@ -84,8 +90,9 @@ def coverage(pred: Rasters, ref: Rasters) -> float:
     return 1.0 if union == 0 else inter / union
 
 
-def compare(pred: Boxes, ref: Boxes, ref_rasters: Rasters, width: float, height: float,
-            iou_thr: float, grid: int) -> dict[str, float]:
+def compare(
+    pred: Boxes, ref: Boxes, ref_rasters: Rasters, width: float, height: float, iou_thr: float, grid: int
+) -> dict[str, float]:
     tp, loc_tp = match_counts(pred, ref, iou_thr)
     cov = coverage(label_rasters(pred, width, height, grid), ref_rasters)
     return {"pred": len(pred), "ref": len(ref), "tp": tp, "loc_tp": loc_tp, "coverage": cov}
@@ -120,8 +127,10 @@ class Tally:
             setattr(self, k, getattr(self, k) + getattr(other, k))
 
     def metrics(self) -> dict[str, float]:
-        return {"f1": f1(self.tp, self.pred, self.ref),
-                "precision": self.tp / self.pred if self.pred else (1.0 if not self.ref else 0.0),
-                "recall": self.tp / self.ref if self.ref else (1.0 if not self.pred else 0.0),
-                "loc_f1": f1(self.loc_tp, self.pred, self.ref),
-                "coverage": self.cov_sum / self.pages if self.pages else 0.0}
+        return {
+            "f1": f1(self.tp, self.pred, self.ref),
+            "precision": self.tp / self.pred if self.pred else (1.0 if not self.ref else 0.0),
+            "recall": self.tp / self.ref if self.ref else (1.0 if not self.pred else 0.0),
+            "loc_f1": f1(self.loc_tp, self.pred, self.ref),
+            "coverage": self.cov_sum / self.pages if self.pages else 0.0,
+        }

@@ -15,15 +15,38 @@ from entrypoints.newsbag.schema import page_record, read_page, source_pages_dir,
 
 REPO = Path(__file__).resolve().parents[3]
 W = H = 1000
-LAYOUT = [(20, 20, 980, 120, "masthead"), (20, 150, 480, 260, "title"), (20, 280, 480, 950, "text"),
-          (520, 150, 980, 600, "figure"), (520, 620, 980, 680, "caption"), (520, 700, 980, 950, "text")]
+LAYOUT = [
+    (20, 20, 980, 120, "masthead"),
+    (20, 150, 480, 260, "title"),
+    (20, 280, 480, 950, "text"),
+    (520, 150, 980, 600, "figure"),
+    (520, 620, 980, 680, "caption"),
+    (520, 700, 980, 950, "text"),
+]
 
 
 def rec(source: str, variant: str, boxes, page_id: str = "p1", gran: str = "block", score: float = 0.9):
-    return page_record(page_id=page_id, image=f"/nowhere/{page_id}.png", width=W, height=H, source=source,
-                       variant=variant, granularity=gran,
-                       boxes=[{"x0": float(a), "y0": float(b), "x1": float(c), "y1": float(d), "label": lab,
-                               "raw_label": lab, "score": score} for a, b, c, d, lab in boxes])
+    return page_record(
+        page_id=page_id,
+        image=f"/nowhere/{page_id}.png",
+        width=W,
+        height=H,
+        source=source,
+        variant=variant,
+        granularity=gran,
+        boxes=[
+            {
+                "x0": float(a),
+                "y0": float(b),
+                "x1": float(c),
+                "y1": float(d),
+                "label": lab,
+                "raw_label": lab,
+                "score": score,
+            }
+            for a, b, c, d, lab in boxes
+        ],
+    )
 
 
 def jitter(boxes, dx: float):
@@ -50,8 +73,12 @@ def test_agreement_gives_the_shared_layout_and_perfect_scores():
 
 
 def test_disjoint_sources_keep_only_majority_boxes():
-    recs = {"a/v": rec("a", "v", LAYOUT), "b/v": rec("b", "v", LAYOUT), "e/v": rec("e", "v", LAYOUT),
-            "c/v": rec("c", "v", [(600, 960, 700, 990, "page_number")])}
+    recs = {
+        "a/v": rec("a", "v", LAYOUT),
+        "b/v": rec("b", "v", LAYOUT),
+        "e/v": rec("e", "v", LAYOUT),
+        "c/v": rec("c", "v", [(600, 960, 700, 990, "page_number")]),
+    }
     res = fusion.fuse_page("p1", recs, fusion.Settings())
     labels = sorted(b["label"] for b in res.consensus["boxes"])
     assert labels == sorted(lab for *_, lab in LAYOUT)  # c's lone box lacks support
@@ -61,8 +88,11 @@ def test_disjoint_sources_keep_only_majority_boxes():
 
 def test_label_vote_and_label_aware_matching():
     boxes = [(100, 100, 400, 400, "text")]
-    recs = {"a/v": rec("a", "v", boxes), "b/v": rec("b", "v", boxes),
-            "c/v": rec("c", "v", [(100, 100, 400, 400, "table")])}
+    recs = {
+        "a/v": rec("a", "v", boxes),
+        "b/v": rec("b", "v", boxes),
+        "c/v": rec("c", "v", [(100, 100, 400, 400, "table")]),
+    }
     res = fusion.fuse_page("p1", recs, fusion.Settings())
     assert [b["label"] for b in res.consensus["boxes"]] == ["text"]
     c = res.scores["c/v"]
@@ -91,20 +121,24 @@ def test_text_lines_are_grouped_into_blocks_before_comparison():
 
 
 def test_words_on_one_line_join_but_far_columns_do_not():
-    words = geometry.Boxes(np.array([[0, 0, 50, 20], [60, 0, 120, 20], [400, 0, 450, 20]], float),
-                         np.zeros(3, np.int64), np.ones(3))
+    words = geometry.Boxes(
+        np.array([[0, 0, 50, 20], [60, 0, 120, 20], [400, 0, 450, 20]], float),
+        np.zeros(3, np.int64),
+        np.ones(3),
+    )
     assert len(geometry.lines_to_blocks(words)) == 2
 
 
 def test_line_grouping_splits_at_type_size_changes_and_paragraph_breaks():
-    head = [(100, 100, 400, 130, "text")]                                    # 30 px headline
-    byline = [(100, 136, 180, 152, "text")]                                  # 16 px, smaller type
-    para1 = [(100, y, 400, y + 16, "text") for y in range(164, 260, 20)]     # leading 4 px
-    para2 = [(100, y, 400, y + 16, "text") for y in range(282, 380, 20)]     # 18 px paragraph break
+    head = [(100, 100, 400, 130, "text")]  # 30 px headline
+    byline = [(100, 136, 180, 152, "text")]  # 16 px, smaller type
+    para1 = [(100, y, 400, y + 16, "text") for y in range(164, 260, 20)]  # leading 4 px
+    para2 = [(100, y, 400, y + 16, "text") for y in range(282, 380, 20)]  # 18 px paragraph break
     lines = geometry.Boxes.from_record(rec("ocr", "det", head + byline + para1 + para2, gran="line"))
     got = sorted(geometry.lines_to_blocks(lines).xyxy.tolist())
-    np.testing.assert_allclose(got, [[100, 100, 400, 130], [100, 136, 180, 152], [100, 164, 400, 260],
-                                     [100, 282, 400, 378]])
+    np.testing.assert_allclose(
+        got, [[100, 100, 400, 130], [100, 136, 180, 152], [100, 164, 400, 260], [100, 282, 400, 378]]
+    )
 
 
 def test_text_line_sources_abstain_from_the_label_vote():
@@ -114,9 +148,11 @@ def test_text_line_sources_abstain_from_the_label_vote():
     recs = {"lay/v": rec("lay", "v", lay), "ocr/det": rec("ocr", "det", ocr, gran="line")}
     res = fusion.fuse_page("p1", recs, fusion.Settings())
     assert sorted(b["label"] for b in res.consensus["boxes"]) == ["masthead", "title"]
-    only_ocr = fusion.fuse_page("p1", {"ocr/det": recs["ocr/det"], "ocr2/det": rec("ocr2", "det", ocr,
-                                                                                     gran="line")},
-                                fusion.Settings())
+    only_ocr = fusion.fuse_page(
+        "p1",
+        {"ocr/det": recs["ocr/det"], "ocr2/det": rec("ocr2", "det", ocr, gran="line")},
+        fusion.Settings(),
+    )
     assert {b["label"] for b in only_ocr.consensus["boxes"]} == {"text"}  # nobody labelled: stays text
 
 
@@ -124,11 +160,15 @@ def test_consensus_is_not_worse_than_the_median_variant():
     """Four sources with different, independent mistakes; the fused layout beats the typical one."""
     gt = rec("ground_truth", "gt", LAYOUT)
     a = [(20, 20, 980, 120, "title"), *LAYOUT[1:], (600, 960, 700, 990, "page_number")]  # bad label, extra
-    b = jitter(LAYOUT[:4] + LAYOUT[5:], 3)                                     # misses the caption
-    c = [*LAYOUT[:3], (520, 150, 980, 600, "table"), *LAYOUT[4:]]              # figure called a table
+    b = jitter(LAYOUT[:4] + LAYOUT[5:], 3)  # misses the caption
+    c = [*LAYOUT[:3], (520, 150, 980, 600, "table"), *LAYOUT[4:]]  # figure called a table
     lines = [(20, 150, 480, 172, "text")] + [(20, y, 480, y + 18, "text") for y in range(282, 950, 22)]
-    recs = {"a/v": rec("a", "v", a), "b/v": rec("b", "v", b), "c/v": rec("c", "v", c),
-            "ocr/det": rec("ocr", "det", lines, gran="line")}
+    recs = {
+        "a/v": rec("a", "v", a),
+        "b/v": rec("b", "v", b),
+        "c/v": rec("c", "v", c),
+        "ocr/det": rec("ocr", "det", lines, gran="line"),
+    }
     res = fusion.fuse_page("p1", recs, fusion.Settings(), gt)
     f1 = {k: 2 * v["tp"] / (v["pred"] + v["ref"]) for k, v in res.gt_scores.items()}
     variants = sorted(v for k, v in f1.items() if k != "consensus")
@@ -160,6 +200,7 @@ class FakeRun:
         @contextlib.contextmanager
         def cm():
             yield {}
+
         return cm()
 
 
@@ -189,8 +230,16 @@ BAD = [(700, 20, 760, 60, "other"), (30, 700, 90, 760, "other"), (300, 400, 360,
 
 
 def test_leaderboard_ranks_by_truth_and_a_bad_variant_last(tmp_path):
-    write_sources(tmp_path, {"a/base": LAYOUT, "a/shift": jitter(LAYOUT, 4), "b/base": jitter(LAYOUT, -3),
-                             "c/base": LAYOUT[:-1], "d/bad": BAD})
+    write_sources(
+        tmp_path,
+        {
+            "a/base": LAYOUT,
+            "a/shift": jitter(LAYOUT, 4),
+            "b/base": jitter(LAYOUT, -3),
+            "c/base": LAYOUT[:-1],
+            "d/bad": BAD,
+        },
+    )
     write_gt(tmp_path, ("p1", "p2", "p3"))
     summary = fusion.fuse_run(tmp_path, fusion.Settings(), run=FakeRun(), workers=1, progress=False)
     out = tmp_path / "outputs" / "fusion"
@@ -203,9 +252,9 @@ def test_leaderboard_ranks_by_truth_and_a_bad_variant_last(tmp_path):
     assert [float(r["gt_f1"]) for r in rows[:3]] == [1.0, 1.0, 1.0] and rows[0]["variant"] == "base"
     assert float(rows[0]["gt_coverage"]) > float(rows[1]["gt_coverage"]) > float(rows[2]["gt_coverage"])
     assert rows[-1]["source"] == "d" and rows[-1]["variant"] == "bad" and float(rows[-1]["gt_f1"]) == 0.0
-    assert rows[3]["variant"] == "base" and rows[3]["source"] == "c"   # misses one of six blocks
+    assert rows[3]["variant"] == "base" and rows[3]["source"] == "c"  # misses one of six blocks
     assert float(rows[3]["gt_f1"]) == pytest.approx(2 * 5 / 11, abs=1e-4)
-    assert all(r["agree_f1"] != "-" for r in rows)                       # agreement shown beside it
+    assert all(r["agree_f1"] != "-" for r in rows)  # agreement shown beside it
     srows = read_tsv(out / "source_leaderboard.tsv")
     assert srows[-1]["source"] == "d" and [r["rank"] for r in srows] == ["1", "2", "3", "4"]
     assert summary["ranked_by"] == "gt_f1" and summary["ranking"][-1]["variant"] == "d/bad"
@@ -230,7 +279,7 @@ def test_without_truth_agreement_ranks_only_with_three_sources(tmp_path):
     assert "agreement cannot rank" in text.splitlines()[0]
     rows = read_tsv(two / "outputs" / "fusion" / "variant_leaderboard.tsv")
     assert [r["rank"] for r in rows] == ["-", "-"] and {r["source"] for r in rows} == {"a", "d"}
-    assert all(r["agree_f1"] != "-" for r in rows)                       # both shown, neither ranked
+    assert all(r["agree_f1"] != "-" for r in rows)  # both shown, neither ranked
 
 
 def test_equal_scores_share_a_rank_and_never_fall_back_to_names():
@@ -241,7 +290,7 @@ def test_equal_scores_share_a_rank_and_never_fall_back_to_names():
 
 def test_bad_inputs_are_skipped_with_reasons_and_partial_rows_say_so(tmp_path):
     write_sources(tmp_path, {"a/v": LAYOUT, "b/v": LAYOUT}, pages=("p1", "p2"))
-    write_sources(tmp_path, {"c/v": LAYOUT}, pages=("p1",))           # covers another page set
+    write_sources(tmp_path, {"c/v": LAYOUT}, pages=("p1",))  # covers another page set
     write_gt(tmp_path, ("p1", "p2"))
     (tmp_path / "pages" / "p2.gt.json").write_text('{"page_id": "p2", "boxes": 3}')  # malformed truth
     (source_pages_dir(tmp_path, "b", "v") / "p2.json").write_text("{not json")  # corrupt record
@@ -288,9 +337,9 @@ def test_app_end_to_end_rerun_skips_only_on_an_exact_fingerprint(tmp_path):
     second = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert "nothing to do" in second.stdout
     third = subprocess.run([*cmd, "fusion.min_support=0.6"], capture_output=True, text=True, cwd=REPO)
-    assert third.returncode == 0 and "nothing to do" not in third.stdout   # other settings: recomputed
+    assert third.returncode == 0 and "nothing to do" not in third.stdout  # other settings: recomputed
     path = source_pages_dir(tmp_path, "b", "v") / "p2.json"
-    write_page(path, rec("b", "v", LAYOUT[:3], page_id="p2"))           # an input changed
+    write_page(path, rec("b", "v", LAYOUT[:3], page_id="p2"))  # an input changed
     fourth = subprocess.run([*cmd, "fusion.min_support=0.6"], capture_output=True, text=True, cwd=REPO)
     assert "nothing to do" not in fourth.stdout
     empty = tmp_path / "empty"
@@ -305,13 +354,18 @@ def test_settings_from_config_overrides_defaults_and_refuses_bad_values():
 
     from containers.errors import UserError
 
-    s = fusion.settings_from(OmegaConf.create({"fusion": {"grid": 32, "cluster_iou": 0.4,
-                                                          "source_weights": {"dell": 2}}}))
+    s = fusion.settings_from(
+        OmegaConf.create({"fusion": {"grid": 32, "cluster_iou": 0.4, "source_weights": {"dell": 2}}})
+    )
     assert (s.grid, s.cluster_iou, s.match_iou, s.source_weights) == (32, 0.4, 0.5, {"dell": 2.0})
     assert isinstance(s.grid, int) and fusion.settings_from(OmegaConf.create({})) == fusion.Settings()
-    for bad, match in (({"min_support": 1.5}, "min_support"), ({"method": "union"}, "method=union"),
-                       ({"grid": "many"}, "bad fusion setting"), ({"colour": 1}, "unknown fusion setting"),
-                       ({"source_weights": {"a": 0}}, "positive")):
+    for bad, match in (
+        ({"min_support": 1.5}, "min_support"),
+        ({"method": "union"}, "method=union"),
+        ({"grid": "many"}, "bad fusion setting"),
+        ({"colour": 1}, "unknown fusion setting"),
+        ({"source_weights": {"a": 0}}, "positive"),
+    ):
         with pytest.raises(UserError, match=match):
             fusion.settings_from(OmegaConf.create({"fusion": bad}))
 
@@ -343,11 +397,13 @@ def test_consensus_beats_every_single_source_on_synthetic_pages_with_truth(n_sou
 def test_two_sources_never_make_a_union_and_a_source_votes_once():
     a = [(20, 20, 300, 300, "text")]
     b = [(600, 600, 900, 900, "text")]
-    weak = fusion.fuse_page("p1", {"a/v": rec("a", "v", a, score=0.6), "b/v": rec("b", "v", b, score=0.6)},
-                            fusion.Settings())
-    assert weak.consensus["boxes"] == []            # each box has one of two sources behind it, unsure
-    sure = fusion.fuse_page("p1", {"a/v": rec("a", "v", a, score=0.95), "b/v": rec("b", "v", b, score=0.6)},
-                            fusion.Settings())
+    weak = fusion.fuse_page(
+        "p1", {"a/v": rec("a", "v", a, score=0.6), "b/v": rec("b", "v", b, score=0.6)}, fusion.Settings()
+    )
+    assert weak.consensus["boxes"] == []  # each box has one of two sources behind it, unsure
+    sure = fusion.fuse_page(
+        "p1", {"a/v": rec("a", "v", a, score=0.95), "b/v": rec("b", "v", b, score=0.6)}, fusion.Settings()
+    )
     assert [(bx["x0"], bx["score"]) for bx in sure.consensus["boxes"]] == [(20, 0.475)]  # only the sure one
     # five thresholds of one model agree on a box the two other sources do not see: still one vote of three
     recs = {f"a/t{i}": rec("a", f"t{i}", a, score=0.9) for i in range(5)}
@@ -358,22 +414,27 @@ def test_two_sources_never_make_a_union_and_a_source_votes_once():
 
 def test_wbf_is_a_selectable_method_that_runs_ensemble_boxes():
     ensemble_boxes = pytest.importorskip("ensemble_boxes")
-    recs = {"a/v": rec("a", "v", LAYOUT, score=0.9), "b/v": rec("b", "v", jitter(LAYOUT, 6), score=0.7),
-            "c/v": rec("c", "v", LAYOUT[:3], score=0.8)}
+    recs = {
+        "a/v": rec("a", "v", LAYOUT, score=0.9),
+        "b/v": rec("b", "v", jitter(LAYOUT, 6), score=0.7),
+        "c/v": rec("c", "v", LAYOUT[:3], score=0.8),
+    }
     res = fusion.fuse_page("p1", recs, fusion.Settings(method="wbf", wbf_score_thr=0.3))
     assert res.consensus["variant"] == "wbf"
     keys = sorted(recs)
     norm = np.array([W, H, W, H], float)
-    boxes, scores, labels = ensemble_boxes.weighted_boxes_fusion(
+    boxes, scores, _ = ensemble_boxes.weighted_boxes_fusion(
         [(geometry.Boxes.from_record(recs[k]).xyxy / norm).tolist() for k in keys],
         [geometry.Boxes.from_record(recs[k]).score.tolist() for k in keys],
-        [geometry.Boxes.from_record(recs[k]).label.tolist() for k in keys], weights=[1, 1, 1], iou_thr=0.5)
-    want = sorted((float(x0) * W, float(sc)) for (x0, *_), sc in zip(boxes, scores, strict=True)
-                  if sc >= 0.3)
+        [geometry.Boxes.from_record(recs[k]).label.tolist() for k in keys],
+        weights=[1, 1, 1],
+        iou_thr=0.5,
+    )
+    want = sorted((float(x0) * W, float(sc)) for (x0, *_), sc in zip(boxes, scores, strict=True) if sc >= 0.3)
     got = sorted((bx["x0"], bx["score"]) for bx in res.consensus["boxes"])
     assert len(got) == len(want) == len(LAYOUT)
     np.testing.assert_allclose(np.array(got), np.array(want), atol=0.02)
-    assert set(res.scores) == set(recs)             # leave-one-out works for WBF too
+    assert set(res.scores) == set(recs)  # leave-one-out works for WBF too
 
 
 def test_sparse_pairs_equal_the_dense_iou_matrix():
@@ -385,6 +446,8 @@ def test_sparse_pairs_equal_the_dense_iou_matrix():
     for thr in (0.1, 0.5, 0.9):
         i, j, iou = geometry.iou_pairs(boxes, thr, group=group)
         dense = geometry.iou_matrix(boxes, boxes)
-        want = {(a, b) for a, b in zip(*np.nonzero(np.triu(dense >= thr, 1)), strict=True) if group[a] != group[b]}
+        want = {
+            (a, b) for a, b in zip(*np.nonzero(np.triu(dense >= thr, 1)), strict=True) if group[a] != group[b]
+        }
         assert set(zip(i.tolist(), j.tolist(), strict=True)) == want
         np.testing.assert_allclose(iou, dense[i, j])

@@ -22,15 +22,24 @@ ONLY_CDLA = ["variants.ppocr_det=null", "variants.ppocrv6_det=null"]
 
 
 def embedded(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "entrypoints", "newsbag_embedded", f"run_dir={run_dir}",
-                           *ONLY_CDLA, *extra], capture_output=True, text=True, cwd=REPO, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "entrypoints", "newsbag_embedded", f"run_dir={run_dir}", *ONLY_CDLA, *extra],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
 
 
 def killed_after(run_dir: Path, page: int, *extra: str) -> str:
     """Start the app and kill -9 it as soon as it reports page ``page`` done; its stderr so far."""
-    proc = subprocess.Popen([sys.executable, "-m", "entrypoints", "newsbag_embedded", f"run_dir={run_dir}",
-                             *ONLY_CDLA, *extra], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "entrypoints", "newsbag_embedded", f"run_dir={run_dir}", *ONLY_CDLA, *extra],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        cwd=REPO,
+    )
     seen = []
     try:
         for line in proc.stderr:
@@ -45,8 +54,13 @@ def killed_after(run_dir: Path, page: int, *extra: str) -> str:
 
 
 def fusion(run_dir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "entrypoints", "fusion", f"run_dir={run_dir}", "workers=1"],
-                          capture_output=True, text=True, cwd=REPO, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "entrypoints", "fusion", f"run_dir={run_dir}", "workers=1"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
 
 
 def variants(run_dir: Path) -> dict:
@@ -57,17 +71,18 @@ def variants(run_dir: Path) -> dict:
 def test_a_killed_run_with_other_settings_is_not_reused_and_the_rerun_matches_a_clean_run(tmp_path):
     n = len(list(samples.SAMPLES_DIR.glob("*.gt.json")))
     run_dir, clean = tmp_path / "run", tmp_path / "clean"
-    assert embedded(run_dir).returncode == 0                       # a complete default run
+    assert embedded(run_dir).returncode == 0  # a complete default run
     assert fusion(run_dir).returncode == 0
     pages_dir = source_pages_dir(run_dir, "cdla", "default")
     made = {p.stem: read_page(p)["made_by"]["fingerprint"] for p in pages_dir.glob("*.json")}
-    killed_after(run_dir, 3, "variants.cdla.default.conf=0.3")     # killed after page 3
-    changed = sorted(p.stem for p in pages_dir.glob("*.json") if read_page(p)["made_by"]["fingerprint"]
-                     != made[p.stem])
-    assert changed == sorted(made)[:3]                               # pages 1-3 now hold conf=0.3 boxes
+    killed_after(run_dir, 3, "variants.cdla.default.conf=0.3")  # killed after page 3
+    changed = sorted(
+        p.stem for p in pages_dir.glob("*.json") if read_page(p)["made_by"]["fingerprint"] != made[p.stem]
+    )
+    assert changed == sorted(made)[:3]  # pages 1-3 now hold conf=0.3 boxes
     assert not (run_dir / "outputs/sources/cdla/default/complete.json").exists()  # the old marker is gone
 
-    again = embedded(run_dir)                                       # the rerun with the default settings
+    again = embedded(run_dir)  # the rerun with the default settings
     assert again.returncode == 0, again.stderr
     v = variants(run_dir)
     assert v["cdla/default"]["pages"]["written"] == 3 and v["cdla/default"]["pages"]["reused"] == n - 3
@@ -77,9 +92,13 @@ def test_a_killed_run_with_other_settings_is_not_reused_and_the_rerun_matches_a_
 
     assert embedded(clean).returncode == 0 and fusion(clean).returncode == 0
     for name in ("variant_leaderboard.tsv", "accuracy.tsv", "source_leaderboard.tsv"):
-        assert (run_dir / "outputs/fusion" / name).read_text() == (clean / "outputs/fusion" / name).read_text()
+        assert (run_dir / "outputs/fusion" / name).read_text() == (
+            clean / "outputs/fusion" / name
+        ).read_text()
     for p in sorted(pages_dir.glob("*.json")):
-        assert read_page(p)["boxes"] == read_page(source_pages_dir(clean, "cdla", "default") / p.name)["boxes"]
+        assert (
+            read_page(p)["boxes"] == read_page(source_pages_dir(clean, "cdla", "default") / p.name)["boxes"]
+        )
 
 
 def test_pages_are_redone_when_the_image_or_the_code_that_made_them_changed(tmp_path):
@@ -92,13 +111,16 @@ def test_pages_are_redone_when_the_image_or_the_code_that_made_them_changed(tmp_
     assert embedded(run_dir, *args).returncode == 0
     second = embedded(run_dir, *args)
     assert "complete, reused" in second.stderr and variants(run_dir)["cdla/default"]["pages"]["reused"] == 2
-    os.utime(pages / "chronicle_p01.png", ns=(1, 1))                 # the image changed (mtime)
+    os.utime(pages / "chronicle_p01.png", ns=(1, 1))  # the image changed (mtime)
     third = embedded(run_dir, *args)
-    assert variants(run_dir)["cdla/default"]["pages"] == {**variants(run_dir)["cdla/default"]["pages"],
-                                                          "written": 1, "reused": 1}, third.stderr
+    assert variants(run_dir)["cdla/default"]["pages"] == {
+        **variants(run_dir)["cdla/default"]["pages"],
+        "written": 1,
+        "reused": 1,
+    }, third.stderr
     rec_path = source_pages_dir(run_dir, "cdla", "default") / "chronicle_p02.json"
     rec = read_page(rec_path)
-    rec["made_by"]["fingerprint"] = "made-by-other-code"             # as if older code had written it
+    rec["made_by"]["fingerprint"] = "made-by-other-code"  # as if older code had written it
     rec_path.write_text(json.dumps(rec))
     (run_dir / "outputs/sources/cdla/default/complete.json").unlink()
     assert embedded(run_dir, *args).returncode == 0

@@ -26,21 +26,78 @@ def make_run(tmp: Path, n_pages: int = 3, size: int = 400, truth: bool = True) -
         img = pages / f"{pid}.png"
         Image.fromarray((rng.random((size, size)) * 40 + 200).astype(np.uint8)).save(img)
         for src, var, dx in (("a", "v", 0), ("b", "v", 3 * i), ("c", "x", 40 * i)):
-            boxes = [{"x0": float(a + dx) * k, "y0": float(b) * k, "x1": float(min(c + dx, 400)) * k,
-                      "y1": float(d) * k, "label": lab, "raw_label": lab, "score": 0.8} for a, b, c, d, lab in LAYOUT]
-            write_page(source_pages_dir(tmp, src, var) / f"{pid}.json",
-                       page_record(page_id=pid, image=img, width=size, height=size, source=src, variant=var,
-                                   granularity="block", boxes=boxes))
-        lines = [{"x0": 20.0 * k, "y0": float(y) * k, "x1": 180.0 * k, "y1": float(y + 16) * k, "label": "text",
-                  "raw_label": "text_line", "score": 0.9} for y in range(80, 380, 20)]
-        write_page(source_pages_dir(tmp, "ocr", "det") / f"{pid}.json",
-                   page_record(page_id=pid, image=img, width=size, height=size, source="ocr", variant="det",
-                               granularity="line", boxes=lines))
+            boxes = [
+                {
+                    "x0": float(a + dx) * k,
+                    "y0": float(b) * k,
+                    "x1": float(min(c + dx, 400)) * k,
+                    "y1": float(d) * k,
+                    "label": lab,
+                    "raw_label": lab,
+                    "score": 0.8,
+                }
+                for a, b, c, d, lab in LAYOUT
+            ]
+            write_page(
+                source_pages_dir(tmp, src, var) / f"{pid}.json",
+                page_record(
+                    page_id=pid,
+                    image=img,
+                    width=size,
+                    height=size,
+                    source=src,
+                    variant=var,
+                    granularity="block",
+                    boxes=boxes,
+                ),
+            )
+        lines = [
+            {
+                "x0": 20.0 * k,
+                "y0": float(y) * k,
+                "x1": 180.0 * k,
+                "y1": float(y + 16) * k,
+                "label": "text",
+                "raw_label": "text_line",
+                "score": 0.9,
+            }
+            for y in range(80, 380, 20)
+        ]
+        write_page(
+            source_pages_dir(tmp, "ocr", "det") / f"{pid}.json",
+            page_record(
+                page_id=pid,
+                image=img,
+                width=size,
+                height=size,
+                source="ocr",
+                variant="det",
+                granularity="line",
+                boxes=lines,
+            ),
+        )
         if truth:
-            gt = page_record(page_id=pid, image=img.name, width=size, height=size, source="ground_truth",
-                             variant="gt", granularity="block",
-                             boxes=[{"x0": a * k, "y0": b * k, "x1": c * k, "y1": d * k, "label": lab,
-                                     "raw_label": lab, "score": 1.0} for a, b, c, d, lab in LAYOUT])
+            gt = page_record(
+                page_id=pid,
+                image=img.name,
+                width=size,
+                height=size,
+                source="ground_truth",
+                variant="gt",
+                granularity="block",
+                boxes=[
+                    {
+                        "x0": a * k,
+                        "y0": b * k,
+                        "x1": c * k,
+                        "y1": d * k,
+                        "label": lab,
+                        "raw_label": lab,
+                        "score": 1.0,
+                    }
+                    for a, b, c, d, lab in LAYOUT
+                ],
+            )
             write_page(pages / f"{pid}.gt.json", {**gt, "condition": "clean"})
     return pages
 
@@ -56,20 +113,22 @@ def test_sheets_show_truth_fused_blocks_and_numbers_most_disputed_first(tmp_path
     assert [p.name for p in pngs] == ["01_p2.png", "02_p1.png"]  # p2 has the largest shift
     assert res["pages"] == {"p2": "01_p2.png", "p1": "02_p1.png"}
     sheet = Image.open(pngs[0]).convert("RGB")
-    assert sheet.width == 3 * (300 + 8) + 8 and sheet.height > 2 * 300  # truth + 4 variants + consensus: 2 rows
+    assert (
+        sheet.width == 3 * (300 + 8) + 8 and sheet.height > 2 * 300
+    )  # truth + 4 variants + consensus: 2 rows
     panels = review.page_panels(*_inputs(tmp_path, "p2"), fusion.Settings())
     titles = [t.split("\n")[0] for t, _, _ in panels]
     assert titles[0] == "GROUND TRUTH (3 blocks)" and titles[-1].startswith("CONSENSUS")
     ocr = next(p for p in panels if p[0].startswith("ocr/det"))
     assert ocr[0].startswith("ocr/det (15 lines -> 1 blocks)") and len(ocr[1]) == 1 and len(ocr[2]) == 15
-    assert "F1 truth 1.00" in panels[1][0]                            # a/v is exactly the truth
+    assert "F1 truth 1.00" in panels[1][0]  # a/v is exactly the truth
     coloured = np.asarray(sheet)
     assert (np.abs(coloured[..., 0].astype(int) - coloured[..., 2]) > 60).any()  # label colours present
     html = (out / "index.html").read_text()
     assert "01_p2.png" in html and "02_p1.png" in html and "p0" not in html.split("<table>")[1]
     assert "Ranking basis: ground truth on 3 of 3 pages" in html
     thumb = Image.open(out / "thumbs" / "01_p2.png")
-    assert thumb.width >= 2 * min(400, review.THUMB_PANEL)               # truth | consensus, legible size
+    assert thumb.width >= 2 * min(400, review.THUMB_PANEL)  # truth | consensus, legible size
     summary = Image.open(tmp_path / "review" / "summary.png")
     assert summary.width > 1200 and np.asarray(summary.convert("L")).std() > 5
 
@@ -90,7 +149,7 @@ def test_panels_are_scaled_to_the_page_never_enlarged(tmp_path):
     fusion.fuse_run(tmp_path, fusion.Settings(), run=FakeRun(), progress=False)
     review.review_run(tmp_path, run=FakeRun(), top_k=1, panel_width=720, cols=2)
     sheet = Image.open(tmp_path / "review/top1_informative/pages/01_p0.png")
-    assert sheet.width == 2 * (720 + 8) + 8                       # a 2,000 px page drawn at 720 px, not 360
+    assert sheet.width == 2 * (720 + 8) + 8  # a 2,000 px page drawn at 720 px, not 360
     small = tmp_path / "small"
     small.mkdir()
     make_run(small, n_pages=1, size=400, truth=False)
@@ -100,8 +159,12 @@ def test_panels_are_scaled_to_the_page_never_enlarged(tmp_path):
 
 
 def test_review_before_fusion_and_bad_values_are_one_line_errors(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "entrypoints", "review", f"run_dir={tmp_path}"],
-                       capture_output=True, text=True, cwd=REPO)
+    r = subprocess.run(
+        [sys.executable, "-m", "entrypoints", "review", f"run_dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert r.returncode == 2 and r.stderr.startswith("error: no fusion results") and "fix:" in r.stderr
     assert "Traceback" not in r.stderr
     from tests.entrypoints.newsbag.test_fusion import FakeRun
@@ -109,8 +172,12 @@ def test_review_before_fusion_and_bad_values_are_one_line_errors(tmp_path):
     make_run(tmp_path, n_pages=1)
     fusion.fuse_run(tmp_path, fusion.Settings(), run=FakeRun(), progress=False)
     for bad, what in (("panel_width=0", "panel_width=0 is too small"), ("top_k=abc", "top_k='abc' is not a")):
-        r = subprocess.run([sys.executable, "-m", "entrypoints", "review", f"run_dir={tmp_path}", bad],
-                           capture_output=True, text=True, cwd=REPO)
+        r = subprocess.run(
+            [sys.executable, "-m", "entrypoints", "review", f"run_dir={tmp_path}", bad],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+        )
         assert r.returncode == 2 and r.stderr.startswith(f"error: {what}"), r.stderr
         assert "Traceback" not in r.stderr
 
