@@ -124,40 +124,114 @@ def _window_pairs(key: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.n
     return i[keep], j[keep]
 
 
+def _expand(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For counts c_k: (owner k, offset 0..c_k-1) of every one of the sum(c) items."""
+    total = int(counts.sum())
+    owner = np.repeat(np.arange(len(counts)), counts)
+    offset = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    return owner, offset
+
+
+def grid_query(
+    qx: np.ndarray, qy: np.ndarray, rx: np.ndarray, ry: np.ndarray, px: np.ndarray, py: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every (q, p) with point p inside q's window ``|px - qx| <= rx_q, |py - qy| <= ry_q``.
+
+    A uniform grid (cell = the median window) holds the points; each window visits only the cells
+    it touches, so the work is the number of boxes plus the candidates, in any layout (a one-axis
+    sweep grows with the number of columns that share a band of the page).
+    """
+    z = np.zeros(0, dtype=np.int64)
+    if not len(qx) or not len(px):
+        return z, z
+    gx = max(float(np.median(2 * rx)), 1e-6)
+    gy = max(float(np.median(2 * ry)), 1e-6)
+    x0, y0 = float(px.min()), float(py.min())
+    kx = ((px - x0) // gx).astype(np.int64)
+    ky = ((py - y0) // gy).astype(np.int64)
+    nx, ny = int(kx.max()) + 1, int(ky.max()) + 1
+    order = np.argsort(ky * nx + kx, kind="stable")
+    skey = (ky * nx + kx)[order]
+    # the cells each window touches: [ax0, ax1] x [ay0, ay1] (windows off the grid touch nothing)
+    ax0 = np.clip((qx - rx - x0) // gx, 0, nx - 1).astype(np.int64)
+    ax1 = np.clip((qx + rx - x0) // gx, -1, nx - 1).astype(np.int64)
+    ay0 = np.clip((qy - ry - y0) // gy, 0, ny - 1).astype(np.int64)
+    ay1 = np.clip((qy + ry - y0) // gy, -1, ny - 1).astype(np.int64)
+    # one window row of cells at a time: (query, row) -> a contiguous key range of the sorted points
+    q, drow = _expand(np.maximum(ay1 - ay0 + 1, 0) * (ax1 >= ax0))
+    row = ay0[q] + drow
+    start = np.searchsorted(skey, row * nx + ax0[q], side="left")
+    stop = np.searchsorted(skey, row * nx + ax1[q], side="right")
+    owner, off = _expand(stop - start)
+    iq = q[owner]
+    ip = order[start[owner] + off]
+    ok = (np.abs(px[ip] - qx[iq]) <= rx[iq]) & (np.abs(py[ip] - qy[iq]) <= ry[iq])
+    return iq[ok], ip[ok]
+
+
+def window_pairs(
+    cx: np.ndarray, cy: np.ndarray, rx: np.ndarray, ry: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unordered pairs (i < j) where j's centre lies in i's window or i's centre in j's."""
+    i, j = grid_query(cx, cy, rx, ry, cx, cy)
+    dx, dy = np.abs(cx[j] - cx[i]), np.abs(cy[j] - cy[i])
+    # found from both windows when each centre is in the other's: keep it once, from the lower index
+    mutual = (dx <= rx[j]) & (dy <= ry[j])
+    ok = (i != j) & (~mutual | (i < j))
+    i, j = i[ok], j[ok]
+    swap = i > j
+    return np.where(swap, j, i), np.where(swap, i, j)
+
+
+def _iou_window(xyxy: np.ndarray, thr: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Centres and the window that holds every partner at IoU >= thr: (1 - t) / t x the box's size.
+
+    IoU >= t needs the widths and heights within a factor t of each other and the centres within
+    (1 - t) x the larger size, hence within (1 - t) / t x EACH box's own width and height.
+    """
+    k = (1.0 - thr) / thr + 1e-9
+    return (
+        (xyxy[:, 0] + xyxy[:, 2]) * 0.5,
+        (xyxy[:, 1] + xyxy[:, 3]) * 0.5,
+        k * (xyxy[:, 2] - xyxy[:, 0]),
+        k * (xyxy[:, 3] - xyxy[:, 1]),
+    )
+
+
 def iou_pairs(
     xyxy: np.ndarray, thr: float, group: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pair (i < j) with IoU >= ``thr`` (> 0), skipping pairs of one ``group``; with the IoU.
 
-    IoU >= t needs ``ih >= t * max(h)`` and so ``|cy_i - cy_j| <= (1 - t) * max(h_i, h_j)``:
-    each pair is found from its taller box's window (ties from both, then deduplicated).
+    Every such pair lies in each box's IoU window (``_iou_window``), so one query from each box
+    finds it; the exact IoU is computed for the candidates only.
     """
-    n = len(xyxy)
-    if n < 2:
-        z = np.zeros(0, dtype=np.int64)
+    z = np.zeros(0, dtype=np.int64)
+    if len(xyxy) < 2:
         return z, z, np.zeros(0)
-    h = xyxy[:, 3] - xyxy[:, 1]
-    w = xyxy[:, 2] - xyxy[:, 0]
-    cy = (xyxy[:, 1] + xyxy[:, 3]) * 0.5
-    reach = (1.0 - thr) * h + 1e-9
-    i, j = _window_pairs(cy, cy - reach, cy + reach)
-    # found from i's window: keep when i is the taller (or equally tall with the lower index)
-    ok = (h[i] > h[j]) | ((h[i] == h[j]) & (i < j))
-    # the width bound, the size ratio bound and the group rule, before any exact IoU
-    ok &= (
-        np.abs((xyxy[i, 0] + xyxy[i, 2]) - (xyxy[j, 0] + xyxy[j, 2])) * 0.5
-        <= (1.0 - thr) * np.maximum(w[i], w[j]) + 1e-9
-    )
-    ok &= h[j] >= thr * h[i] - 1e-9
+    cx, cy, rx, ry = _iou_window(xyxy, thr)
+    i, j = grid_query(cx, cy, rx, ry, cx, cy)
+    keep = i < j
     if group is not None:
-        ok &= group[i] != group[j]
-    i, j = i[ok], j[ok]
+        keep &= group[i] != group[j]
+    i, j = i[keep], j[keep]
     iou = pair_iou(xyxy, i, j)
     ok = iou >= thr
-    i, j, iou = i[ok], j[ok], iou[ok]
-    swap = i > j
-    i, j = np.where(swap, j, i), np.where(swap, i, j)
-    return i, j, iou
+    return i[ok], j[ok], iou[ok]
+
+
+def cross_iou_pairs(a: np.ndarray, b: np.ndarray, thr: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (i in a, j in b) with IoU >= ``thr``, with the IoU (windows from a, points from b)."""
+    ax, ay, rx, ry = _iou_window(a, thr)
+    bx, by, _, _ = _iou_window(b, thr)
+    i, j = grid_query(ax, ay, rx, ry, bx, by)
+    w = np.minimum(a[i, 2], b[j, 2]) - np.maximum(a[i, 0], b[j, 0])
+    h = np.minimum(a[i, 3], b[j, 3]) - np.maximum(a[i, 1], b[j, 1])
+    inter = np.clip(w, 0, None) * np.clip(h, 0, None)
+    union = areas(a)[i] + areas(b)[j] - inter
+    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    ok = iou >= thr
+    return i[ok], j[ok], iou[ok]
 
 
 def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -202,8 +276,12 @@ def lines_to_blocks(
     b = boxes.xyxy
     h = b[:, 3] - b[:, 1]
     cy = (b[:, 1] + b[:, 3]) * 0.5
-    # below: cy_j - cy_i <= h_i/2 + (1 + vgap) h_i + ratio * h_i / 2; beside: |dcy| <= h of the taller
-    i, j = _window_pairs(cy, cy - h, cy + (1.5 + vgap + 0.5 * max_height_ratio) * h)
+    # stacked: |dcy| <= h_i/2 + (1 + vgap) h_min + h_j/2 with x-overlap; beside: |dcy| <= h of the taller:
+    # every such pair lies in the window of its taller and wider line; both orders are scored below
+    cx = (b[:, 0] + b[:, 2]) * 0.5
+    w = b[:, 2] - b[:, 0]
+    i, j = window_pairs(cx, cy, w + hgap * h, (1.5 + vgap + 0.5 * max_height_ratio) * h)
+    i, j = np.concatenate([i, j]), np.concatenate([j, i])
     hmin = np.minimum(h[i], h[j])
     hmax = np.maximum(h[i], h[j])
     wmin = np.minimum(b[i, 2] - b[i, 0], b[j, 2] - b[j, 0])

@@ -3,7 +3,10 @@
 Every source stage (embedded models, PaddleOCR, Dell YOLO, MinerU) writes the same JSON shape
 per page, so fusion and review never need to know which library produced a box. Records are
 validated on write and on read: a malformed file is caught where it is made, not three stages
-later inside a vectorised fusion.
+later inside a vectorised fusion. Optional keys: a box's ``"scored": false`` (its model gives no
+confidence; ``score`` is a placeholder), a source record's ``made_by`` (the fingerprint of the
+settings, image and code that made it: reruns reuse only on an exact match), a ground-truth
+record's ``condition`` ("clean" or "degraded: ...", so accuracy is reported apart).
 """
 
 from __future__ import annotations

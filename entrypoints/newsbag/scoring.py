@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from entrypoints.newsbag.geometry import Boxes, iou_pairs
+from entrypoints.newsbag.geometry import Boxes, cross_iou_pairs
 
 
 def match_counts(pred: Boxes, ref: Boxes, iou_thr: float) -> tuple[int, int]:
@@ -24,11 +24,7 @@ def match_counts(pred: Boxes, ref: Boxes, iou_thr: float) -> tuple[int, int]:
     n_p, n_r = len(pred), len(ref)
     if not n_p or not n_r:
         return 0, 0
-    xyxy = np.concatenate([pred.xyxy, ref.xyxy])
-    group = np.repeat([0, 1], [n_p, n_r])
-    i, j, iou = iou_pairs(xyxy, iou_thr, group=group)
-    p = np.where(i < n_p, i, j)
-    r = np.where(i < n_p, j, i) - n_p
+    p, r, iou = cross_iou_pairs(pred.xyxy, ref.xyxy, iou_thr)
     out = []
     for ok in (pred.label[p] == ref.label[r], np.ones(len(p), bool)):
         pp, rr, vv = p[ok], r[ok], iou[ok]
