@@ -4,5 +4,5 @@
 # DEMO_ARGS passes overrides, e.g. make demo DEMO_ARGS='input_dir=/scans recursive=true'.
 .PHONY: demo
 DEMO_ARGS ?=
-demo: $(STAMP) ## newsbag on the bundled pages (CPU, ~45 s of CPU): leaderboards, clean/degraded accuracy, review
+demo: $(STAMP) ## newsbag on the bundled pages (CPU, ~30 s): leaderboards, clean/degraded accuracy, review
 	$(PY) -m entrypoints newsbag_demo $(DEMO_ARGS)
