@@ -43,18 +43,19 @@ class Boxes:
         bs = record["boxes"]
         if not bs:
             return cls.empty()
-        xyxy = np.array([(b["x0"], b["y0"], b["x1"], b["y1"]) for b in bs], dtype=np.float64)
+        from operator import itemgetter
+
+        n = len(bs)
+        xyxy = np.array(list(map(itemgetter("x0", "y0", "x1", "y1"), bs)), dtype=np.float64)
         if scale != (1.0, 1.0):
             xyxy *= np.array([scale[0], scale[1], scale[0], scale[1]])
-        label = np.fromiter((LABEL_INDEX.get(b["label"], OTHER) for b in bs), dtype=np.int64, count=len(bs))
-        if unscored is None:
-            score = np.fromiter((b["score"] for b in bs), dtype=np.float64, count=len(bs))
-        else:
-            score = np.fromiter(
-                (b["score"] if b.get("scored", True) else unscored for b in bs),
-                dtype=np.float64,
-                count=len(bs),
-            )
+        index = LABEL_INDEX.get
+        label = np.fromiter((index(x, OTHER) for x in map(itemgetter("label"), bs)), dtype=np.int64, count=n)
+        score = np.fromiter(map(itemgetter("score"), bs), dtype=np.float64, count=n)
+        if unscored is not None:
+            flagged = [k for k, b in enumerate(bs) if b.get("scored", True) is False]
+            if flagged:
+                score[flagged] = unscored
         return cls(xyxy, label, score)
 
     def __len__(self) -> int:
