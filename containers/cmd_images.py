@@ -22,8 +22,7 @@ COMMANDS = {
     "publish": "copy a built SIF into the images dir (resumable, verified) and update its pointer",
     "images": "list the SIFs in the images dir: arch, labels, size, which one is current",
     "check-images": "run each current image's %test with Apptainer (apptainer test)",
-    "fork-imports": "regenerate recipes/<image>.imports.json from git repos of the checkouts an "
-                    "image clones, at the revisions its definition pins",
+    "fork-imports": "regenerate recipes/<image>.imports.json from git checkouts at the pinned revisions",
 }
 
 
