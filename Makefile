@@ -2,7 +2,16 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 PYTHON ?= python3
-VENV := .venv
+# The venv: .venv in the checkout, unless the checkout's filesystem refuses symlinks or chmod (an SMB
+# share): then on local disk, ${XDG_CACHE_HOME:-$HOME/.cache}/gpu-image-suite/venvs/<checkout>-<hash>.
+# SUITE_VENV=/path chooses it. Compute nodes never use it: jobs run in the images (docs/slurm.md).
+VENV_PROBE := .venv-probe.$(shell echo $$$$)
+VENV ?= $(or $(SUITE_VENV),$(shell \
+  if [ -d .venv ]; then echo .venv; \
+  elif ln -s x $(VENV_PROBE) 2>/dev/null && rm -f $(VENV_PROBE) && : > $(VENV_PROBE) && chmod 755 $(VENV_PROBE) 2>/dev/null; \
+  then echo .venv; \
+  else echo "$${XDG_CACHE_HOME:-$$HOME/.cache}/gpu-image-suite/venvs/$$(basename "$$PWD")-$$(pwd | cksum | cut -d' ' -f1)"; fi; \
+  rm -f $(VENV_PROBE)))
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 IMAGE ?=
@@ -20,12 +29,20 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
 	  { echo "error: $(PYTHON) is older than 3.10; fix: make PYTHON=python3.11 ..." >&2; exit 2; }
+	@if [ "$(VENV)" != .venv ]; then echo "note: this checkout's filesystem refuses symlinks or chmod" \
+	  "(an SMB share?): the venv goes to local disk at $(VENV) (SUITE_VENV=/path to move it)"; fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
+	@# Outside the checkout (SMB: setuptools cannot write its egg-info there), the dependencies come
+	@# from a copy of pyproject.toml and a .pth file puts the checkout itself on the venv's path.
+	@if [ "$(VENV)" = .venv ]; then $(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=compat; else \
+	  tmp=$$(mktemp -d) && cp pyproject.toml "$$tmp/" && $(PY) -m pip install -q "$$tmp[dev]" && rm -rf "$$tmp" && \
+	  $(PY) -c 'import site, sys; open(site.getsitepackages()[0] + "/gpu-image-suite-checkout.pth", "w").write(sys.argv[1] + "\n")' "$$PWD" && \
+	  echo "$(PY) -m pip install '.[dev]' done outside the checkout; $$PWD is on its path (gpu-image-suite-checkout.pth)"; fi
 	@touch $@
 
-venv: $(STAMP) ## create .venv with the host toolkit, demo and test dependencies
+venv: $(STAMP) ## create the venv (.venv, or on local disk when the checkout is on SMB) with the host toolkit
+	@echo "venv: $(VENV) (make commands use it; or: $(VENV)/bin/python -m containers ...)"
 
 doctor: $(STAMP) ## what this machine/image can do (GPU, torch, ORT, paddle, video, caches)
 	$(PY) -m entrypoints doctor $(ARGS)

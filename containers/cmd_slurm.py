@@ -1,8 +1,9 @@
-"""``stage``, ``submit``, ``preflight`` and ``node-env``: the Slurm layer's commands.
+"""``stage``, ``submit`` and ``preflight``: the Slurm layer's commands.
 
-``submit`` composes a pipeline once on the login node, writes every job's resolved config and
-sbatch command into the run directory, submits the chain and returns at once (it never waits
-for jobs). ``node-env`` is what ``slurm/lib/common.sh`` evaluates to put caches on node-local disk.
+``submit`` composes a pipeline once on the login node, writes every job's folder (resolved
+configs, the exact container commands) into the run directory, submits the chain and returns at
+once (it never waits for jobs). ``submit --here`` writes one job's folder for the current
+allocation instead: what the plain sbatch scripts run inside the image at job start.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ COMMANDS = {
     "stage": "copy models/SIFs to node-local disk: incremental, locked per node, manifest last",
     "submit": "submit a pipeline as chained sbatch jobs (afterok), or render it with --dry-run",
     "preflight": "ask Slurm (sbatch --test-only) whether every job of a pipeline would be accepted",
-    "node-env": "print shell assignments for this node's cache dirs (used by slurm/lib/common.sh)",
 }
 
 
@@ -31,6 +31,8 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
             "a relative DST is taken under the node-local root (paths.node_local)",
         )
         parser.add_argument("--image", help="stage this image's current SIF (and its pointer) for this arch")
+        parser.add_argument("--job", metavar="JOBDIR", help="stage the models a submitted job's steps read "
+                            "(JOBDIR/stage.yaml, with this node's values)")
         parser.add_argument("--checksum", action="store_true", help="record a sha256 per copied file")
         parser.add_argument(
             "--verify",
@@ -57,8 +59,9 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
         parser.add_argument("--run-dir", help="run directory (default: <paths.runs>/<pipeline>/<time>)")
         if name == "submit":
             parser.add_argument("--dry-run", action="store_true", help="render everything with fake job ids")
-    else:
-        parser.add_argument("overrides", nargs="*", help="Hydra overrides")
+            parser.add_argument("--here", action="store_true",
+                                help="write one job's folder for this allocation and print its path; "
+                                "submit nothing (what the plain sbatch scripts run at job start)")
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
@@ -66,9 +69,7 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
 
 
 def main(args: argparse.Namespace) -> int:
-    return {"stage": _stage, "submit": _submit, "preflight": _preflight, "node-env": _node_env}[args.command](
-        args
-    )
+    return {"stage": _stage, "submit": _submit, "preflight": _preflight}[args.command](args)
 
 
 def _err(msg: str) -> None:
@@ -80,6 +81,8 @@ def _stage(args: argparse.Namespace) -> int:
 
     if args.image:
         return _stage_image(args)
+    if args.job:
+        return _stage_job(args)
     if "=" in (args.dst or "") or not args.src or not args.dst:
         raise UserError(
             "stage needs SRC and DST",
@@ -128,6 +131,20 @@ def _stage_image(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stage_job(args: argparse.Namespace) -> int:
+    """Stage every row of JOBDIR/stage.yaml (written by submit) with this node's values."""
+    from containers.config import load_resolved
+    from containers.stage import stage
+
+    rows = (load_resolved(Path(args.job) / "stage.yaml") or {}).get("stage") or []
+    for row in rows:
+        res = stage(row["src"], row["dst"], checksum=bool(row.get("checksum")),
+                    lock_timeout=args.lock_timeout, log=_err)
+        if not args.quiet:
+            print(res.summary(), flush=True)
+    return 0
+
+
 def _plan(args: argparse.Namespace):
     from containers.submit import build_plan
 
@@ -142,7 +159,13 @@ def _plan(args: argparse.Namespace):
     if args.recursive:
         args.overrides.append("recursive=true")
     only = [o for o in args.only.split(",") if o]
-    return build_plan(args.pipeline, args.overrides, only=only, run_dir=args.run_dir)
+    here = bool(getattr(args, "here", False))
+    plan = build_plan(args.pipeline, args.overrides, only=only, run_dir=args.run_dir, here=here)
+    if here and len(plan.jobs) != 1:
+        raise UserError(f"--here runs one job, and pipeline {plan.pipeline} (mode {plan.mode}) has "
+                        f"{len(plan.jobs)}: {', '.join(j.name for j in plan.jobs)}",
+                        where="python -m containers submit --here", fix="pick one with --only JOB")
+    return plan
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -154,6 +177,9 @@ def _submit(args: argparse.Namespace) -> int:
         return experiment.cli(args)
     plan = _plan(args)
     write_job_files(plan)
+    if args.here:
+        print(plan.jobs[0].dir)
+        return 0
     ids = submit(plan, dry_run=args.dry_run)
     head = "dry run (fake job ids, nothing submitted)" if args.dry_run else "submitted"
     print(f"{head}: pipeline {plan.pipeline}, mode {plan.mode}, cluster {plan.cluster}")
@@ -192,32 +218,4 @@ def _preflight(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    return 0
-
-
-def _node_env(args: argparse.Namespace) -> int:
-    """Shell assignments for this node's node-local root and caches; creates the cache dirs."""
-    import shlex
-
-    from containers.config import compose
-    from containers.launch import make_cache_dirs
-
-    cfg = compose(args.overrides)
-    p = cfg.paths
-    staged = {
-        "CONTAINERS_STAGED_MODELS": str(p.staged_models),
-        "CONTAINERS_STAGED_IMAGES": str(p.staged_images),
-    }
-    for value in staged.values():
-        try:
-            Path(value).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(
-                f"cannot create {value}: {exc.strerror}",
-                where="node-local disk",
-                fix="set CONTAINERS_NODE_LOCAL to a writable local folder",
-            ) from None
-    values = {"CONTAINERS_NODE_LOCAL_ROOT": str(p.node_local), **staged, **make_cache_dirs(cfg)}
-    for key, value in values.items():
-        print(f"export {key}={shlex.quote(value)}")
     return 0

@@ -36,6 +36,9 @@ PASS_PREFIXES = ("SLURM_", "CONTAINERS_", "FLOWPORTAL_", "NEWSBAG_", "NCCL_", "T
 # Caches the doctor checks for writability (the ML libraries' own; XDG/matplotlib are incidental).
 CACHE_VARS = ("HF_HOME", "TORCH_HOME", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "PADDLE_PDX_CACHE_HOME")
 HOST_ONLY = ("PATH", "HOME", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "TMPDIR")
+# What the container runtime itself may see (not the process inside: --cleanenv).
+RUNTIME_ENV = ("PATH", "HOME", "USER", "LANG", "TERM", "APPTAINER_TMPDIR", "APPTAINER_CACHEDIR",
+               "SINGULARITY_TMPDIR", "SINGULARITY_CACHEDIR", "APPTAINER_CONFIGDIR")
 
 
 @dataclass(frozen=True)
@@ -130,14 +133,20 @@ def make_cache_dirs(cfg: Any) -> dict[str, str]:
     return env
 
 
-def container_env(cfg: Any, environ: Mapping[str, str]) -> dict[str, str]:
-    """Variables the entrypoint sees, identical for every runtime."""
-    from containers.secrets import drop_secret_vars  # CONTAINERS_HF_TOKEN & co. never cross over
+def passthrough_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The caller's variables a process may see: the allowlist and the allowed prefixes, minus any
+    whose name looks secret (CONTAINERS_HF_TOKEN & co. never cross over; slurm/lib/common.sh's
+    _suite_secret_name is the node side's twin)."""
+    from containers.secrets import drop_secret_vars
 
     env = {k: environ[k] for k in PASS_THROUGH if k in environ}
     env.update({k: v for k, v in environ.items() if k.startswith(PASS_PREFIXES)})
-    env = drop_secret_vars(env)
-    env.update(cache_env(cfg))
+    return drop_secret_vars(env)
+
+
+def static_env(cfg: Any) -> dict[str, str]:
+    """Variables that follow from the config alone (caches, offline flags, the checkout)."""
+    env = cache_env(cfg)
     env.update({
         "PYTHONNOUSERSITE": "1",
         "PYTHONUNBUFFERED": "1",
@@ -149,21 +158,36 @@ def container_env(cfg: Any, environ: Mapping[str, str]) -> dict[str, str]:
         "PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK": "True",
         "PADDLEOCR_DISABLE_AUTO_LOGGING_CONFIG": "1",
     })
+    return env
+
+
+def container_env(cfg: Any, environ: Mapping[str, str]) -> dict[str, str]:
+    """Variables the entrypoint sees, identical for every runtime."""
+    env = passthrough_env(environ)
+    env.update(static_env(cfg))
     if "cluster" in cfg and cfg.cluster.get("name"):
         env.setdefault("CONTAINERS_CLUSTER", str(cfg.cluster.name))
     return env
 
 
-def default_binds(cfg: Any, extra: Sequence[str] = ()) -> list[Bind]:
-    """Scratch, node-local root, models (read-only) and the checkout, at the same paths."""
+def bind_candidates(cfg: Any, extra: Sequence[str] = ()) -> list[Bind]:
+    """Every bind a run of ``cfg`` may need, at the same paths, whether or not it exists here.
+
+    Scratch, the node-local root, models (read-only), the checkout, staged models (read-only),
+    and every path the run reads or writes elsewhere, as its app declares them: ``binds_ro``
+    (read-only, e.g. ``binds_ro: ["${video.input}"]``) and ``binds_rw`` (null entries skipped).
+    """
     p = cfg.paths
+    pairs: list[tuple[Any, bool]] = [(p.scratch, False), (p.node_local, False), (p.models, True),
+                                     (p.repo, False), (p.staged_models, True)]
+    for key, ro in (("binds_ro", True), ("binds_rw", False)):
+        pairs += [(path, ro) for path in (cfg.get(key) or []) if path not in (None, "")]
     binds: list[Bind] = []
     seen: set[str] = set()
-    for src, ro in ((p.scratch, False), (p.node_local, False), (p.models, True),
-                    (p.repo, False), (p.staged_models, True)):
+    for src, ro in pairs:
         s = str(src)
-        if s in seen or not Path(s).exists():
-            continue  # Apptainer refuses a bind whose source does not exist
+        if s in seen or not (os.path.isabs(s) or s.startswith("\x03node:")):  # a node value (submit)
+            continue
         seen.add(s)
         binds.append(Bind(s, s, ro))
     for spec in extra:
@@ -171,6 +195,14 @@ def default_binds(cfg: Any, extra: Sequence[str] = ()) -> list[Bind]:
         dst, _, mode = rest.partition(":")
         binds.append(Bind(src, dst or src, mode == "ro"))
     return binds
+
+
+def default_binds(cfg: Any, extra: Sequence[str] = ()) -> list[Bind]:
+    """The binds whose source exists here (Apptainer refuses a bind whose source does not)."""
+    n = len(extra)
+    cands = bind_candidates(cfg, extra)
+    own, given = (cands[:-n], cands[-n:]) if n else (cands, [])
+    return [b for b in own if Path(b.src).exists()] + given
 
 
 def _sourced_value(key: str, value: str) -> str:
@@ -251,10 +283,6 @@ def plan_exec(cfg: Any, *, command: Sequence[str], runtime: str, sif: Path | Non
         else:
             argv += ["--env", flag]
     argv += [str(sif), *command]
-    env = {k: environ[k] for k in ("PATH", "HOME", "USER", "LANG", "TERM") if k in environ}
+    env = {k: environ[k] for k in RUNTIME_ENV if k in environ}
     env.update(verbatim)
-    for var in ("APPTAINER_TMPDIR", "APPTAINER_CACHEDIR", "SINGULARITY_TMPDIR",
-                "SINGULARITY_CACHEDIR", "APPTAINER_CONFIGDIR"):
-        if var in environ:
-            env[var] = environ[var]
     return Plan(runtime, argv, env, None, cenv, warnings)

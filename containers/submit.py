@@ -1,10 +1,11 @@
 """Turn a pipeline (``hydra_conf/pipeline/<name>.yaml``) into chained ``sbatch`` calls.
 
 Two-level configuration, as NeMo's launcher does it: this side composes everything once and
-writes, per job, ``<run_dir>/jobs/<job>/`` with each step's resolved ``config.yaml``, the
-``steps.tsv`` the batch script reads, and ``cmd.log`` (the exact sbatch command line). The app in
-the job reads its config back with ``--config-path <stepdir> --config-name config``, so what ran
-is on disk next to its logs and can be rerun by hand.
+writes, per job, ``<run_dir>/jobs/<job>/`` (see containers.jobdir): each step's resolved
+``config.yaml`` and ``exec.sh`` (the exact container command), ``job.env``, the models to stage,
+and ``cmd.log`` (the exact sbatch command line). The node runs that folder with bash and
+Apptainer only (slurm/lib/common.sh, ``suite_run_job``); the plain sbatch scripts reach the same
+code path by running ``submit --here`` inside the image at job start.
 
 Rules that come from clusters' policies and users' bad days: GPU jobs ask ``--gres=gpu:<type>:N``
 (never ``--gpus``) in a GPU partition; CPU jobs never ask for a GPU nor land in a GPU partition;
@@ -24,26 +25,9 @@ from typing import Any
 
 from containers import REPO_ROOT
 from containers.errors import UserError
+from containers.pipeline_spec import DEFAULT_SCRIPT, JobSpec, StageSpec
 
-DEFAULT_SCRIPT = "slurm/run_stage.sbatch"
 FAKE_ID_BASE = 1000
-JOB_KEYS = {
-    "gpu",
-    "partition",
-    "gpus",
-    "cpus_per_task",
-    "mem",
-    "time",
-    "after",
-    "array",
-    "sbatch",
-    "steps",
-    "nodes",
-    "stage",
-    "sbatch_args",
-    "array_manifest",
-    "gpu_guard",
-}
 # The roots the user chose on the login node: they must reach the job unchanged.
 USER_ROOTS = ("CONTAINERS_SCRATCH", "CONTAINERS_SHARED_ROOT", "CONTAINERS_NODE_LOCAL", "CONTAINERS_IMAGES",
               "CONTAINERS_MODELS", "CONTAINERS_RUNTIME", "CONTAINERS_ACCOUNT")
@@ -74,7 +58,7 @@ class Job:
     after: list[str]
     script: Path
     steps: list[Step]
-    stage: list[dict[str, Any]]
+    stage: list[StageSpec]
     sbatch_args: list[str]
     dir: Path
     array_manifest: str | None = None
@@ -93,6 +77,7 @@ class Plan:
     jobs: list[Job]
     exports: dict[str, str]
     step_overrides: list[str] = field(default_factory=list)  # what every step's config composes with
+    here: bool = False  # run in this allocation (the plain sbatch scripts), no sbatch
 
     def job(self, name: str) -> Job:
         return next(j for j in self.jobs if j.name == name)
@@ -145,7 +130,7 @@ def _timestamp_dir(base: Path) -> Path:
     return unique_dir(base, _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
 
 
-def _toposort(jobs: dict[str, dict[str, Any]], pipeline: str) -> list[str]:
+def _toposort(jobs: dict[str, JobSpec], pipeline: str) -> list[str]:
     order: list[str] = []
     state: dict[str, int] = {}
 
@@ -159,7 +144,7 @@ def _toposort(jobs: dict[str, dict[str, Any]], pipeline: str) -> list[str]:
                 fix="remove one 'after' entry",
             )
         state[n] = 1
-        for dep in jobs[n].get("after") or []:
+        for dep in jobs[n].after:
             visit(str(dep), [*chain, n])
         state[n] = 2
         order.append(n)
@@ -178,9 +163,16 @@ def build_plan(
     only: Sequence[str] = (),
     run_dir: str | None = None,
     compose: Callable[..., Any] | None = None,
+    here: bool = False,
 ) -> Plan:
-    """Compose the pipeline for a cluster and validate every job; writes nothing."""
+    """Compose the pipeline for a cluster and validate every job; writes nothing.
+
+    ``here``: plan jobs to run in the current allocation (``submit --here``, what the plain
+    sbatch scripts call inside the image); no scheduler is needed.
+    """
     from omegaconf import OmegaConf
+
+    from containers import pipeline_spec
 
     if compose is None:
         from containers.config import compose
@@ -194,7 +186,7 @@ def build_plan(
     cfg = compose([f"+pipeline={pipeline}", *pipe_overrides])
     cl = cfg.cluster
     where = f"hydra_conf/pipeline/{pipeline}.yaml"
-    if str(cl.get("scheduler")) != "slurm":
+    if str(cl.get("scheduler")) != "slurm" and not here:
         raise UserError(
             f"cluster '{cl.name}' has no Slurm scheduler",
             where="hydra_conf/cluster/",
@@ -208,80 +200,83 @@ def build_plan(
             where=f"hydra_conf/cluster/{cl.name}.yaml",
             fix=f"use gpu={' or gpu='.join([*have, 'split'] if len(have) > 1 else have)}",
         )
-    pl = cfg.pipeline
-    modes = OmegaConf.to_container(pl.get("modes") or {}, resolve=True)
-    mode = mode or str(pl.get("default_mode") or next(iter(modes), ""))
+    spec = pipeline_spec.load(cfg.pipeline, where)
+    modes = spec.modes
+    mode = mode or str(spec.default_mode or next(iter(modes), ""))
     if mode not in modes:
         raise UserError(
             f"pipeline '{pipeline}' has no mode '{mode}'",
             where=where,
             fix=f"choose mode={' or mode='.join(modes) or '(none defined)'}",
         )
-    spec: dict[str, dict[str, Any]] = modes[mode] or {}
-    if not spec:
+    jobs_spec = modes[mode]
+    if not jobs_spec:
         raise UserError(f"mode '{mode}' of pipeline '{pipeline}' has no jobs", where=where, fix="add jobs")
-    for name, job in spec.items():
+    for name, job in jobs_spec.items():
         if not _NAME.match(name):
             raise UserError(
                 f"job name '{name}' is not a plain name", where=where, fix="use letters, digits, _ . -"
             )
-        unknown = set(job or {}) - JOB_KEYS
-        if unknown:
-            raise UserError(
-                f"job '{name}' has unknown key(s) {', '.join(sorted(unknown))}",
-                where=where,
-                fix=f"use only: {', '.join(sorted(JOB_KEYS))}",
-            )
-        for dep in job.get("after") or []:
-            if dep not in spec:
+        for dep in job.after:
+            if dep not in jobs_spec:
                 raise UserError(
                     f"job '{name}' runs after '{dep}', which mode '{mode}' does not define",
                     where=where,
-                    fix=f"use one of: {', '.join(spec)}",
+                    fix=f"use one of: {', '.join(jobs_spec)}",
                 )
     for o in only:
-        if o not in spec:
+        if o not in jobs_spec:
             raise UserError(
                 f"unknown stage '{o}' in pipeline '{pipeline}' (mode {mode})",
                 where=where,
-                fix=f"choose among: {', '.join(spec)}",
+                fix=f"choose among: {', '.join(jobs_spec)}",
             )
-    order = [n for n in _toposort(spec, pipeline) if not only or n in only]
+    order = [n for n in _toposort(jobs_spec, pipeline) if not only or n in only]
     runs = Path(str(cfg.paths.runs))
-    rd = Path(run_dir) if run_dir else _timestamp_dir(runs / pipeline)
+    given = run_dir or next(
+        (ov.split("=", 1)[1] for ov in overrides if ov.lstrip("+").startswith("run_dir=")), None)
+    rd = Path(given).absolute() if given else _timestamp_dir(runs / pipeline)
     account = cl.get("account")
     account = None if account in (None, "", "null") else str(account)
-    jobs = [_job(name, spec[name], parts, cl, rd, where, only) for name in order]
+    jobs = [_job(name, jobs_spec[name], parts, cl, rd, where, only, here) for name in order]
     exports = {"CONTAINERS_REPO": str(REPO_ROOT), "CONTAINERS_CLUSTER": str(cl.name)}
     exports.update({k: os.environ[k] for k in sorted(USER_ROOTS) if k in os.environ})
-    return Plan(pipeline, mode, str(cl.name), account, rd, jobs, exports, step_overrides)
+    return Plan(pipeline, mode, str(cl.name), account, rd, jobs, exports, step_overrides, here)
 
 
 def _job(
-    name: str, job: dict[str, Any], parts: dict[str, Any], cl: Any, rd: Path, where: str, only: Sequence[str]
+    name: str,
+    job: JobSpec,
+    parts: dict[str, Any],
+    cl: Any,
+    rd: Path,
+    where: str,
+    only: Sequence[str],
+    here: bool = False,
 ) -> Job:
     from entrypoints import discover
 
     gpu_default = cl.gpu.type if cl.get("gpu") else None
-    key = str(job.get("partition") or (gpu_default if job.get("gpu") else "cpu"))
+    key = str(job.partition or (gpu_default if job.gpu else "cpu"))
     if key not in parts:
-        raise UserError(
-            f"job '{name}' asks for partition '{key}', which cluster '{cl.name}' lacks",
-            where=f"{where} (cluster {cl.name}: {', '.join(parts) or 'no partitions'})",
-            fix=f"use one of: {', '.join(parts)}",
-        )
+        if not here:
+            raise UserError(
+                f"job '{name}' asks for partition '{key}', which cluster '{cl.name}' lacks",
+                where=f"{where} (cluster {cl.name}: {', '.join(parts) or 'no partitions'})",
+                fix=f"use one of: {', '.join(parts)}",
+            )
+        parts = {**parts, key: {"name": key, "gpu": bool(job.gpu), "gres_type": None}}
     part = parts[key]
-    gpu = bool(job.get("gpu", part.get("gpu", False)))
-    gpus = job.get("gpus")
+    gpu = bool(part.get("gpu", False) if job.gpu is None else job.gpu)
     if not gpu and part.get("gpu"):
         raise UserError(
             f"CPU job '{name}' would land in GPU partition '{part['name']}' ({key})",
             where=where,
             fix="put CPU work on partition: cpu, or set gpu: true for this job",
         )
-    if not gpu and gpus:
+    if not gpu and job.gpus:
         raise UserError(
-            f"CPU job '{name}' asks for {gpus} GPU(s)",
+            f"CPU job '{name}' asks for {job.gpus} GPU(s)",
             where=where,
             fix="remove gpus, or set gpu: true and a GPU partition",
         )
@@ -293,72 +288,53 @@ def _job(
         )
     gres = None
     if gpu:
-        n = int(gpus if gpus is not None else (cl.gpu.count or 1))
+        n = int(job.gpus if job.gpus is not None else (cl.gpu.count or 1))
         if n < 1:
             raise UserError(f"GPU job '{name}' asks for {n} GPUs", where=where, fix="set gpus: 1 or more")
         gres = f"gpu:{part['gres_type']}:{n}" if part.get("gres_type") else f"gpu:{n}"
     apps = discover()
-    steps: list[Step] = []
     jd = rd / "jobs" / name
-    for i, st in enumerate(job.get("steps") or [], 1):
-        if not isinstance(st, dict) or "app" not in st:
+    for st in job.steps:
+        if st.app not in apps:
             raise UserError(
-                f"step {i} of job '{name}' has no app",
-                where=where,
-                fix="write steps: - {app: NAME, image: IMAGE}",
-            )
-        if st["app"] not in apps:
-            raise UserError(
-                f"unknown app '{st['app']}' in job '{name}'",
+                f"unknown app '{st.app}' in job '{name}'",
                 where=where,
                 fix=f"choose one of: {', '.join(apps)}",
             )
-        if not st.get("image"):
-            raise UserError(
-                f"step {i} ({st['app']}) of job '{name}' names no image",
-                where=where,
-                fix="add image: <name from hydra_conf/image/>",
-            )
-        steps.append(
-            Step(
-                str(st["app"]),
-                str(st["image"]),
-                [str(o) for o in st.get("overrides") or []],
-                gpu,
-                jd / "steps" / f"{i:02d}-{st['app']}",
-            )
-        )
+    steps = [
+        Step(st.app, st.image, list(st.overrides), gpu, jd / "steps" / f"{i:02d}-{st.app}")
+        for i, st in enumerate(job.steps, 1)
+    ]
     if not steps:
         raise UserError(f"job '{name}' has no steps", where=where, fix="add steps: - {app: ..., image: ...}")
-    script = REPO_ROOT / str(job.get("sbatch") or DEFAULT_SCRIPT)
+    script = REPO_ROOT / job.sbatch
     if not script.is_file():
         raise UserError(
-            f"job '{name}' uses batch script {job.get('sbatch')}, which does not exist",
+            f"job '{name}' uses batch script {job.sbatch}, which does not exist",
             where=where,
             fix=f"use {DEFAULT_SCRIPT} or add the script under slurm/",
         )
     if not gpu:
         _refuse_gpu_directives(name, script, where)
-    after = [str(a) for a in job.get("after") or [] if not only or a in only]
     return Job(
         name=name,
         gpu=gpu,
         partition_key=key,
         partition=str(part["name"]),
         gres=gres,
-        cpus_per_task=job.get("cpus_per_task"),
-        mem=job.get("mem"),
-        time=job.get("time"),
-        nodes=job.get("nodes"),
-        array=None if job.get("array") is None else str(job["array"]),
-        after=after,
+        cpus_per_task=job.cpus_per_task,
+        mem=job.mem,
+        time=job.time,
+        nodes=job.nodes,
+        array=job.array,
+        after=[a for a in job.after if not only or a in only],
         script=script,
         steps=steps,
-        stage=list(job.get("stage") or []),
-        sbatch_args=[str(a) for a in job.get("sbatch_args") or []],
+        stage=list(job.stage),
+        sbatch_args=list(job.sbatch_args),
         dir=jd,
-        array_manifest=job.get("array_manifest"),
-        gpu_guard=job.get("gpu_guard"),
+        array_manifest=job.array_manifest,
+        gpu_guard=job.gpu_guard.value if job.gpu_guard else None,
     )
 
 
@@ -450,44 +426,78 @@ def _manifest_items(path: Path) -> list[str]:
 
 
 def write_job_files(plan: Plan, compose: Callable[..., Any] | None = None) -> None:
-    """Resolve and write each step's config and the job's ``steps.tsv`` / ``stage.tsv``."""
-    from omegaconf import open_dict
-
-    from containers.atomic import write_text
-    from containers.config import to_yaml
+    """Compose each step once, in node-token mode, and write the job folders (containers.jobdir)."""
+    from containers.config import node_tokens
 
     if compose is None:
         from containers.config import compose
     base = plan.step_overrides
-    for job in plan.jobs:
-        rows = []
-        for i, st in enumerate(job.steps, 1):
-            cfg = compose(
-                [f"app={st.app}", f"image={st.image}", *base, *st.overrides, f"run_dir={plan.run_dir}"]
-            )
-            from entrypoints.framework import validate_settings  # bad values fail here, not in the job
+    with node_tokens():  # node values stay ${node:...} tokens, read back on the node
+        for job in plan.jobs:
+            _write_job(plan, job, base, compose)
 
-            validate_settings(st.app, cfg)
-            with open_dict(cfg):
-                cfg.job_name = job.name
-                cfg.report_path = str(st.dir / "run_report.json")
-                cfg.setdefault("array_item", None)
-                cfg.setdefault("stage", job.name)
-            write_text(st.dir / "config.yaml", to_yaml(cfg))
-            rows.append("\t".join([str(i), st.app, st.image, "gpu" if st.gpu else "cpu", str(st.dir)]))
-        write_text(job.dir / "steps.tsv", "\n".join(rows) + "\n")
-        stage_rows = []
-        for s in job.stage:
-            if not isinstance(s, dict) or "src" not in s or "dst" not in s:
-                raise UserError(
-                    f"stage entry {s!r} of job '{job.name}' needs src and dst",
-                    where=f"hydra_conf/pipeline/{plan.pipeline}.yaml",
-                    fix="write stage: - {src: ${paths.models}/x, dst: models}",
-                )
-            stage_rows.append(
-                "\t".join([str(s["src"]), str(s["dst"]), "checksum" if s.get("checksum") else "-"])
-            )
-        write_text(job.dir / "stage.tsv", "".join(r + "\n" for r in stage_rows))
+
+def _write_job(plan: Plan, job: Job, base: list[str], compose: Callable[..., Any]) -> None:
+    from omegaconf import open_dict
+
+    from containers import jobdir
+    from containers.atomic import write_text
+    from containers.config import node_token, to_yaml
+    from containers.launch import cache_env
+
+    cfgs, images = [], {}
+    for st in job.steps:
+        cfg = compose([f"app={st.app}", f"image={st.image}", *base, f"run_dir={plan.run_dir}"],
+                      trusted=st.overrides)  # the pipeline's own overrides keep ${...}
+        from entrypoints.framework import validate_settings  # bad values fail here, not in the job
+
+        validate_settings(st.app, cfg)
+        with open_dict(cfg):
+            cfg.job_name = job.name
+            cfg.report_path = str(st.dir / "run_report.json")
+            cfg.setdefault("array_item", None)
+            cfg.setdefault("stage", job.name)
+        cfgs.append(cfg)
+        images.setdefault(st.image, cfg.image)
+    first = cfgs[0]
+    node_local = str(first.paths.node_local)
+    fixed = None if node_local == node_token("local_root") else node_local
+    stage_rows = jobdir.model_stage_list(cfgs, job.stage, node_local)
+    for i, (st, cfg) in enumerate(zip(job.steps, cfgs, strict=True), 1):
+        write_text(st.dir / "config.yaml", to_yaml(cfg))
+        title = (f"{plan.pipeline}, job {job.name}, step {i}: {st.app} in image {st.image} "
+                 f"({'GPU' if st.gpu else 'CPU'})")
+        argv = ["python", "-m", "entrypoints", st.app, "--config-path", str(st.dir),
+                "--config-name", "config"]
+        write_text(st.dir / "exec.sh", jobdir.step_script(
+            cfg, title=title, job_dir=job.dir, image=st.image, gpu=st.gpu, argv=argv))
+    write_text(job.dir / "stage.yaml", _yaml({"stage": stage_rows}))
+    write_text(job.dir / "stage.sh", jobdir.step_script(
+        first, title=f"{plan.pipeline}, job {job.name}: stage the models its steps read "
+        f"(in {job.steps[0].image})",
+        job_dir=job.dir, image=job.steps[0].image, gpu=False,
+        argv=["python", "-m", "containers", "stage", "--job", str(job.dir)],
+        extra_ro=[r["src"] for r in stage_rows], extra_rw=[str(first.paths.staged_models),
+                                                          *(r["dst"] for r in stage_rows)]))
+    mkdirs = [str(first.paths.staged_images), str(first.paths.staged_models), *cache_env(first).values()]
+    shared = [str(first.paths.images)]
+    write_text(job.dir / "job.env", jobdir.job_env(
+        job=job, plan=plan, base=first, images=images, node_fixed=fixed, mkdirs=mkdirs,
+        staged=[p for r in stage_rows for p in (r["src"], f"{r['dst']}/{os.path.basename(r['src'])}")],
+        shared=shared, steps=[st.dir.name for st in job.steps]))
+    write_text(job.dir / "steps.tsv", "".join(
+        "\t".join([str(i), st.app, st.image, "gpu" if st.gpu else "cpu", str(st.dir)]) + "\n"
+        for i, st in enumerate(job.steps, 1)))
+
+
+def _yaml(obj: Any) -> str:
+    """Plain data as a job's YAML: user text stays literal, node values become ${node:...} tokens."""
+    from omegaconf import OmegaConf
+
+    from containers.config import node_markers_to_tokens
+    from containers.secrets import yaml_safe
+
+    return OmegaConf.to_yaml(OmegaConf.create(node_markers_to_tokens(yaml_safe(obj))))
 
 
 def submit(plan: Plan, *, dry_run: bool = False) -> dict[str, str]:
@@ -525,6 +535,9 @@ def submit(plan: Plan, *, dry_run: bool = False) -> dict[str, str]:
                 )
             ids[job.name] = jid
         job.job_id = ids[job.name]
+        # what a continuation resubmits (suite_run_job, exit 75): the same job without its dependencies
+        again = [a for a in job.argv[1:] if not a.startswith(("--parsable", "--dependency=", "--array="))]
+        write_text(job.dir / "sbatch.args", "".join(f"{a}\n" for a in again))
         write_text(
             job.dir / "cmd.log",
             f"# {'dry run, fake job id' if dry_run else 'job id'} {ids[job.name]}\n"

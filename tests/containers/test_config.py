@@ -92,3 +92,25 @@ def test_job_folder_config_round_trips(tmp_path):
     (tmp_path / "config.yaml").write_text(to_yaml(cfg))
     again = compose([], config_dir=tmp_path)
     assert again == cfg
+
+
+def test_job_folder_config_reads_overrides_without_hydra(tmp_path):
+    """A job's config.yaml is already composed: overrides apply through OmegaConf alone."""
+    import subprocess
+    import sys
+
+    from containers.config import to_yaml
+
+    (tmp_path / "config.yaml").write_text(to_yaml(compose(["cluster=torch", "app=doctor"])))
+    cfg = compose(["report_path=/r/x.json", "++array_item=video a.mp4", "require=[gpu,onnx]",
+                   "~device_fallback", "paths.models=/m"], config_dir=tmp_path)
+    assert (cfg.report_path, cfg.array_item) == ("/r/x.json", "video a.mp4")
+    assert list(cfg.require) == ["gpu", "onnx"]
+    assert "device_fallback" not in cfg and cfg.paths.models == "/m"
+    with pytest.raises(UserError, match="malformed override 'a=\\['"):
+        compose(["a=["], config_dir=tmp_path)
+    probe = ("import sys; from containers.config import compose; compose([], config_dir=sys.argv[1]); "
+             "print('hydra' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.strip() == "False", out.stderr

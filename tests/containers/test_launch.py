@@ -230,3 +230,18 @@ def test_host_runtime_really_runs_the_entrypoint(tmp_path):
     assert proc.returncode == 0, proc.stderr
     nousersite, offline, hf = out.read_text().split(" ", 2)
     assert (nousersite, offline) == ("1", "1") and hf.endswith("/cache/hf")
+
+
+def test_inputs_the_run_reads_are_bound_read_only(isolated_roots, tmp_path):
+    """binds_ro: each existing path, read-only at its own path; missing and null ones are left out."""
+    scans = tmp_path / "my scans"
+    scans.mkdir()
+    video = tmp_path / "cat.mp4"
+    video.write_bytes(b"x")
+    cfg = _cfg(isolated_roots, "image=mineru-dell-py310",
+               f"+binds_ro=['{scans}','{video}','{tmp_path / 'absent'}',null,relative/path]")
+    plan = plan_exec(cfg, command=CMD, runtime="apptainer", sif=tmp_path / "x.sif", gpu=False,
+                     gpu_present=False, environ=ENV)
+    binds = [plan.argv[i + 1] for i, a in enumerate(plan.argv) if a == "--bind"]
+    assert f"{scans}:{scans}:ro" in binds and f"{video}:{video}:ro" in binds
+    assert not any("absent" in b or "relative" in b for b in binds)

@@ -115,6 +115,16 @@ def _pipeline_dir(tmp_path, body: str) -> Path:
             " steps: [{app: doctor, image: paddle-py312}]}",
             "asks for a GPU",
         ),
+        # the schema (containers/pipeline_spec.py), checked by OmegaConf's structured configs
+        ("{partition: cpu, gpuz: 1, steps: [{app: doctor, image: x}]}",
+         "'modes.m.j.gpuz' is not a known setting"),
+        ("{partition: cpu, gpus: two, steps: [{app: doctor, image: x}]}", "'modes.m.j.gpus': Value 'two'"),
+        ("{partition: cpu, steps: [{app: doctor}]}", "'modes.m.j.steps[0].image' is required and missing"),
+        ("{partition: cpu}", "'modes.m.j.steps' is required and missing"),
+        ("{partition: cpu, gpu_guard: maybe, steps: [{app: doctor, image: x}]}",
+         "expected one of [error, warn, off]"),
+        ("{partition: cpu, stage: [{dst: models}], steps: [{app: doctor, image: x}]}",
+         "stage[0].src' is required"),
     ],
 )
 def test_refused_job_configs(tmp_path, job, needle):
@@ -223,3 +233,97 @@ def test_gpu_directive_check_reads_requests_not_partition_names(tmp_path):
     bad.write_text("#!/bin/bash\n#SBATCH --gpus-per-node=2\ntrue\n")
     with pytest.raises(UserError, match="asks for a GPU"):
         _refuse_gpu_directives("post", bad, "here")
+
+
+def _job_files(tmp_path, *args, pipeline="newsbag"):
+    plan = build_plan(pipeline, ["cluster=torch", *args], run_dir=str(tmp_path / "run"))
+    write_job_files(plan)
+    return plan
+
+
+def test_step_configs_keep_node_values_as_tokens(tmp_path, monkeypatch):
+    """Composed once on the submitting side; what only the node knows stays ${node:...}."""
+    import yaml
+
+    monkeypatch.delenv("CONTAINERS_NODE_LOCAL", raising=False)
+    monkeypatch.setenv("SLURM_TMPDIR", "/login/tmp")  # the login node's own: must not leak into the job
+    plan = _job_files(tmp_path, "paths.models=/data/models")
+    step = plan.job("infer").steps[2]
+    cfg = yaml.safe_load((step.dir / "config.yaml").read_text())
+    assert cfg["paths"]["node_local"] == "${node:local_root}"
+    assert cfg["paths"]["staged_models"] == "${node:local_root}/models"
+    assert cfg["dell_model"]["path"] == "${node:local_root}/models/dell/layout_model_new.onnx"
+    assert cfg["dell_model"]["stage_src"] == "/data/models/dell"
+    assert "/login/tmp" not in (plan.job("infer").dir / "job.env").read_text()
+    env = (plan.job("infer").dir / "job.env").read_text()
+    assert "SUITE_NODE_VAR=SLURM_TMPDIR" in env and "SUITE_NODE_FIXED=''" in env
+
+
+def test_gpu_job_stages_every_model_its_apps_declare(tmp_path):
+    import yaml
+
+    plan = _job_files(tmp_path, "paths.models=/data/models")
+    rows = yaml.safe_load((plan.job("infer").dir / "stage.yaml").read_text())["stage"]
+    assert rows == [
+        {"src": "/data/models/paddlex/official_models", "dst": "${node:local_root}/models/paddlex",
+         "checksum": False},
+        {"src": "/data/models/dell", "dst": "${node:local_root}/models", "checksum": False},
+        {"src": "/data/models/MinerU2.5-2509-1.2B", "dst": "${node:local_root}/models", "checksum": False},
+    ]
+    post = yaml.safe_load((plan.job("post").dir / "stage.yaml").read_text())["stage"]
+    assert post == []  # fusion/review read no model
+    # a dropped variant's model is not staged
+    plan = _job_files(tmp_path / "b", "paths.models=/data/models", "variants.mineru.layout=null",
+                      "mineru_model.stage_src=null")
+    rows = yaml.safe_load((plan.job("infer").dir / "stage.yaml").read_text())["stage"]
+    assert [r["src"] for r in rows] == ["/data/models/paddlex/official_models", "/data/models/dell"]
+
+
+def test_explicit_node_root_is_fixed_for_the_node(tmp_path):
+    plan = _job_files(tmp_path, "paths.node_local=/nvme/me")
+    env = (plan.job("infer").dir / "job.env").read_text()
+    assert "SUITE_NODE_FIXED=/nvme/me" in env
+    exec_sh = (plan.job("infer").steps[0].dir / "exec.sh").read_text()
+    assert "suite_bind /nvme/me rw" in exec_sh and "HF_HOME=/nvme/me/cache/hf" in exec_sh
+
+
+def test_exec_sh_golden(tmp_path, monkeypatch, isolated_roots):
+    """The exact container command of a step, with binds, variables and the node's values."""
+    plan = _job_files(tmp_path)
+    text = (plan.job("infer").steps[2].dir / "exec.sh").read_text()
+    for real, alias in ((plan.run_dir, "<RUN>"), (isolated_roots, "<ROOT>"), (REPO, "<REPO>")):
+        text = text.replace(str(real), alias)
+    from tests.helpers import assert_golden
+
+    assert_golden("slurm/exec_dell.sh", text)
+
+
+def test_exec_sh_binds_the_inputs_an_app_declares(tmp_path):
+    """FlowPortal declares binds_ro (video, checkout): exec.sh binds them read-only at their paths
+    (on the node, each one that exists there)."""
+    video = tmp_path / "in" / "cat.mp4"
+    plan = build_plan("flowportal", ["cluster=dgx_spark", "mode=cat", f"video.input={video}"],
+                      run_dir=str(tmp_path / "run"))
+    write_job_files(plan)
+    text = (plan.job("cat").steps[0].dir / "exec.sh").read_text()
+    assert f"suite_bind {video} ro" in text and "suite_bind /opt/FlowPortal ro" in text
+
+
+def test_here_runs_exactly_one_job(tmp_path):
+    from tests.helpers import assert_one_line_error, cli
+
+    proc = cli("submit", "selftest", "cluster=torch", "--here", "--run-dir", str(tmp_path / "r"))
+    assert_one_line_error(proc, "--here runs one job", "infer, post", "--only JOB")
+    ok = cli("submit", "selftest", "cluster=laptop", "--here", "--only", "post",
+             "--run-dir", str(tmp_path / "r"))
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == str(tmp_path / "r" / "jobs" / "post")  # no scheduler needed to run here
+
+
+def test_continuation_arguments_drop_dependencies(tmp_path):
+    plan = build_plan("selftest", ["cluster=torch", "mode=chain"], run_dir=str(tmp_path / "r"))
+    write_job_files(plan)
+    submit(plan, dry_run=True)
+    args = (plan.job("last").dir / "sbatch.args").read_text().splitlines()
+    assert not any(a.startswith(("--dependency", "--parsable", "--array")) for a in args)
+    assert args[-2:] == [str(plan.job("last").script), str(plan.job("last").dir)]

@@ -31,6 +31,7 @@ def env(slurm_cluster, isolated_roots):
         "CONTAINERS_RUNTIME": "host",
         "CONTAINERS_GPU_GUARD": "warn",
         "CONTAINERS_ACCOUNT": "suite_test",
+        "PY": sys.executable,  # runtime=host runs the steps in this Python; nodes never assume a .venv
     }
     e.pop("CI", None)
     return e
@@ -208,3 +209,57 @@ suite_stage {src} {dst}
     man = json.loads((dst / ".official_models.stage.json").read_text())
     assert len(man["files"]) == N_FILES
     assert not list(dst.rglob("*.part"))
+
+
+def test_flowportal_batch_continues_past_the_time_limit_on_the_submit_path(slurm_cluster, env, tmp_path,
+                                                                           isolated_roots):
+    """submit's flowportal batch: 2 chunks; chunk 0 hangs in a video; USR1 before the 1-minute limit
+    chains a continuation of that array task (afterany), which redoes the video and finishes the chunk."""
+    from tests.entrypoints.flowportal.conftest import CHECKOUT, make_mp4, stage_models
+
+    models = stage_models(isolated_roots / "shared" / "models")
+    videos = tmp_path / "videos"
+    for i in range(4):
+        make_mp4(videos / f"w{i}.mp4", 40)
+    batch = tmp_path / "batch"
+    hang_flag = tmp_path / "hung.flag"
+    fp_env = {**env, "FLOWPORTAL_CHUNKS": "2", "FLOWPORTAL_ARRAY": "0-1", "FLOWPORTAL_MEM": "1G",
+              "FLOWPORTAL_MODELS": str(models), "CONTAINERS_TEST_FLOWPORTAL_HANG_ONCE": str(hang_flag)}
+    # torch's x86 nodes: in a session with arm64 tests, spark1 is the aarch64 node (no host Python there)
+    args = ["cluster=torch", f"video_dir={videos}", f"batch_dir={batch}", "num_select=0",
+            f"flowportal.checkout={CHECKOUT}", "video.height=24", "video.width=32", "deadline_margin_s=5",
+            "pipeline.modes.batch.infer.time='00:01:00'", "pipeline.modes.batch.infer.cpus_per_task=1",
+            "pipeline.modes.batch.manifest.cpus_per_task=1", "pipeline.modes.batch.manifest.mem=1G",
+            "pipeline.modes.batch.infer.sbatch_args=['--signal=B:USR1@50']"]
+    # the manifest decides which video is second in chunk 0: run the same manifest first to name it
+    from tests.entrypoints.flowportal.conftest import make_manifest, mpath
+
+    probe = make_manifest(videos, tmp_path / "probe", num_select=0, num_chunks=2)
+    rows = mpath(probe, "chunk0.csv").read_text().splitlines()[1:]
+    fp_env["CONTAINERS_TEST_FLOWPORTAL_HANG"] = rows[1].split(",")[0]
+    out = subprocess.run([sys.executable, "-m", "containers", "submit", "flowportal", *args], cwd=REPO,
+                         env=fp_env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    ids = job_ids(out)
+    job = run_dir(out) / "jobs" / "infer"
+    first = job / f"slurm-{ids['infer']}_0.out"
+    deadline = time.time() + 240
+    while time.time() < deadline:  # USR1 comes 50 s before the limit; then end it as the limit would
+        if first.exists() and "continues in job" in first.read_text():
+            subprocess.run(["scancel", f"{ids['infer']}_0"], env=slurm_cluster.env, check=True, timeout=30)
+            break
+        time.sleep(0.5)
+    names = [f"w{i}" for i in range(4)]
+    while time.time() < deadline:
+        if all((batch / "outputs" / n / ".complete.json").exists() for n in names):
+            break
+        time.sleep(0.5)
+    logs = {p.name: p.read_text() for p in job.glob("slurm-*.out")}
+    assert all((batch / "outputs" / n / ".complete.json").exists() for n in names), logs
+    assert "continues in job" in logs[first.name], logs
+    # tasks 0 and 1, then task 0's continuation (another job id; with a 1-minute limit it may chain
+    # one more, which finds the chunk complete)
+    assert len(logs) >= 3 and any(f"slurm-{ids['infer']}_" not in n for n in logs), sorted(logs)
+    for chunk in (0, 1):
+        log = (batch / "progress" / f"chunk{chunk}.log").read_text().splitlines()
+        assert len([ln for ln in log if " OK " in ln]) == 2, log

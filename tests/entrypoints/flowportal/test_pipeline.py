@@ -36,8 +36,8 @@ def test_batch_mode_cpu_manifest_then_gpu_array(tmp_path):
     infer = next(ln for ln in out.splitlines() if "--job-name=flowportal.infer" in ln)
     assert "--gres" not in manifest
     assert "--gres=gpu:1" in infer and "--array=0-9" in infer and "--dependency=afterok:" in infer
-    stage = (tmp_path / "run" / "jobs" / "infer" / "stage.tsv").read_text()
-    assert stage.split("\t")[0].endswith("/models/flowportal")
+    stage = (tmp_path / "run" / "jobs" / "infer" / "stage.yaml").read_text()  # what the job stages first
+    assert "src: " in stage and "/models/flowportal\n" in stage
     cfg = next((tmp_path / "run" / "jobs" / "infer").glob("steps/*/config.yaml")).read_text()
     assert "name: dgx_fast" in cfg and "video_dir: /data/h2s" in cfg
 

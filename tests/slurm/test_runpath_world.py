@@ -1,0 +1,137 @@
+"""The users' exact commands on the test world: real Apptainer on the local Slurm's nodes.
+
+Nodes run nothing of ours outside the image: no PY, no .venv; the job finds the SIF for its arch
+through the pointer file, stages it to the node's folder and runs every step in it. The test
+world's image stands in for the product images (mineru-dell-py310, paddle-py312): it carries
+the toolkit's light dependencies, ONNX Runtime and newsbag's CPU sources, not Paddle or MinerU,
+so the GPU sources that need those are replaced by ones that run in it (an embedded source on
+the L40S node, Dell on a tiny ONNX graph on the H200 node) -- every job still runs on its
+partition, every step inside Apptainer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from entrypoints.newsbag.samples import SAMPLES_DIR
+from tests.plugins.slurm_cluster import slurm_cluster  # noqa: F401  (the session fixture)
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.apptainer, pytest.mark.slurm, pytest.mark.slow]
+JOB_LINE = re.compile(r"^\s+([A-Za-z0-9_.-]+)\s+(\d+)\s", re.M)
+TORCH_IMAGES = ("mineru-dell-py310", "paddle-py312")
+
+
+def publish_as(sif: Path, images: Path, name: str, arch: str) -> Path:
+    """The world's test SIF published under a product image's name, pointer written last."""
+    images.mkdir(parents=True, exist_ok=True)
+    dst = images / f"{name}-{arch}-world.sif"
+    if not dst.exists():
+        try:
+            os.link(sif, dst)
+        except OSError:
+            shutil.copy2(sif, dst)
+    (images / f"{name}-{arch}.current").write_text(dst.name + "\n")
+    return dst
+
+
+@pytest.fixture
+def torch_world(isolated_roots, real_apptainer, test_sif_amd64, slurm_cluster, monkeypatch):  # noqa: F811
+    images = isolated_roots / "shared" / "images"
+    for name in TORCH_IMAGES:
+        publish_as(test_sif_amd64, images, name, "amd64")
+    monkeypatch.delenv("PY", raising=False)
+    env = {k: v for k, v in os.environ.items() if k not in ("PY", "CONTAINERS_RUNTIME", "VIRTUAL_ENV")}
+    env["SLURM_CONF"] = slurm_cluster.env["SLURM_CONF"]  # the rest of cluster.env predates the launcher
+    env.update({"CONTAINERS_ACCOUNT": "suite_test", "CONTAINERS_GPU_GUARD": "warn", "NEWSBAG_GPU_MEM": "4G",
+                "NEWSBAG_VLM_MEM": "4G", "NEWSBAG_POST_MEM": "4G"})
+    env.pop("CI", None)
+    return env
+
+
+def one_page(tmp_path: Path) -> Path:
+    d = tmp_path / "scans"
+    d.mkdir()
+    for f in ("chronicle_p01.png", "chronicle_p01.gt.json"):
+        shutil.copy(SAMPLES_DIR / f, d / f)
+    return d
+
+
+def submit(env, *args: str) -> dict[str, str]:
+    out = subprocess.run([sys.executable, "-m", "containers", "submit", "newsbag", "cluster=torch", *args],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    return dict(JOB_LINE.findall(out.stdout))
+
+
+def finished(cluster, run: Path, ids: dict[str, str]) -> None:
+    states = cluster.wait(list(ids.values()), timeout=900)
+    logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in run.glob("jobs/*/slurm-*.out"))
+    assert all(s == ["COMPLETED"] for s in states.values()), f"{states}\n{logs}"
+
+
+def in_container(report: Path, nvme: Path) -> dict:
+    data = json.loads(report.read_text())
+    assert data["exit_status"] == 0, data
+    assert data["image"]["runtime"] == "container", data["image"]
+    assert data["image"]["file"].startswith(str(nvme / "images")), data["image"]  # the staged copy
+    return data
+
+
+def test_torch_embedded_mode_in_apptainer(torch_world, slurm_cluster, tmp_path, isolated_roots):  # noqa: F811
+    run = tmp_path / "run"
+    ids = submit(torch_world, "mode=embedded", f"--input-dir={one_page(tmp_path)}", f"--run-dir={run}",
+                 "variants.cdla.low=null")
+    assert set(ids) == {"sources", "post"}
+    finished(slurm_cluster, run, ids)
+    nvme = isolated_roots / "nvme"
+    for step in ("sources/steps/01-newsbag_embedded", "post/steps/01-fusion", "post/steps/02-review"):
+        in_container(run / "jobs" / step / "run_report.json", nvme)
+    fusion = run / "outputs" / "fusion"
+    assert (fusion / "variant_leaderboard.tsv").is_file() and (fusion / "source_leaderboard.tsv").is_file()
+    assert (run / "review" / "summary.png").is_file()
+    log = (run / "jobs" / "sources" / f"slurm-{ids['sources']}.out").read_text()
+    assert "runtime apptainer" in (run / "jobs" / "sources" / "timeline.tsv").read_text(), log
+
+
+def test_torch_split_mode_in_apptainer(torch_world, slurm_cluster, tmp_path, isolated_roots):  # noqa: F811
+    from tests.slurm.test_newsbag_submit import dell_models
+
+    dell_models(isolated_roots / "shared" / "models")
+    run = tmp_path / "run"
+    ids = submit(torch_world, "gpu=split", f"--input-dir={one_page(tmp_path)}", f"--run-dir={run}",
+                 "pipeline.modes.split.paddle.steps=[{app:newsbag_embedded,image:paddle-py312}]",
+                 "pipeline.modes.split.vlm.steps=[{app:dell,image:mineru-dell-py310}]",
+                 "variants.cdla.low=null")
+    assert set(ids) == {"paddle", "vlm", "post"}
+    finished(slurm_cluster, run, ids)
+    nodes = {j: slurm_cluster.show_job(i)["NodeList"] for j, i in ids.items()}
+    assert nodes["paddle"] == "l40s1" and nodes["vlm"] == "h200n1" and nodes["post"] in ("cpu1", "cpu2")
+    nvme = isolated_roots / "nvme"
+    dell = in_container(run / "jobs" / "vlm" / "steps" / "01-dell" / "run_report.json", nvme)
+    assert dell["slurm"]["partition"] == "h200_public"
+    assert (nvme / "models" / "dell" / "layout_model_new.onnx").is_file()  # staged before the app ran
+    sources = (run / "outputs" / "fusion" / "source_leaderboard.tsv").read_text()
+    assert "dell" in sources and "cdla" in sources
+
+
+@pytest.mark.apptainer
+def test_node_side_variables_arrive_verbatim(real_apptainer, test_sif_amd64, tmp_path):
+    """What exec.sh hands Apptainer (suite_container_env) reaches the process byte for byte."""
+    value = "$(id) `uname` a\\b, \"quoted\" =x ünï"
+    code = (f'source {REPO}/slurm/lib/common.sh; SUITE_ENV_PREFIX=APPTAINERENV_; '
+            'SUITE_PASS=("CONTAINERS_PROBE=$PROBE"); suite_container_env "STATIC=$PROBE"; '
+            f'env -i PATH="$PATH" "${{SUITE_CENV[@]}}" apptainer exec --cleanenv --no-home {test_sif_amd64} '
+            'python3 -c "import os; print(repr((os.environ[\'CONTAINERS_PROBE\'], os.environ[\'STATIC\'])))"')
+    out = subprocess.run(["bash", "-c", code], env={**os.environ, "PROBE": value}, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == repr((value, value))
