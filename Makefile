@@ -39,6 +39,9 @@ $(STAMP): pyproject.toml
 	  tmp=$$(mktemp -d) && cp pyproject.toml "$$tmp/" && $(PY) -m pip install -q "$$tmp[dev]" && rm -rf "$$tmp" && \
 	  $(PY) -c 'import site, sys; open(site.getsitepackages()[0] + "/gpu-image-suite-checkout.pth", "w").write(sys.argv[1] + "\n")' "$$PWD" && \
 	  echo "$(PY) -m pip install '.[dev]' done outside the checkout; $$PWD is on its path (gpu-image-suite-checkout.pth)"; fi
+	@# paddlex as source files only (its numpy<2.4 pin would downgrade the venv): the Paddle
+	@# label-map test reads its layout label lists with ast, never imports it.
+	$(PY) -m pip install -q --no-deps paddlex==3.7.2
 	@touch $@
 
 venv: $(STAMP) ## create the venv (.venv, or on local disk when the checkout is on SMB) with the host toolkit

@@ -9,7 +9,7 @@ with chown/xattr errors or stall; a foreign-arch build goes to a native node thr
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,11 +83,20 @@ def build_env(environ: Mapping[str, str], node_local: str, *, mountinfo: str | N
 
 
 def build_argv(*, apptainer: str, deffile: str, sif: str, arch: str, host: str, is_root: bool,
-               build_args: Mapping[str, str], force: bool = True) -> list[str]:
-    """The exact ``apptainer build`` argv; every flag is one Apptainer 1.5 has."""
+               build_args: Mapping[str, str], force: bool = True, userns: bool = False,
+               binds: Sequence[str] = ()) -> list[str]:
+    """The exact ``apptainer build`` argv; every flag is one Apptainer 1.5 has.
+
+    ``userns``: an unprivileged build in a user namespace (no subuid/fakeroot needed; the base
+    must be root-owned files only), what machines without fakeroot have.
+    """
     argv = [apptainer, "build"]
-    if not is_root:
+    if userns:
+        argv.append("--userns")
+    elif not is_root:
         argv.append("--fakeroot")          # no root on login or GPU nodes
+    for b in binds:
+        argv += ["--bind", b]
     if normalize(arch) != normalize(host):
         argv += ["--arch", normalize(arch)]  # binfmt emulation; only where the user asked
     if force:
@@ -169,3 +178,51 @@ def binfmt_registered(arch: str, root: str = "/") -> bool:
         return path.is_file() and "enabled" in path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return False
+
+
+def check_build_args(spec: object, arch: str, overrides: Mapping[str, str], *, declared: Sequence[str],
+                     repo: Path) -> None:
+    """Refuse, in one line and before anything is downloaded, a build argument that cannot work.
+
+    Only the base and the lock may be swapped (BOOTSTRAP, BASE, LOCK) besides the definition's own
+    %arguments; a localimage BASE must exist; a LOCK must be a clean lock of this image and arch.
+    """
+    from containers.lint import SWAPPABLE, lint_lock
+    from containers.locks import read_lock
+
+    name = getattr(spec, "name", "?")
+    where = f"image {name}, {arch}"
+    for key in overrides:
+        if key not in declared:
+            raise UserError(f"build argument {key} is not one the definition declares", where=where,
+                            fix=f"use one of {', '.join(sorted(declared))}")
+    bootstrap = overrides.get("BOOTSTRAP", "docker")
+    base = overrides.get("BASE")
+    if base is not None and bootstrap == "localimage" and not Path(base).is_file():
+        raise UserError(f"build argument BASE={base} names no image file", where=where,
+                        fix="build the base SIF first (the test world: tests/world) or pass an existing path")
+    tag_less = base is not None and (":" not in base.rsplit("/", 1)[-1] or base.endswith(":latest"))
+    if base is not None and bootstrap == "docker" and tag_less:
+        raise UserError(f"build argument BASE={base} is not pinned to a tag", where=where,
+                        fix="name a version tag, e.g. ubuntu:22.04")
+    lock = overrides.get("LOCK")
+    if lock is not None:
+        path = Path(lock) if Path(lock).is_absolute() else repo / lock
+        if not path.is_file():
+            raise UserError(f"build argument LOCK={lock} names no file", where=where,
+                            fix=f"make lock IMAGE={name} (test locks live in recipes/locks/test/)")
+        header = read_lock(path).header
+        if header.get("image") != name or header.get("arch") != arch:
+            raise UserError(f"build argument LOCK={lock} is a lock of {header.get('image')} "
+                            f"{header.get('arch')}, not of {name} {arch}", where=where,
+                            fix=f"pass one of {name}'s {arch} locks")
+        test = header.get("variant") == "test"
+        bad = [x for x in lint_lock(path, spec, arch, repo=repo, test=test)  # type: ignore[arg-type]
+               if x.severity == "error"]
+        if bad:
+            raise UserError(f"build argument LOCK={lock} does not lint: {bad[0].message}", where=where,
+                            fix=f"make lock IMAGE={name}")
+    for key in overrides:
+        if key not in SWAPPABLE and key in ("ARCH", "LOCK_HASH", "GIT_REV"):
+            raise UserError(f"build argument {key} is set by containers build itself", where=where,
+                            fix=f"drop --build-arg {key}")

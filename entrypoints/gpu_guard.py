@@ -83,6 +83,12 @@ def check_start(cfg: Any, run: Any = None) -> None:
     ok, why = nvidia_visible()
     if not ok:
         _act(why, cfg, run)
+        return
+    from entrypoints.apps.doctor import driver_floor_error  # the image's CUDA needs a new enough driver
+
+    too_old = driver_floor_error(cfg)
+    if too_old:
+        raise UserError(too_old, fix="submit to a partition with that driver (cluster=... gpu=...)")
 
 
 def check_device(device: Any, cfg: Any = None, run: Any = None) -> None:
@@ -104,6 +110,32 @@ def check_onnx_providers(providers: Sequence[str] | Any, cfg: Any = None, run: A
             cfg,
             run,
         )
+
+
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+def check_runtime(what: str, facts: dict[str, Any], *, wanted_gpu: bool, cfg: Any = None,
+                  run: Any = None) -> None:
+    """After a model's first page: a GPU job, or a run that chose CUDA, must not have computed on the CPU.
+
+    ``facts`` says where the framework really ran: ``{"framework": "onnxruntime", "providers":
+    [...]}`` (ONNX Runtime drops its CUDA provider silently when the CUDA libraries do not load,
+    most often a CUDA-major mismatch) or ``{"framework": "torch"|"paddle", "device": "cpu"|...}``.
+    """
+    if not (is_gpu_stage(cfg) or wanted_gpu):
+        return
+    framework = str(facts.get("framework") or "the framework")
+    if "providers" in facts:
+        providers = [str(p) for p in facts.get("providers") or []]
+        if not any(p in GPU_PROVIDERS for p in providers):
+            _act(f"{what}: ONNX Runtime runs on {', '.join(providers) or 'no provider'}: the CUDA provider "
+                 "did not load (check that the CUDA major of onnxruntime-gpu matches the image's)", cfg, run)
+        return
+    device = str(facts.get("device") or "")
+    if not device.startswith(("cuda", "gpu")):
+        why = f" ({facts['why']})" if facts.get("why") else ""
+        _act(f"{what}: {framework} runs on {device or 'an unknown device'}{why}", cfg, run)
 
 
 def parse_utilization(text: str) -> list[float]:

@@ -1,17 +1,22 @@
 # Recipes and images (issue 3): locks, lint, builds, the images list. See docs/images.md.
 # IMAGE=<name> picks an image (hydra_conf/image/); CLUSTER_ARGS passes Hydra overrides such as
 # cluster=dgx_spark; EMULATE=1 allows a foreign-arch build under qemu binfmt emulation.
-.PHONY: lock lock-check lint-recipes build build-arm64 build-amd64 build-all images check-images
+.PHONY: lock lock-check lint-recipes build build-arm64 build-amd64 build-all images check-images fork-imports
 CLUSTER_ARGS ?=
 EMULATE ?=
 _BUILD_FLAGS = $(if $(filter-out 0,$(EMULATE)),--emulate) $(CLUSTER_ARGS)
 _NEED_IMAGE = @test -n "$(IMAGE)" || { echo "error: IMAGE is not set; fix: make $@ IMAGE=<name> (see hydra_conf/image/)" >&2; exit 2; }
 
-lock: $(STAMP) ## regenerate recipes/locks/ with uv (needs the package index): make lock [IMAGE=x]
+lock: $(STAMP) ## regenerate recipes/locks/ (per arch, test world, tools) and wheel facts with uv: make lock [IMAGE=x]
 	UV_PYTHON_DOWNLOADS=never PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m containers lock $(IMAGE)
 
-lock-check: $(STAMP) ## re-resolve every lock for each declared arch and compare pins (network)
+lock-check: $(STAMP) ## fail if inputs changed since locking; report (not fail) newer releases (network)
 	UV_PYTHON_DOWNLOADS=never PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m containers lock --check $(IMAGE)
+
+# FLOWPORTAL_GIT / MATANYONE_GIT: git repositories (bare or not) holding the pinned revisions
+fork-imports: $(STAMP) ## re-extract recipes/flowportal-cu130.imports.json: make fork-imports FLOWPORTAL_GIT=DIR MATANYONE_GIT=DIR
+	@test -n "$(FLOWPORTAL_GIT)" -a -n "$(MATANYONE_GIT)" || { echo "error: FLOWPORTAL_GIT and MATANYONE_GIT must name git repositories; fix: make fork-imports FLOWPORTAL_GIT=DIR MATANYONE_GIT=DIR" >&2; exit 2; }
+	$(PY) -m containers fork-imports flowportal-cu130 --git "FlowPortal=$(FLOWPORTAL_GIT)" --git "MatAnyone=$(MATANYONE_GIT)"
 
 lint-recipes: $(STAMP) ## offline checks of recipes/*.def and their locks (also run by make test)
 	$(PY) -m containers lint $(IMAGE)

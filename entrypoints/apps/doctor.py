@@ -21,7 +21,7 @@ from containers.errors import UserError
 FLAGS = {"--require": "require[]", "--json": "json"}
 
 CAPABILITIES = ("gpu", "torch", "torch-cuda", "onnx", "onnx-cuda", "paddle", "paddle-cuda",
-                "video", "caches", "models")
+                "video", "caches", "models", "driver")
 
 
 def _version(*dists: str) -> str | None:
@@ -76,6 +76,64 @@ def probe_nvidia_smi() -> dict[str, Any]:
                      strict=False)) for ln in res.stdout.splitlines() if ln.strip()]
     return {"present": bool(gpus), "gpus": gpus,
             "why": None if gpus else (res.stderr.strip().splitlines() or ["no GPU listed"])[-1]}
+
+
+def _driver_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split(".") if p.isdigit())
+
+
+def image_name(cfg: Any = None, env: dict[str, str] | None = None) -> str | None:
+    """The image this process runs in: its %environment sets CONTAINERS_IMAGE; else the config's."""
+    env = os.environ if env is None else env
+    if env.get("CONTAINERS_IMAGE"):
+        return env["CONTAINERS_IMAGE"]
+    image = cfg.get("image") if cfg is not None and hasattr(cfg, "get") else None
+    return str(image.get("name")) if image is not None and image.get("name") else None
+
+
+def partitions_with(cfg: Any, needed: str) -> list[str]:
+    """``cluster/partition`` names whose configured driver (cluster.partitions.<p>.driver) suffices."""
+    cluster = cfg.get("cluster") if cfg is not None and hasattr(cfg, "get") else None
+    if not cluster:
+        return []
+    out = []
+    for key, part in (cluster.get("partitions") or {}).items():
+        drv = part.get("driver") if part is not None else None
+        if drv and part.get("gpu") and _driver_tuple(str(drv)) >= _driver_tuple(needed):
+            out.append(f"{cluster.get('name')}/{key} ({part.get('name')}, driver {drv})")
+    return out
+
+
+def check_driver_floor(found: str | None, image: str | None, cfg: Any = None) -> tuple[bool, str]:
+    """Whether the node's driver runs the image's CUDA; the one line to stop with when it does not.
+
+    The floor is the image config's ``driver_min`` (hydra_conf/image/<name>.yaml: CUDA 13 needs an
+    R580+ driver); a node below it would fail deep inside a stage with a CUDA error instead.
+    """
+    if not found:
+        return True, "no NVIDIA driver visible: nothing to compare"
+    if not image:
+        return True, f"driver {found}; not inside a known image (CONTAINERS_IMAGE unset)"
+    from containers.locks import load_images
+
+    spec = load_images().get(image)
+    if spec is None or not spec.driver_min:
+        return True, f"driver {found}; image {image} declares no driver floor"
+    if _driver_tuple(found) >= _driver_tuple(spec.driver_min):
+        return True, f"driver {found} >= {spec.driver_min} (CUDA {spec.cuda}, image {image})"
+    where = partitions_with(cfg, spec.driver_min)
+    has = ("partitions with it: " + ", ".join(where)) if where else (
+        "no partition of this cluster config records a driver that new (cluster.partitions.<p>.driver)")
+    return False, (f"NVIDIA driver {found} on this node is older than {spec.driver_min}, which image "
+                   f"{image} (CUDA {spec.cuda}) needs; {has}")
+
+
+def driver_floor_error(cfg: Any = None) -> str | None:
+    """For a job's first step: the one-line reason to stop, or None (used by entrypoints.gpu_guard)."""
+    smi = probe_nvidia_smi()
+    drivers = [g.get("driver") for g in smi.get("gpus", []) if g.get("driver")]
+    ok, line = check_driver_floor(drivers[0] if drivers else None, image_name(cfg), cfg)
+    return None if ok else line
 
 
 def probe_torch() -> dict[str, Any]:
@@ -220,6 +278,7 @@ def capabilities(r: dict[str, Any]) -> dict[str, tuple[bool, str]]:
             f"{k}: {v.get('why')}" for k, v in r["caches"].items() if not v["writable"])),
         "models": (any(m["present"] for m in r["models"].values()), ", ".join(
             f"{k}={v['path']}" + ("" if v["present"] else " (missing)") for k, v in r["models"].items())),
+        "driver": (bool(r["driver"]["ok"]), r["driver"]["detail"]),
     }
 
 
@@ -235,6 +294,10 @@ def diagnose(cfg: Any, env: dict[str, str] | None = None) -> dict[str, Any]:
         "models": probe_models(cfg),
         "offline": {k: env.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")},
     }
+    drivers = [g.get("driver") for g in result["nvidia_smi"].get("gpus", []) if g.get("driver")]
+    ok, detail = check_driver_floor(drivers[0] if drivers else None, image_name(cfg, env), cfg)
+    result["driver"] = {"found": drivers[0] if drivers else None, "image": image_name(cfg, env),
+                        "ok": ok, "detail": detail}
     result["capabilities"] = {k: {"ok": ok, "detail": why} for k, (ok, why) in capabilities(result).items()}
     return result
 
@@ -262,6 +325,9 @@ def run(cfg: Any, run: Any) -> int:
         write_json(str(cfg.json), result)
         run.output(str(cfg.json))
     print(render(result))
+    if not result["driver"]["ok"]:  # whatever was required: CUDA would fail deep inside a stage
+        print(f"error: {result['driver']['detail']}", file=sys.stderr)
+        return 1
     missing = [r for r in require if not result["capabilities"][r]["ok"]]
     if missing:
         details = "; ".join(f"{m}: {result['capabilities'][m]['detail']}" for m in missing)

@@ -85,6 +85,41 @@ def discover(input_dir: str | os.PathLike[str] | None, *, recursive: bool = Fals
     return pages, skipped
 
 
+def to_rgb8(im: Any) -> Any:
+    """Any Pillow mode -> HxWx3 uint8 RGB with the tones kept.
+
+    Pillow's ``convert("RGB")`` clips 16-bit and 32-bit greyscale to 255 (a 16-bit scan became a
+    blank white page), and drops transparency onto black. Here 16-bit values are scaled by
+    255/65535 (integer images beyond 16 bits by their own maximum, float images from [0, 1]),
+    and palette or alpha images are composited onto white first.
+    """
+    import numpy as np
+    from PIL import Image
+
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(im)
+        if mode == "F":
+            a = a.astype(np.float64)
+            finite = a[np.isfinite(a)]
+            top = 1.0 if finite.size == 0 or finite.max() <= 1.0 else float(finite.max())
+            g = np.nan_to_num(a / top).clip(0.0, 1.0) * 255.0
+        else:
+            a = a.astype(np.int64)
+            top = 65535 if mode != "I" or a.max(initial=0) <= 65535 else int(a.max())
+            g = a.clip(0, None) * (255.0 / top)
+        g = np.round(g).astype(np.uint8)
+        return np.repeat(g[:, :, None], 3, axis=2)
+    if mode == "P" or mode == "PA":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "La", "RGBa"):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, rgba)
+    rgb = im.convert("RGB") if im.mode != "RGB" else im
+    return np.asarray(rgb, dtype=np.uint8)
+
+
 def load_bgr(path: str | os.PathLike[str], *, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
              min_side: int = 32) -> Any:
     """Decode a page as an HxWx3 uint8 BGR array (the OpenCV order the detectors expect).
@@ -106,8 +141,7 @@ def load_bgr(path: str | os.PathLike[str], *, max_megapixels: float = DEFAULT_MA
                 raise PageSkip(f"page too small: {w}x{h} (min side {min_side} px)")
             im.load()
             im = ImageOps.exif_transpose(im)
-            rgb = im.convert("RGB") if im.mode != "RGB" else im
-            arr = np.asarray(rgb, dtype=np.uint8)
+            arr = to_rgb8(im)
     except PageSkip:
         raise
     except PermissionError:

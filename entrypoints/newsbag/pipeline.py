@@ -47,6 +47,35 @@ def stage_argv(cfg: Any, app: str, runtime: str, extra: list[str]) -> tuple[list
     return [sys.executable, *inner[1:]], "host"
 
 
+def _fusion_summary(fusion_dir: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        data = json.loads((fusion_dir / "fusion_complete.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data.get("summary") or {}
+
+
+def accuracy_lines(accuracy: dict[str, Any] | None) -> list[str]:
+    """Accuracy against truth, clean and degraded pages apart (F1, then the best single variant)."""
+    if not accuracy:
+        return ["\naccuracy: no ground truth for these pages"]
+    out = ["\naccuracy against ground truth (F1 at IoU 0.5 with the same label):"]
+    for group in ("clean", "degraded", "all"):
+        systems = accuracy.get(group)
+        if not systems:
+            continue
+        pages = max(int(v.get("pages", 0)) for v in systems.values())
+        singles = {k: v["f1"] for k, v in systems.items() if "/" in k}
+        best = max(singles, key=lambda k: singles[k]) if singles else None
+        parts = [f"consensus {systems['consensus']['f1']:.3f}" if "consensus" in systems else "",
+                 f"best single {best} {singles[best]:.3f}" if best else "",
+                 *(f"{k} {v['f1']:.3f}" for k, v in systems.items() if k.startswith("baseline:"))]
+        out.append(f"  {group:<8} ({pages} pages): " + ", ".join(p for p in parts if p))
+    return out
+
+
 def run(cfg: Any, run: Any) -> int:
     """Run the stages in order; a failing stage stops the demo with its own error line."""
     from containers.launch import detect_runtime
@@ -96,8 +125,13 @@ def run(cfg: Any, run: Any) -> int:
              f"  run reports         : {run_dir / 'jobs'}/<stage>/run_report.json"]
     print("\n".join(ln for ln in lines if ln))
     board = fusion / "variant_leaderboard.tsv"
+    summary = _fusion_summary(fusion)
+    if summary.get("ranking_basis"):
+        print(f"\nranking basis: {summary['ranking_basis']}")
     if board.is_file():
-        print("\n" + "\n".join(ln for ln in board.read_text().splitlines() if not ln.startswith("#")))
+        print("\n".join(ln for ln in board.read_text().splitlines() if not ln.startswith("#")))
+    for line in accuracy_lines(summary.get("accuracy")):
+        print(line)
     for p in (board, fusion / "source_leaderboard.tsv", review / "summary.png"):
         if p.is_file():
             run.output(p)

@@ -3,7 +3,10 @@
 Every source stage (embedded models, PaddleOCR, Dell YOLO, MinerU) writes the same JSON shape
 per page, so fusion and review never need to know which library produced a box. Records are
 validated on write and on read: a malformed file is caught where it is made, not three stages
-later inside a vectorised fusion.
+later inside a vectorised fusion. Optional keys: a box's ``"scored": false`` (its model gives no
+confidence; ``score`` is a placeholder), a source record's ``made_by`` (the fingerprint of the
+settings, image and code that made it: reruns reuse only on an exact match), a ground-truth
+record's ``condition`` ("clean" or "degraded: ...", so accuracy is reported apart).
 """
 
 from __future__ import annotations
@@ -40,32 +43,34 @@ CDLA_MAP: dict[str, str] = {
     "reference": "text", "equation": "equation",
 }
 
-# PaddleOCR layout labels: PP-DocLayout(-L/M/S), PP-DocLayout_plus-L and PP-DocLayoutV2/V3 (the
-# layout stage of PaddleOCR-VL) share most names; the union is mapped here.
+# PaddleOCR layout labels: PP-DocLayout-L/M/S and PP-DocLayout_plus-L (paddlex's official
+# categories) and PP-DocLayoutV2/V3, the layout stage of PaddleOCR-VL (paddlex's label list);
+# exactly their union, checked against the installed paddlex by tests/.../test_label_maps.py.
 PADDLE_MAP: dict[str, str] = {
-    "text": "text", "paragraph": "text", "content": "text", "abstract": "text",
-    "reference": "text", "reference_content": "text", "footnote": "text", "vision_footnote": "caption",
-    "algorithm": "text", "aside_text": "text", "vertical_text": "text", "list": "text", "code": "text",
-    "paragraph_title": "title", "doc_title": "title", "title": "title",
-    "image": "figure", "figure": "figure", "chart": "figure", "seal": "figure",
+    "text": "text", "content": "text", "abstract": "text", "reference": "text",
+    "reference_content": "text", "footnote": "text", "algorithm": "text", "aside_text": "text",
+    "vertical_text": "text", "vision_footnote": "caption",
+    "paragraph_title": "title", "doc_title": "title",
+    "image": "figure", "chart": "figure", "seal": "figure",
     "header_image": "header", "footer_image": "footer",
     "figure_title": "caption", "chart_title": "caption", "table_title": "caption",
-    "figure_caption": "caption", "table_caption": "caption",
     "table": "table", "header": "header", "footer": "footer", "number": "page_number",
     "formula": "equation", "display_formula": "equation", "inline_formula": "equation",
-    "formula_number": "equation", "equation": "equation",
+    "formula_number": "equation",
 }
 
-# mineru-vl-utils block types (MinerU 2.x VLM two-step extraction).
+# mineru-vl-utils 2.0.7 block types (``mineru_vl_utils.structs.BLOCK_TYPES``), exactly; checked
+# against the installed library by tests/.../test_label_maps.py.
 MINERU_MAP: dict[str, str] = {
-    "text": "text", "list": "text", "ref_text": "text", "code": "text", "algorithm": "text",
-    "aside_text": "text", "page_footnote": "footer", "phonetic": "text",
-    "title": "title", "image": "figure", "image_body": "figure", "chart": "figure",
-    "image_caption": "caption", "table_caption": "caption", "code_caption": "caption",
-    "image_footnote": "caption", "table_footnote": "caption",
-    "table": "table", "table_body": "table", "header": "header", "footer": "footer",
+    "text": "text", "list": "text", "list_item": "text", "ref_text": "text", "code": "text",
+    "algorithm": "text", "aside_text": "text", "phonetic": "text", "index": "text",
+    "title": "title", "doc_title": "title", "paragraph_title": "title",
+    "image": "figure", "image_block": "figure", "chart": "figure",
+    "caption": "caption", "image_caption": "caption", "table_caption": "caption", "code_caption": "caption",
+    "footnote": "caption", "image_footnote": "caption", "table_footnote": "caption",
+    "table": "table", "header": "header", "footer": "footer", "page_footnote": "footer",
     "page_number": "page_number", "equation": "equation", "equation_block": "equation",
-    "interline_equation": "equation", "inline_equation": "equation",
+    "formula_number": "equation", "unknown": "other",
 }
 
 # rapidocr text detection emits unlabeled text lines.
@@ -75,8 +80,18 @@ _MAPS: dict[str, Mapping[Any, str]] = {
     "dell": {**DELL_CLASSES, **{v: DELL_CLASSES[k] for k, v in DELL_RAW_NAMES.items()}},
     "cdla": CDLA_MAP, "paddle": PADDLE_MAP, "paddle_layout": PADDLE_MAP,
     "paddle_vl15": PADDLE_MAP, "mineru": MINERU_MAP, "ppocr_det": PPOCR_DET_MAP,
+    "ppocrv6_det": PPOCR_DET_MAP,
     GT_SOURCE: {t: t for t in TAXONOMY}, CONSENSUS_SOURCE: {t: t for t in TAXONOMY},
 }
+
+
+def _key(source: str, raw: Any) -> Any:
+    if isinstance(raw, str):
+        key: Any = raw.strip().lower().replace(" ", "_").replace("-", "_")
+        if key.isdigit() and source == "dell":
+            key = int(key)
+        return key
+    return raw
 
 
 def map_label(source: str, raw: Any) -> str:
@@ -84,13 +99,13 @@ def map_label(source: str, raw: Any) -> str:
     table = _MAPS.get(source)
     if table is None:
         return raw if raw in TAXONOMY else "other"
-    if isinstance(raw, str):
-        key: Any = raw.strip().lower().replace(" ", "_").replace("-", "_")
-        if key.isdigit() and source == "dell":
-            key = int(key)
-    else:
-        key = raw
-    return table.get(key, "other")
+    return table.get(_key(source, raw), "other")
+
+
+def is_known_label(source: str, raw: Any) -> bool:
+    """Whether ``source``'s label map lists ``raw`` (an unknown label becomes "other" and is reported)."""
+    table = _MAPS.get(source)
+    return (raw in TAXONOMY) if table is None else _key(source, raw) in table
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -157,6 +172,8 @@ def validate_page(record: Any, where: str = "page record") -> dict[str, Any]:
             raise ValueError(f"{at} ({x0}, {y0}, {x1}, {y1}) lies outside the {w}x{h} page")
         if b["label"] not in TAXONOMY:
             raise ValueError(f"{at}.label {b['label']!r} is not in the taxonomy")
+        if "scored" in b and not isinstance(b["scored"], bool):
+            raise ValueError(f"{at}.scored must be true or false, got {b['scored']!r}")
         score = _num(b["score"], f"{at}.score")
         if not 0.0 <= score <= 1.0 + 1e-6:
             raise ValueError(f"{at}.score {score} is outside [0, 1]")
@@ -166,17 +183,24 @@ def validate_page(record: Any, where: str = "page record") -> dict[str, Any]:
 
 
 def make_box(x0: float, y0: float, x1: float, y1: float, *, label: str, raw_label: Any,
-             score: float, width: int, height: int) -> dict[str, Any] | None:
-    """A contract box clipped to the page, or None when nothing of it is left on the page."""
+             score: float, width: int, height: int, scored: bool = True) -> dict[str, Any] | None:
+    """A contract box clipped to the page, or None when nothing of it is left on the page.
+
+    ``scored=False`` marks a box whose model gives no confidence: it carries ``"scored": false``
+    (its ``score`` is a placeholder) and fusion votes it at ``fusion.unscored_score`` instead.
+    """
     x0, x1 = sorted((float(x0), float(x1)))
     y0, y1 = sorted((float(y0), float(y1)))
     x0, y0 = max(0.0, x0), max(0.0, y0)
     x1, y1 = min(float(width), x1), min(float(height), y1)
     if not (x1 - x0 > 0.5 and y1 - y0 > 0.5):
         return None
-    return {"x0": round(x0, 2), "y0": round(y0, 2), "x1": round(x1, 2), "y1": round(y1, 2),
-            "label": label if label in TAXONOMY else "other", "raw_label": str(raw_label),
-            "score": round(min(max(float(score), 0.0), 1.0), 5)}
+    box = {"x0": round(x0, 2), "y0": round(y0, 2), "x1": round(x1, 2), "y1": round(y1, 2),
+           "label": label if label in TAXONOMY else "other", "raw_label": str(raw_label),
+           "score": round(min(max(float(score), 0.0), 1.0), 5)}
+    if not scored:
+        box["scored"] = False
+    return box
 
 
 def page_record(*, page_id: str, image: str | os.PathLike[str], width: int, height: int,

@@ -153,3 +153,39 @@ def test_build_without_apptainer_is_one_line(tmp_path):
     if "native" not in proc.stdout:
         pytest.skip("this host is not x86_64")
     assert_one_line_error(proc, "no apptainer on PATH")
+
+
+def test_a_build_argument_naming_a_missing_base_is_one_line(tmp_path):
+    """Bad input, before any download: `containers build` refuses a BASE that does not exist."""
+    proc = cli("build", "paddle-py312", "--arch", "amd64", "--dry-run", "--build-arg", "BOOTSTRAP=localimage",
+               "--build-arg", f"BASE={tmp_path / 'nope.sif'}")
+    assert_one_line_error(proc, f"build argument BASE={tmp_path / 'nope.sif'} names no image file",
+                          "image paddle-py312, amd64")
+
+
+@pytest.mark.parametrize("arg, needle", [
+    ("LOCK=recipes/locks/nope.txt", "build argument LOCK=recipes/locks/nope.txt names no file"),
+    ("LOCK=recipes/locks/mineru-dell-py310-amd64.txt",
+     "is a lock of mineru-dell-py310 amd64, not of paddle-py312 amd64"),
+    ("BASE=ubuntu", "build argument BASE=ubuntu is not pinned to a tag"),
+    ("CUDA=12", "build argument CUDA is not one the definition declares"),
+    ("LOCK_HASH=x", "build argument LOCK_HASH is set by containers build itself"),
+])
+def test_build_arguments_are_checked_before_anything_runs(arg, needle):
+    assert_one_line_error(cli("build", "paddle-py312", "--arch", "amd64", "--dry-run", "--build-arg", arg),
+                          needle)
+
+
+def test_a_test_lock_swaps_only_base_and_lock():
+    """The dry run shows what the test world passes: the same .def, BOOTSTRAP/BASE/LOCK swapped."""
+    proc = cli("build", "mineru-dell-py310", "--arch", "amd64", "--dry-run", "--userns",
+               "--build-arg", "LOCK=recipes/locks/test/mineru-dell-py310-amd64-py311.txt",
+               "--build-arg", "BASE=debian:bookworm")
+    if "native" not in proc.stdout:
+        pytest.skip("this host is not x86_64")
+    assert proc.returncode == 0, proc.stderr
+    line = proc.stdout.strip().splitlines()[-1]
+    assert "--userns" in line and "--fakeroot" not in line
+    assert "--build-arg BASE=debian:bookworm" in line
+    assert "--build-arg LOCK=recipes/locks/test/mineru-dell-py310-amd64-py311.txt" in line
+    assert line.endswith("recipes/mineru-dell-py310.def")

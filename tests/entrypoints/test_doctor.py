@@ -78,3 +78,50 @@ def test_require_present_capability_passes():
 def test_unknown_capability():
     assert_one_line_error(cli("doctor", "--require", "warp-drive", module="entrypoints"),
                           "unknown capability 'warp-drive'")
+
+
+# the driver floor (issue 11): an image's CUDA needs a driver at least as new as hydra_conf/image
+@pytest.mark.parametrize(("found", "image", "ok", "needles"), [
+    ("570.86.10", "flowportal-cu130", False,
+     ["driver 570.86.10 on this node is older than 580.65.06", "flowportal-cu130 (CUDA 13.0)",
+      "partitions with it: dgx_spark/gb10 (spark, driver 580.95.05)"]),
+    ("580.95.05", "flowportal-cu130", True, ["580.95.05 >= 580.65.06"]),
+    ("535.104.05", "mineru-dell-py310", True, [">= 525.60.13 (CUDA 12.8"]),
+    ("470.57.02", "paddle-py312", False, ["older than 525.60.13", "paddle-py312 (CUDA 12.6)"]),
+    (None, "flowportal-cu130", True, ["no NVIDIA driver visible"]),
+    ("570.86.10", None, True, ["not inside a known image"]),
+])
+def test_driver_floor_compares_found_with_the_image_needs(found, image, ok, needles):
+    from containers.config import compose
+    from entrypoints.apps.doctor import check_driver_floor
+
+    cfg = compose(["cluster=dgx_spark"])
+    got, line = check_driver_floor(found, image, cfg)
+    assert got is ok
+    assert "\n" not in line
+    for n in needles:
+        assert n in line, (n, line)
+
+
+def test_driver_floor_names_no_partition_when_none_records_one():
+    from containers.config import compose
+    from entrypoints.apps.doctor import check_driver_floor
+
+    ok, line = check_driver_floor("570.86.10", "flowportal-cu130", compose(["cluster=torch"]))
+    assert not ok and "no partition of this cluster config records a driver that new" in line
+
+
+def test_doctor_inside_an_image_reports_the_driver_check(tmp_path):
+    """CONTAINERS_IMAGE (set by each image's %environment) selects the floor; GPU or not."""
+    out = tmp_path / "doctor.json"
+    proc = cli("doctor", f"json={out}", module="entrypoints", env={"CONTAINERS_IMAGE": "flowportal-cu130"})
+    drv = json.loads(out.read_text())["driver"]
+    assert drv["image"] == "flowportal-cu130"
+    if drv["found"] is None:  # no NVIDIA driver on this machine: nothing to compare
+        assert drv["ok"] is True and proc.returncode == 0, proc.stderr
+    else:
+        new_enough = tuple(int(p) for p in drv["found"].split(".")) >= (580, 65, 6)
+        assert drv["ok"] is new_enough
+        assert proc.returncode == (0 if new_enough else 1)
+        if not new_enough:
+            assert "older than 580.65.06" in proc.stderr and "Traceback" not in proc.stderr

@@ -117,3 +117,36 @@ def test_real_visibility_follows_the_machine(monkeypatch):
     monkeypatch.delenv("SLURM_JOB_GPUS", raising=False)
     ok, why = gpu_guard.nvidia_visible()
     assert ok is containers.launch.nvidia_gpu_present(), why
+
+
+def test_runtime_check_names_the_provider_or_device_it_got(gpu_stage):
+    gpu_guard.check_runtime(
+        "dell/v",
+        {"framework": "onnxruntime", "providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]},
+        wanted_gpu=True,
+    )
+    gpu_guard.check_runtime("mineru/layout", {"framework": "torch", "device": "cuda:0"}, wanted_gpu=True)
+    gpu_guard.check_runtime("paddle_layout/x", {"framework": "paddle", "device": "gpu:0"}, wanted_gpu=True)
+    run = FakeRun()
+    with pytest.raises(UserError, match="mineru/layout: torch runs on cpu"):
+        gpu_guard.check_runtime(
+            "mineru/layout", {"framework": "torch", "device": "cpu"}, wanted_gpu=True, run=run
+        )
+    assert run.report["gpu_guard"][0]["message"].startswith("mineru/layout: torch runs on cpu")
+    with pytest.raises(UserError, match="paddle_layout/x: paddle runs on cpu"):
+        gpu_guard.check_runtime("paddle_layout/x", {"framework": "paddle", "device": "cpu"}, wanted_gpu=False)
+    with pytest.raises(UserError, match="ONNX Runtime runs on CPUExecutionProvider"):
+        gpu_guard.check_runtime(
+            "cdla/v", {"framework": "onnxruntime", "providers": ["CPUExecutionProvider"]}, wanted_gpu=False
+        )
+
+
+def test_runtime_check_leaves_cpu_jobs_alone(monkeypatch):
+    monkeypatch.setenv("CONTAINERS_GPU_STAGE", "0")
+    gpu_guard.check_runtime(
+        "cdla/v", {"framework": "onnxruntime", "providers": ["CPUExecutionProvider"]}, wanted_gpu=False
+    )
+    with pytest.raises(
+        UserError, match="torch runs on cpu"
+    ):  # asked for CUDA and got the CPU: still an error
+        gpu_guard.check_runtime("m/v", {"framework": "torch", "device": "cpu"}, wanted_gpu=True)

@@ -19,7 +19,7 @@ from tests.containers.test_reliability_errors import mounted_tmpfs
 from tests.helpers import REPO, assert_one_line_error, cli
 
 SAMPLES = REPO / "entrypoints" / "newsbag" / "samples"
-ONE_VARIANT = ["variants.cdla.low=null", "variants.ppocr_det=null"]
+ONE_VARIANT = ["variants.cdla.low=null", "variants.ppocr_det=null", "variants.ppocrv6_det=null"]
 
 
 def app(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

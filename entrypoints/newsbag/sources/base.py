@@ -5,22 +5,32 @@ settings, device) -> Detector``) and how to probe its GPU; this module does the 
 discovery, per-page skip reasons, rerun reuse, atomic page records, progress lines, and a
 ``run_report.json`` per variant under ``outputs/sources/<source>/<variant>/``.
 
-Reuse on rerun is exact: a page is reused only when its record validates and the variant's
-settings fingerprint matches the previous run's; changing a threshold redoes the variant.
+Reuse on rerun is exact: every page record carries the fingerprint (``made_by``) of the settings,
+the input image (size + mtime) and the code that made it (``containers.markers``), written in the
+same atomic write as the boxes, so a page is reused only when it was made by exactly this run's
+settings, image and code; a run killed half way with other settings leaves pages that no later
+run mistakes for its own. Each variant's ``complete.json`` marker (written last) fingerprints the
+whole variant, so a rerun of a complete variant skips it without reading its pages.
+
+A GPU job whose framework silently ran on the CPU (ONNX Runtime without its CUDA provider, torch
+or Paddle on the CPU) stops at the first page with one line (``entrypoints.gpu_guard``), unless
+``gpu_guard=warn``/``off`` allows it. Labels a library emits that the label map lacks are kept as
+"other" and listed once per variant in the run report.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from containers.errors import UserError
-from entrypoints.newsbag.schema import page_record, read_page, source_pages_dir, write_page
+from entrypoints.newsbag.schema import is_known_label, page_record, read_page, source_pages_dir, write_page
+
+COMMON_CODE = ("entrypoints.newsbag.sources.base", "entrypoints.newsbag.schema", "entrypoints.newsbag.inputs")
 
 
 class Detector(Protocol):
@@ -31,6 +41,10 @@ class Detector(Protocol):
     def detect(self, bgr: Any, width: int, height: int) -> list[dict[str, Any]]: ...
 
     def facts(self) -> dict[str, Any]: ...
+
+    def runtime(self) -> dict[str, Any]:
+        """Where the framework really runs: {"framework": ..., "providers": [...]} or {"device": ...}."""
+        ...
 
 
 Builder = Callable[[str, str, dict[str, Any], str], Detector]
@@ -43,10 +57,6 @@ def plain(obj: Any) -> Any:
     if isinstance(obj, (DictConfig, ListConfig)):
         return OmegaConf.to_container(obj, resolve=True)
     return obj
-
-
-def fingerprint(settings: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def missing_model(path: str | Path, what: str, stage_src: str | None) -> UserError:
@@ -109,34 +119,64 @@ def input_pages(cfg: Any, run: Any) -> list[Any]:
 
 
 class _VariantState:
-    def __init__(self, det: Detector, settings: dict[str, Any], run_dir: Path) -> None:
-        self.det, self.settings = det, settings
+    def __init__(self, det: Detector, settings: dict[str, Any], run_dir: Path, code: str) -> None:
+        from containers.markers import fingerprint as fp_of
+
+        self.det, self.settings, self.code = det, settings, code
         self.pages_dir = source_pages_dir(run_dir, det.source, det.variant)
         self.dir = self.pages_dir.parent
-        self.fp = fingerprint({"source": det.source, "variant": det.variant, **settings})
+        self.marker = self.dir / "complete.json"
+        model = {k: v for k, v in det.facts().items() if k != "providers_used"}
+        self.made_with = {"source": det.source, "variant": det.variant, "settings": settings, "model": model}
+        self.fp = fp_of(self.made_with, (), code)
         self.stats = {"written": 0, "reused": 0, "failed": 0, "boxes": 0, "seconds": 0.0}
-        self.trusted = self._previous_fp() == self.fp
+        self.unknown: Counter[str] = Counter()
+        self.checked = False
 
-    def _previous_fp(self) -> str | None:
-        try:
-            return json.loads((self.dir / "run_report.json").read_text()).get("settings_fingerprint")
-        except (OSError, ValueError):
-            return None
+    def page_fingerprint(self, image: Path) -> str:
+        from containers.markers import fingerprint as fp_of
 
-    def done(self, page_id: str) -> bool:
-        if not self.trusted:
-            return False
+        return fp_of(self.made_with, [image], self.code)
+
+    def variant_fingerprint(self, pages: list[Any]) -> str:
+        from containers.markers import fingerprint as fp_of
+
+        return fp_of({**self.made_with, "pages": [p.page_id for p in pages]}, [p.path for p in pages],
+                     self.code)
+
+    def done(self, page_id: str, page_fp: str) -> bool:
+        """Reuse only a valid record of this source/variant made with exactly ``page_fp``."""
         try:
             rec = read_page(self.pages_dir / f"{page_id}.json")
         except ValueError:
             return False
-        return rec["source"] == self.det.source and rec["variant"] == self.det.variant
+        return (rec["source"] == self.det.source and rec["variant"] == self.det.variant
+                and (rec.get("made_by") or {}).get("fingerprint") == page_fp)
 
     def report(self, device: Any, status: str) -> dict[str, Any]:
         return {"source": self.det.source, "variant": self.det.variant,
                 "granularity": self.det.granularity, "settings": self.settings,
                 "settings_fingerprint": self.fp, "status": status, "device": device,
-                **self.det.facts(), "pages": dict(self.stats, seconds=round(self.stats["seconds"], 3))}
+                **self.det.facts(), "unknown_labels": dict(self.unknown),
+                "pages": dict(self.stats, seconds=round(self.stats["seconds"], 3))}
+
+
+def code_version_for(det_modules: list[str]) -> str:
+    from containers.markers import code_version
+
+    return code_version(*COMMON_CODE, *det_modules)
+
+
+def check_runtime(state: _VariantState, device: Any, cfg: Any, run: Any) -> None:
+    """After a variant's first page: a GPU job must not have run it on the CPU."""
+    from entrypoints import gpu_guard
+
+    state.checked = True
+    rt = getattr(state.det, "runtime", None)
+    facts = rt() if callable(rt) else None
+    if facts:
+        gpu_guard.check_runtime(f"{state.det.source}/{state.det.variant}", facts,
+                                wanted_gpu=str(device.used).startswith("cuda"), cfg=cfg, run=run)
 
 
 def run_source_app(cfg: Any, run: Any, *, sources: dict[str, Builder], probe: Callable[[], tuple[bool, str]],
@@ -155,18 +195,27 @@ def run_source_app(cfg: Any, run: Any, *, sources: dict[str, Builder], probe: Ca
     states: list[_VariantState] = []
     with run.step("load_models") as entry:
         for source, build in sources.items():
+            code = code_version_for([getattr(build, "__module__", "")])
             for variant, settings in variants_for(cfg, source).items():
                 det = build(source, variant, settings, device.used)
-                states.append(_VariantState(det, settings, run_dir))
+                states.append(_VariantState(det, settings, run_dir, code))
         entry["variants"] = [f"{s.det.source}/{s.det.variant}" for s in states]
     if not states:
         raise UserError("no variants enabled", where=f"variants.{{{','.join(sources)}}}",
                         fix="enable at least one variant, e.g. variants.<source>.default={}")
     max_mp = float(cfg.get("max_megapixels") or DEFAULT_MAX_MEGAPIXELS)
+    from containers.markers import is_done, write_marker
+
+    complete = {id(s): is_done(s.marker, s.variant_fingerprint(pages)) for s in states}
+    for s in states:  # a variant about to change is not complete until this run says so
+        if not complete[id(s)] and s.marker.exists():
+            s.marker.unlink()
     bad_pages = 0
     with run.step("detect", pages=len(pages)) as entry:
         for i, page in enumerate(pages, 1):
-            todo = [s for s in states if not s.done(page.page_id)]
+            fps = {id(s): s.page_fingerprint(page.path) for s in states}
+            todo = [s for s in states
+                    if not complete[id(s)] and not s.done(page.page_id, fps[id(s)])]
             for s in states:
                 if s not in todo:
                     s.stats["reused"] += 1
@@ -194,10 +243,16 @@ def run_source_app(cfg: Any, run: Any, *, sources: dict[str, Builder], probe: Ca
                     run.skip(f"{page.page_id}", " ".join(reason.split())[:400])
                     counts.append(f"{s.det.source}/{s.det.variant}=FAILED")
                     continue
+                if not s.checked:  # the first page shows where the framework really runs
+                    check_runtime(s, device, cfg, run)
+                for b in boxes:
+                    if b["label"] == "other" and not is_known_label(s.det.source, b["raw_label"]):
+                        s.unknown[b["raw_label"]] += 1
                 rec = page_record(page_id=page.page_id, image=str(page.path), width=w, height=h,
                                   source=s.det.source, variant=s.det.variant,
                                   granularity=s.det.granularity, boxes=boxes)
-                write_page(s.pages_dir / f"{page.page_id}.json", rec)
+                rec["made_by"] = {"fingerprint": fps[id(s)], "code": s.code}
+                write_page(s.pages_dir / f"{page.page_id}.json", rec)  # boxes and fingerprint: one write
                 s.stats["seconds"] += time.monotonic() - t0
                 s.stats["written"] += 1
                 s.stats["boxes"] += len(boxes)
@@ -211,12 +266,19 @@ def run_source_app(cfg: Any, run: Any, *, sources: dict[str, Builder], probe: Ca
         extra_files(states)
     variants_summary = {}
     for s in states:
+        for raw, n in sorted(s.unknown.items()):
+            run.skip(f"{s.det.source}/{s.det.variant}", f"label {raw!r} from the library is not in the "
+                     f"{s.det.source} label map: {n} boxes kept as 'other' (add it to schema.py)")
         failed = s.stats["failed"]
-        status = "ok" if not failed and bad_pages < len(pages) else "partial"
+        status = "ok" if not failed and bad_pages == 0 else "partial"
         rep = s.report(asdict(device), status)
-        path = write_json(s.dir / "run_report.json", rep)  # written last: marks the variant done
+        path = write_json(s.dir / "run_report.json", rep)
         run.output(path)
         variants_summary[f"{s.det.source}/{s.det.variant}"] = rep
+        if status == "ok":  # the completion marker, last: every page of this variant made and fingerprinted
+            write_marker(s.marker, s.variant_fingerprint(pages), pages=len(pages))
+        elif s.marker.exists():
+            s.marker.unlink()
     run.report["variants"] = variants_summary
     produced = sum(s.stats["written"] + s.stats["reused"] for s in states)
     written = sum(s.stats["written"] for s in states)

@@ -74,13 +74,33 @@ def nms(boxes: Any, scores: Any, iou: float, max_det: int) -> Any:
     return np.asarray(keep, dtype=np.int64)
 
 
+N_CLASSES = len(DELL_CLASSES)
+
+
+def check_output_shape(shape: Any, where: str = "Dell model") -> None:
+    """The layout model's raw head is ``(1, 4 + 10, N)``; anything else is one line, not garbage.
+
+    An end-to-end export (NMS inside, ``(1, 300, 6)``) or a model with another class count would
+    otherwise decode as hundreds of classes or shifted boxes.
+    """
+    from containers.errors import UserError
+
+    dims = list(shape)
+    if len(dims) == 3 and dims[0] in (1, None, "batch") and dims[1] == 4 + N_CLASSES:
+        return
+    hint = ("; it looks like an end-to-end export with NMS inside (boxes, score, class): export "
+            "the raw head (nms=False)" if len(dims) == 3 and dims[-1] in (6, 7) else "")
+    raise UserError(f"unexpected Dell/YOLOv8 output shape {tuple(dims)}: expected (1, {4 + N_CLASSES}, N) "
+                    f"= 4 box values + {N_CLASSES} class scores per anchor{hint}", where=where,
+                    fix="use the AmericanStories layout model exported to ONNX without NMS")
+
+
 def decode(pred: Any, *, conf: float, iou: float, max_det: int) -> tuple[Any, Any, Any]:
     """``(1, 4+C, N)`` raw output -> (xyxy, score, class) in letterboxed pixels after NMS."""
     import numpy as np
 
     p = np.asarray(pred, dtype=np.float32)
-    if p.ndim != 3 or p.shape[0] != 1 or p.shape[1] < 5:
-        raise ValueError(f"unexpected YOLOv8 output shape {p.shape}; expected (1, 4+classes, N)")
+    check_output_shape(p.shape)
     p = p[0].T  # (N, 4+C)
     cls_scores = p[:, 4:]
     cls = cls_scores.argmax(1)
@@ -121,6 +141,10 @@ class _Session:
         self.providers = list(self.sess.get_providers())
         inp = self.sess.get_inputs()[0]
         self.input_name, self.input_shape = inp.name, list(inp.shape)
+        out_shape = list(self.sess.get_outputs()[0].shape)
+        if all(isinstance(d, int) for d in out_shape[1:2]):  # a static class axis is checked at load
+            check_output_shape([out_shape[0] if isinstance(out_shape[0], int) else 1, *out_shape[1:]],
+                               where=str(model))
         self._last: tuple[Any, Any] | None = None  # (image array kept alive, output)
 
     @classmethod
@@ -174,6 +198,9 @@ class DellDetector:
 
     def facts(self) -> dict[str, Any]:
         return {"model": self.model, "imgsz": self.size, "providers_used": self.session.providers}
+
+    def runtime(self) -> dict[str, Any]:
+        return {"framework": "onnxruntime", "providers": self.session.providers}
 
 
 def run(cfg: Any, run: Any) -> int:

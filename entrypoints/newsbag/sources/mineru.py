@@ -2,7 +2,12 @@
 
 The client returns ``ContentBlock`` dicts: ``type`` (a MinerU block type), ``bbox``
 ``[x0, y0, x1, y1]`` normalised to 0-1, ``angle``, ``content``; here they are scaled to page
-pixels. The model gives no per-block score, so blocks carry score 1.0. ``mode: layout`` runs the
+pixels. The model gives no per-block score, so blocks are marked unscored.
+
+The model is loaded by mineru-vl-utils' own loader (``transformers_loading``), never by
+``from_pretrained`` here: with transformers >= 5.10 a plain load leaves the output layer
+(``lm_head``, tied to the embeddings in the checkpoint) randomly initialised, and the model
+then writes garbage; the library's loader syncs the tie setting first. ``mode: layout`` runs the
 layout step only (what fusion needs, and far faster); ``mode: two_step`` also extracts content.
 Each variant directory gets ``run_meta.json`` recording ``cuda_available`` and what ran.
 """
@@ -40,10 +45,32 @@ def blocks_to_boxes(blocks: Iterable[Any], width: int, height: int) -> list[dict
             continue
         x0, y0, x1, y1 = (float(v) for v in bbox)
         box = make_box(x0 * width, y0 * height, x1 * width, y1 * height, label=map_label("mineru", typ),
-                       raw_label=typ, score=1.0, width=width, height=height)
+                       raw_label=typ, score=0.0, width=width, height=height, scored=False)
         if box:
             out.append(box)
     return out
+
+
+def _loading() -> Any:
+    try:
+        from mineru_vl_utils import transformers_loading
+    except ImportError as exc:
+        from containers.errors import UserError
+
+        raise UserError(f"mineru-vl-utils has no transformers loader ({exc})", where="mineru image",
+                        fix="use mineru-vl-utils >= 2.0.7 (its loader keeps the output layer of "
+                            "transformers >= 5.10 from being randomly initialised)") from None
+    return transformers_loading
+
+
+def load_model_only(model_path: str, device: str) -> Any:
+    """The model through mineru-vl-utils' loader (the tied-``lm_head`` fix), placed on ``device``."""
+    return _loading().load_transformers_model(model_path, device_map=device)
+
+
+def load_model(model_path: str, device: str) -> tuple[Any, Any]:
+    """Model and processor, both through mineru-vl-utils' own loaders."""
+    return load_model_only(model_path, device), _loading().load_transformers_processor(model_path)
 
 
 class MinerUDetector:
@@ -67,16 +94,11 @@ class MinerUDetector:
     def _client(self, settings: dict[str, Any]) -> Any:
         from mineru_vl_utils import MinerUClient
 
+        self.model = None
         if self.backend != "transformers":
             return MinerUClient(backend=self.backend, model_path=self.model_path)
-        import torch
-        from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
-
-        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-        model = Qwen2VLForConditionalGeneration.from_pretrained(self.model_path, dtype=dtype,
-                                                                local_files_only=True).to(self.device)
-        processor = AutoProcessor.from_pretrained(self.model_path, use_fast=True, local_files_only=True)
-        return MinerUClient(backend="transformers", model=model, processor=processor,
+        self.model, processor = load_model(self.model_path, self.device)
+        return MinerUClient(backend="transformers", model=self.model, processor=processor,
                             batch_size=int(settings.get("batch_size", 0)), use_tqdm=False)
 
     def detect(self, bgr: Any, width: int, height: int) -> list[dict[str, Any]]:
@@ -91,6 +113,11 @@ class MinerUDetector:
 
     def facts(self) -> dict[str, Any]:
         return {"model": self.model_path, "backend": self.backend, "mode": self.mode}
+
+    def runtime(self) -> dict[str, Any]:
+        if self.model is None:  # vLLM and other engines place the model themselves
+            return {}
+        return {"framework": "torch", "device": str(next(self.model.parameters()).device)}
 
 
 def run_meta(device: str) -> dict[str, Any]:

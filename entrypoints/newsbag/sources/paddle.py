@@ -41,6 +41,16 @@ def paddle_probe() -> tuple[bool, str]:
     return True, ""
 
 
+def paddle_runtime() -> dict[str, Any]:
+    """Where Paddle computes now (``gpu:0`` or ``cpu``), for the GPU guard."""
+    try:
+        import paddle
+
+        return {"framework": "paddle", "device": str(paddle.device.get_device())}
+    except ImportError:
+        return {}
+
+
 def paddle_device(device: str) -> str:
     return "gpu:" + (device.split(":")[1] if ":" in device else "0") if device.startswith("cuda") else "cpu"
 
@@ -115,7 +125,11 @@ def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 
 
 def vl_boxes(results: Iterable[Any], source: str, width: int, height: int) -> list[dict[str, Any]]:
-    """Normalise PaddleOCR-VL results: parsing blocks, scored from the matching layout box."""
+    """Normalise PaddleOCR-VL results: parsing blocks, scored from the matching layout box.
+
+    A merged block that matches no layout box (IoU < 0.5) has no score from the model: it is
+    marked unscored (``"scored": false``) rather than given a confident 1.0.
+    """
     out = []
     for res in results:
         data = _unwrap(res)
@@ -128,10 +142,11 @@ def vl_boxes(results: Iterable[Any], source: str, width: int, height: int) -> li
             xyxy = _xyxy(_get(blk, "bbox", "block_bbox"))
             if xyxy is None or label is None:
                 continue
-            best = max(((_iou(xyxy, c), s) for c, s in scored), default=(0.0, 1.0))
-            score = best[1] if best[0] >= 0.5 else 1.0
-            box = make_box(*xyxy, label=map_label(source, label), raw_label=label, score=score,
-                           width=width, height=height)
+            best = max(((_iou(xyxy, c), s) for c, s in scored), default=(0.0, 0.0))
+            has_score = best[0] >= 0.5
+            box = make_box(*xyxy, label=map_label(source, label), raw_label=label,
+                           score=best[1] if has_score else 0.0, width=width, height=height,
+                           scored=has_score)
             if box:
                 out.append(box)
     return out
@@ -159,6 +174,9 @@ class LayoutDetector:
 
     def facts(self) -> dict[str, Any]:
         return {"model": self.model_name, "model_dir": self.model_dir, "paddle_device": self.device}
+
+    def runtime(self) -> dict[str, Any]:
+        return paddle_runtime()
 
 
 class VLDetector:
@@ -191,6 +209,9 @@ class VLDetector:
     def facts(self) -> dict[str, Any]:
         return {"model": f"PaddleOCR-VL {self.version}", "layout_model_dir": self.layout_dir,
                 "vl_rec_model_dir": self.vl_dir, "paddle_device": self.device}
+
+    def runtime(self) -> dict[str, Any]:
+        return paddle_runtime()
 
 
 def run_layout(cfg: Any, run: Any) -> int:

@@ -96,8 +96,14 @@ def test_conf_threshold_and_max_det():
     assert cls.tolist() == [3, 8]
     _, _, cls = dell.decode(pred_columns(ROWS), conf=0.01, iou=0.99, max_det=2)
     assert cls.tolist() == [3, 0]  # IoU 0.99 keeps the overlap; max_det cuts to the best two
-    with pytest.raises(ValueError, match="unexpected YOLOv8 output shape"):
+    from containers.errors import UserError
+
+    with pytest.raises(UserError, match="unexpected Dell/YOLOv8 output shape"):
         dell.decode(np.zeros((14, 5)), conf=0.1, iou=0.1, max_det=10)
+    with pytest.raises(UserError, match=r"\(1, 300, 6\).*end-to-end export"):
+        dell.decode(np.zeros((1, 300, 6)), conf=0.1, iou=0.1, max_det=10)  # NMS inside: not 296 classes
+    with pytest.raises(UserError, match="expected \\(1, 14, N\\)"):
+        dell.decode(np.zeros((1, 6, 100)), conf=0.1, iou=0.1, max_det=10)  # a 2-class model
 
 
 def test_nms_is_class_agnostic_and_greedy():
@@ -147,3 +153,38 @@ def test_missing_model_is_one_clear_error(tmp_path, capsys):
     line = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert len(line) == 1 and "nope/layout_model_new.onnx" in line[0]
     assert "python -m containers stage" in line[0] and "Traceback" not in err
+
+
+def test_an_end_to_end_export_is_refused_at_load_with_one_line(tmp_path, capsys):
+    from entrypoints.main import main
+
+    model = yolo_graph(tmp_path / "layout_model_new.onnx", np.zeros((1, 300, 6), np.float32))
+    rc = main(["dell", f"run_dir={tmp_path}/run", f"dell_model.path={model}", "device=cpu", "limit=1"])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in err
+    assert "(1, 300, 6)" in lines[0] and "end-to-end export" in lines[0] and str(model) in lines[0]
+
+
+def test_a_gpu_job_whose_onnx_runtime_fell_back_to_cpu_stops_at_the_first_page(tmp_path, capsys, monkeypatch):
+    from entrypoints.main import main
+
+    model = yolo_graph(tmp_path / "layout_model_new.onnx", pred_columns(ROWS))
+    monkeypatch.setenv("CONTAINERS_GPU_STAGE", "1")
+    monkeypatch.delenv("CONTAINERS_GPU_GUARD", raising=False)
+    monkeypatch.setattr("entrypoints.gpu_guard.nvidia_visible", lambda: (True, "NVIDIA driver present"))
+    monkeypatch.setattr("entrypoints.newsbag.sources.dell.ort_probe", lambda: (True, ""))
+    # onnxruntime here has no CUDA provider: asked for CUDA, the session silently runs on the CPU
+    rc = main(["dell", f"run_dir={tmp_path}/run", f"dell_model.path={model}", "device=cuda"])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in err
+    assert "dell/conf001: ONNX Runtime runs on CPUExecutionProvider" in lines[0]
+    assert "CUDA provider did not load" in lines[0] and "CONTAINERS_GPU_GUARD=warn" in lines[0]
+    pages = tmp_path / "run/outputs/sources/dell/conf001/pages"
+    assert not list(pages.glob("*.json")) if pages.is_dir() else True  # stopped at the first page
+    report = json.loads((tmp_path / "run/jobs/dell/run_report.json").read_text())
+    assert report["gpu_guard"][0]["mode"] == "error" and report["exit_status"] == 2
+    monkeypatch.setenv("CONTAINERS_GPU_GUARD", "warn")                # the user allows it: runs on
+    rc = main(["dell", f"run_dir={tmp_path}/run2", f"dell_model.path={model}", "device=cuda"])
+    assert rc == 0 and "warning: GPU stage without a usable GPU" in capsys.readouterr().err

@@ -38,7 +38,7 @@ def test_blocks_scale_to_page_pixels():
     assert [b["label"] for b in boxes] == ["title", "text", "figure", "caption", "page_number", "other"]
     t = boxes[0]
     assert (t["x0"], t["y0"], t["x1"], t["y1"]) == pytest.approx((100, 30, 900, 120))
-    assert boxes[4]["y1"] == 1500 and all(b["score"] == 1.0 for b in boxes)
+    assert boxes[4]["y1"] == 1500 and all(b["scored"] is False for b in boxes)  # MinerU gives no scores
 
 
 def test_missing_model_is_one_clear_error(tmp_path, capsys):
@@ -90,3 +90,81 @@ def test_bad_mode_is_refused(tmp_path):
 
     with pytest.raises(UserError, match="mode=fast"):
         mineru.MinerUDetector("mineru", "v", {"mode": "fast", "model_path": str(tmp_path)}, "cpu")
+
+
+# ----------------------------------------------------------------------------- real loading, tiny model
+
+def _tiny_checkpoint(path, layout: str):
+    """A tiny Qwen2-VL (MinerU 2.5's architecture) saved with tied embeddings: no lm_head in the file."""
+    import torch
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    cfg = Qwen2VLConfig(
+        text_config={"vocab_size": 128, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 64,
+                     "bos_token_id": 0, "eos_token_id": 1,
+                     "rope_scaling": {"type": "mrope", "mrope_section": [2, 2, 4]}},
+        vision_config={"depth": 1, "embed_dim": 16, "hidden_size": 32, "num_heads": 2, "mlp_ratio": 2},
+        tie_word_embeddings=True, image_token_id=5, video_token_id=6, vision_start_token_id=7,
+        vision_end_token_id=8)
+    torch.manual_seed(0)
+    Qwen2VLForConditionalGeneration(cfg).save_pretrained(path)
+    raw = json.loads((path / "config.json").read_text())
+    if layout == "text_config":      # the tie flag only inside text_config
+        raw.pop("tie_word_embeddings", None)
+        raw["text_config"]["tie_word_embeddings"] = True
+    elif layout == "both_disagree":  # top level says tied, text_config says not
+        raw["text_config"]["tie_word_embeddings"] = False
+    (path / "config.json").write_text(json.dumps(raw))
+    return path
+
+
+def _mismatches(model, path) -> list[str]:
+    """Parameters that differ from the checkpoint (lm_head against the tied embedding it was saved as)."""
+    import torch
+    from safetensors.torch import load_file
+
+    saved = load_file(str(path / "model.safetensors"))
+    state = model.state_dict()
+
+    def loaded(key: str):  # transformers 5 renames the saved keys (model.X -> model.language_model.X)
+        rest = key.split(".", 1)[1] if key.startswith("model.") else key
+        for cand in (key, f"model.language_model.{rest}", f"model.{key}"):
+            if cand in state:
+                return state[cand]
+        return None
+
+    bad = [k for k, v in saved.items() if loaded(k) is None or not torch.equal(loaded(k).float(), v.float())]
+    embed = next(v for k, v in saved.items() if k.endswith("embed_tokens.weight"))
+    if not torch.equal(state["lm_head.weight"].float(), embed.float()):
+        bad.append("lm_head.weight (randomly initialised: not the tied embedding)")
+    return bad
+
+
+@pytest.mark.parametrize("layout", ["top_level", "text_config", "both_disagree"])
+def test_mineru_loads_through_the_library_loader_with_every_checkpoint_weight(tmp_path, monkeypatch, layout):
+    pytest.importorskip("torch", reason="torch not installed: the MinerU loader test needs torch (CPU)")
+    pytest.importorskip("transformers", reason="transformers not installed: the MinerU loader test needs it")
+    loading = pytest.importorskip("mineru_vl_utils.transformers_loading",
+                                  reason="mineru-vl-utils >= 2.0.7 not installed")
+    ckpt = _tiny_checkpoint(tmp_path / "MinerU-tiny", layout)
+    calls = []
+    real = loading.load_transformers_model
+    monkeypatch.setattr(loading, "load_transformers_model",
+                        lambda p, **kw: calls.append((str(p), kw)) or real(p, **kw))
+    model = mineru.load_model_only(str(ckpt), "cpu")
+    assert calls == [(str(ckpt), {"device_map": "cpu"})]            # the library's loader, on our device
+    assert _mismatches(model, ckpt) == []
+    assert str(next(model.parameters()).device) == "cpu"
+
+
+def test_the_weight_check_catches_a_randomly_initialised_output_layer(tmp_path):
+    """Negative control: a load that does not tie leaves lm_head random, and the check says so."""
+    pytest.importorskip("torch", reason="torch not installed")
+    transformers = pytest.importorskip("transformers", reason="transformers not installed")
+    ckpt = _tiny_checkpoint(tmp_path / "MinerU-tiny", "top_level")
+    cfg = transformers.AutoConfig.from_pretrained(ckpt)
+    cfg.tie_word_embeddings = False
+    cfg.get_text_config(decoder=True).tie_word_embeddings = False
+    untied = transformers.Qwen2VLForConditionalGeneration.from_pretrained(ckpt, config=cfg)
+    assert any("lm_head" in m for m in _mismatches(untied, ckpt))

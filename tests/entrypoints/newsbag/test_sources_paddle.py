@@ -60,7 +60,9 @@ def test_vl_boxes_take_parsing_blocks_and_layout_scores():
     boxes = paddle.vl_boxes([res], "paddle_vl15", 1000, 1500)
     assert [(b["label"], b["raw_label"]) for b in boxes] == [
         ("title", "doc_title"), ("text", "text"), ("caption", "vision_footnote")]
-    assert [b["score"] for b in boxes] == [pytest.approx(0.77), pytest.approx(0.91), 1.0]
+    assert [b["score"] for b in boxes] == [pytest.approx(0.77), pytest.approx(0.91), 0.0]
+    # the merged block no layout box backs has no score from the model: marked unscored, not 1.0
+    assert [b.get("scored", True) for b in boxes] == [True, True, False]
     as_json = {"res": {"parsing_res_list": [
         {"block_label": b.label, "block_bbox": b.bbox, "block_content": b.content, "block_id": i}
         for i, b in enumerate(res["parsing_res_list"])], "layout_det_res": res["layout_det_res"].json["res"]}}

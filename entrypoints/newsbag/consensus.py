@@ -1,0 +1,267 @@
+"""Consensus boxes from several detectors: clusters, a score-aware keep rule, leave-one-out.
+
+Why this shape:
+- Clusters are mutual best matches: box a (variant A) and box b (variant B) join when IoU >=
+  ``cluster_iou`` and each is the other's best match in the other's variant; clusters are the
+  connected components of those edges. Edges come from ``geometry.iou_pairs`` (sparse), and
+  every later step is a bincount over (cluster, voter) cells, so nothing is quadratic.
+- Voters are sources, not variants: a source backs a cluster when any of its variants does, at
+  its most confident variant's score, so bagging five thresholds of one model still gives one
+  vote and never outvotes two independent models. Coordinates and labels weigh each variant by
+  its share of its source.
+- Keep rule: ``support`` is the share of the total source weight present in the cluster;
+  ``confidence`` is the score-weighted share (each source contributes weight x its best score
+  there; an absent source contributes 0: the mean that Weighted Boxes Fusion reports). A
+  cluster is kept when ``support > min_support`` (a strict majority by default, so with two
+  sources one alone never carries a box and the consensus cannot be their union) or when
+  ``confidence >= min_confidence`` (a box one source alone reports survives only when it is
+  that confident). Consensus boxes carry ``confidence`` as their score.
+- Leave-one-out: the reference for a voter is computed from the same clusters with that voter's
+  cells removed (sums minus its share), so scoring every source costs one aggregation.
+- A text-line detector tells where text is, not which kind: its votes count for geometry and
+  support but abstain from the label vote (a cluster only it backs stays "text").
+- ``method=wbf`` uses ``ensemble_boxes.weighted_boxes_fusion`` instead (label-wise clusters,
+  score-weighted coordinates, mean score over models, then ``wbf_score_thr``); it is also the
+  baseline row of the accuracy table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from entrypoints.newsbag.geometry import N_LABELS, Boxes, components, iou_pairs
+
+EPS = 1e-9
+
+
+@dataclass
+class Clusters:
+    """Mutual-best clusters of all variants' boxes on one page, aggregated per (cluster, voter).
+
+    ``n_voters`` voters (sources, or a single source's variants); every array's second axis
+    is the voter. ``presence``/``confidence`` are in [0, 1] per voter; ``cw``/``cxy`` are the
+    coordinate weights and weighted coordinates; ``votes`` the informed label votes and
+    ``votes_all`` every label vote (used where no informed source voted).
+    """
+
+    k: int
+    n_voters: int
+    presence: np.ndarray  # (k, G)
+    confidence: np.ndarray  # (k, G)
+    cw: np.ndarray  # (k, G)
+    cxy: np.ndarray  # (k, G, 4)
+    votes: np.ndarray  # (k, G, L)
+    votes_all: np.ndarray  # (k, G, L)
+    abstain: np.ndarray | None = None  # (k, G) bool: voter has no say on this cluster
+
+
+def _best_per_key(key: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """Mask of the first maximal ``value`` within each ``key`` group."""
+    if not len(key):
+        return np.zeros(0, bool)
+    order = np.lexsort((-value, key))
+    first = np.ones(len(key), bool)
+    first[1:] = key[order][1:] != key[order][:-1]
+    out = np.zeros(len(key), bool)
+    out[order[first]] = True
+    return out
+
+
+def _covered(boxes: np.ndarray, cover: np.ndarray) -> np.ndarray:
+    """Share of each box's area covered by the ``cover`` boxes (which do not overlap much)."""
+    if not len(boxes) or not len(cover):
+        return np.zeros(len(boxes))
+    from entrypoints.newsbag.geometry import _window_pairs, areas
+
+    half = float((cover[:, 3] - cover[:, 1]).max()) * 0.5
+    key = np.concatenate([(cover[:, 1] + cover[:, 3]) * 0.5, np.full(len(boxes), np.inf)])
+    lo = np.concatenate([np.full(len(cover), np.inf), boxes[:, 1] - half])
+    hi = np.concatenate([np.full(len(cover), -np.inf), boxes[:, 3] + half])
+    i, j = _window_pairs(key, lo, hi)
+    i, j = i - len(cover), j
+    ok = (i >= 0) & (j < len(cover))
+    i, j = i[ok], j[ok]
+    a, b = boxes[i], cover[j]
+    w = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+    h = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
+    inter = np.bincount(i, weights=w * h, minlength=len(boxes))
+    return np.clip(inter / np.maximum(areas(boxes), 1e-9), 0.0, 1.0)
+
+
+# labels on which text-line detectors have no say (a photo has no text lines to find)
+LINE_ABSTAINS = ("figure",)
+
+
+def cluster(
+    per_variant: list[Boxes],
+    voter_of_variant: np.ndarray,
+    share: np.ndarray,
+    n_voters: int,
+    iou_thr: float,
+    label_weight: np.ndarray,
+    line: np.ndarray | None = None,
+    cover_min: float = 0.5,
+) -> Clusters:
+    """Cluster the boxes of every variant and aggregate them per (cluster, voter).
+
+    ``voter_of_variant`` (V,) maps each variant to its voter; ``share`` (V,) is the variant's
+    share of its voter (1 / variants of that voter); ``label_weight`` (V,) is 0 for variants
+    that abstain from the label vote.
+    """
+    sizes = np.array([len(b) for b in per_variant], dtype=np.int64)
+    n, nv = int(sizes.sum()), len(per_variant)
+    g_count = n_voters
+    if n == 0:
+        z = np.zeros((0, g_count))
+        return Clusters(
+            0,
+            g_count,
+            z,
+            z,
+            z,
+            np.zeros((0, g_count, 4)),
+            np.zeros((0, g_count, N_LABELS)),
+            np.zeros((0, g_count, N_LABELS)),
+        )
+    xyxy = np.concatenate([b.xyxy for b in per_variant])
+    label = np.concatenate([b.label for b in per_variant])
+    score = np.concatenate([b.score for b in per_variant])
+    vid = np.repeat(np.arange(nv), sizes)
+    i, j, iou = iou_pairs(xyxy, iou_thr, group=vid)
+    # mutual best: j is i's best in j's variant and i is j's best in i's variant
+    best_i = _best_per_key(i * nv + vid[j], iou)
+    best_j = _best_per_key(j * nv + vid[i], iou)
+    mutual = best_i & best_j
+    cid = components(n, i[mutual], j[mutual])
+    k = int(cid.max()) + 1
+    g = voter_of_variant[vid]
+    cell = cid * g_count + g
+    kg = k * g_count
+    # per (cluster, variant): present? best score?
+    cv = cid * nv + vid
+    present_v = np.bincount(cv, minlength=k * nv).reshape(k, nv) > 0
+    best_v = np.zeros(k * nv)
+    np.maximum.at(best_v, cv, score)
+    best_v = best_v.reshape(k, nv)
+    # a voter backs a cluster when any of its variants does, at its most confident variant's score
+    presence = np.zeros((k, g_count))
+    confidence = np.zeros((k, g_count))
+    for g_i in range(g_count):
+        cols = voter_of_variant == g_i
+        if cols.any():
+            presence[:, g_i] = present_v[:, cols].max(axis=1)
+            confidence[:, g_i] = best_v[:, cols].max(axis=1)
+    wbox = share[vid] * np.maximum(score, 1e-3)
+    cw = np.bincount(cell, weights=wbox, minlength=kg).reshape(k, g_count)
+    cxy = np.stack(
+        [np.bincount(cell, weights=wbox * xyxy[:, c], minlength=kg) for c in range(4)], axis=1
+    ).reshape(k, g_count, 4)
+    lab_cell = cell * N_LABELS + label
+    votes_all = np.bincount(lab_cell, weights=wbox, minlength=kg * N_LABELS).reshape(k, g_count, N_LABELS)
+    votes = np.bincount(lab_cell, weights=wbox * label_weight[vid], minlength=kg * N_LABELS).reshape(
+        k, g_count, N_LABELS
+    )
+    abstain = np.zeros((k, g_count), bool)
+    if line is not None and line.any():
+        # Text-line sources group lines into blocks that rarely split a page as a layout model
+        # does; they back a cluster whose area their blocks cover (>= cover_min), and abstain on
+        # clusters labelled as something without text lines (photos).
+        box = cxy.sum(axis=1) / np.maximum(cw.sum(axis=1), 1e-12)[:, None]
+        informed = votes.sum(axis=1)
+        label = np.where(
+            informed.sum(axis=1) > 0, informed.argmax(axis=1), votes_all.sum(axis=1).argmax(axis=1)
+        )
+        from entrypoints.newsbag.geometry import LABEL_INDEX
+
+        no_text = np.isin(label, [LABEL_INDEX[x] for x in LINE_ABSTAINS])
+        for v in np.flatnonzero(line):
+            g_i = int(voter_of_variant[v])
+            b = per_variant[v]
+            cov = _covered(box, b.xyxy)
+            backed = cov >= cover_min
+            mean_score = float(b.score.mean()) if len(b) else 0.0
+            presence[:, g_i] = np.maximum(presence[:, g_i], backed)
+            confidence[:, g_i] = np.maximum(confidence[:, g_i], backed * mean_score)
+            abstain[:, g_i] |= no_text & (presence[:, g_i] == 0)
+    return Clusters(k, g_count, presence, confidence, cw, cxy, votes, votes_all, abstain)
+
+
+def consensus(
+    cl: Clusters, voter_weight: np.ndarray, active: np.ndarray, min_support: float, min_confidence: float
+) -> Boxes:
+    """The consensus of the ``active`` voters (bool (G,)): kept clusters as boxes scored by confidence."""
+    if cl.k == 0:
+        return Boxes.empty()
+    w = voter_weight * active
+    if float(w.sum()) <= 0:
+        return Boxes.empty()
+    w_k = (
+        np.where(cl.abstain, 0.0, w[None, :])
+        if cl.abstain is not None
+        else np.broadcast_to(w, cl.presence.shape)
+    )
+    total = np.maximum(w_k.sum(axis=1), 1e-12)
+    support = (cl.presence * w_k).sum(axis=1) / total
+    conf = (cl.confidence * w_k).sum(axis=1) / total
+    members = cl.cw @ active.astype(np.float64) > 0  # an active voter has a box in it
+    keep = members & ((support > min_support + EPS) | (conf >= min_confidence - EPS))
+    if not keep.any():
+        return Boxes.empty()
+    a = active.astype(np.float64)
+    cw = cl.cw[keep] @ a
+    xyxy = np.einsum("kgc,g->kc", cl.cxy[keep], a) / cw[:, None]
+    votes = np.einsum("kgl,g->kl", cl.votes[keep], a)
+    fallback = votes.sum(axis=1) <= 0
+    if fallback.any():
+        votes[fallback] = np.einsum("kgl,g->kl", cl.votes_all[keep][fallback], a)
+    return Boxes(xyxy, votes.argmax(axis=1), np.clip(conf[keep], 0.0, 1.0))
+
+
+def wbf(
+    per_variant: list[Boxes],
+    variant_weight: np.ndarray,
+    width: float,
+    height: float,
+    *,
+    iou_thr: float,
+    score_thr: float,
+    skip_box_thr: float = 0.0,
+) -> Boxes:
+    """Weighted Boxes Fusion (``ensemble-boxes``) of the variants, boxes scored >= ``score_thr`` kept.
+
+    Each variant is one model with its share of its source's weight; coordinates are passed
+    normalised to the page, as the library expects.
+    """
+    from ensemble_boxes import weighted_boxes_fusion
+
+    models = [(b, w) for b, w in zip(per_variant, variant_weight.tolist(), strict=True) if w > 0]
+    if not any(len(b) for b, _ in models):
+        return Boxes.empty()
+    norm = np.array([width, height, width, height], dtype=np.float64)
+    boxes, scores, labels = weighted_boxes_fusion(
+        [np.clip(b.xyxy / norm, 0.0, 1.0).tolist() for b, _ in models],
+        [b.score.tolist() for b, _ in models],
+        [b.label.tolist() for b, _ in models],
+        weights=[w for _, w in models],
+        iou_thr=iou_thr,
+        skip_box_thr=skip_box_thr,
+    )
+    scores = np.asarray(scores, dtype=np.float64)
+    keep = scores >= score_thr
+    if not keep.any():
+        return Boxes.empty()
+    return Boxes(
+        np.asarray(boxes, dtype=np.float64)[keep] * norm,
+        np.asarray(labels)[keep].astype(np.int64),
+        np.clip(scores[keep], 0.0, 1.0),
+    )
+
+
+def wbf_available() -> tuple[bool, str]:
+    try:
+        import ensemble_boxes  # noqa: F401
+    except ImportError as exc:
+        return False, f"ensemble-boxes is not installed ({exc}): pip install ensemble-boxes"
+    return True, ""
