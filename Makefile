@@ -58,7 +58,8 @@ test-fast: $(STAMP) ## tests without Slurm, the test world (Apptainer, arm64, SM
 	$(PY) -m pytest -q -m "not slurm and not slow and not apptainer and not arm64 and not smb" $(ARGS)
 
 lint: $(STAMP) ## ruff and shellcheck
-	$(VENV)/bin/ruff check containers entrypoints tests bench
+	$(VENV)/bin/ruff check suite_core containers entrypoints tests bench
+	$(VENV)/bin/lint-imports
 	$(PY) -m containers lint
 	$(VENV)/bin/shellcheck -x $$(git ls-files '*.sh' '*.sbatch' .ci/run)
 

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from containers.runner import quote, run  # noqa: E402
+from suite_core.runner import quote, run  # noqa: E402
 
 STAGES = ["setup", "prep", "train_linear", "train_mlp", "evaluate", "attack_fgsm", "attack_shift",
           "aggregate"]
@@ -201,7 +201,7 @@ def main(out_dir: str | os.PathLike[str] = REPO / "bench" / "results", argv: lis
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
     text = "\n".join(lines) + "\n"
-    from containers.atomic import write_text
+    from suite_core.atomic import write_text
 
     out = Path(out_dir) / "experiment.txt"
     write_text(out, text)

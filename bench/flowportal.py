@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from containers.runner import run  # noqa: E402
+from suite_core.runner import run  # noqa: E402
 
 COMMAND = "make bench ARGS=flowportal"
 

@@ -162,8 +162,8 @@ def app_path(lines: list[str]) -> None:
 
 
 def demo(lines: list[str]) -> None:
-    from containers.runner import run
     from entrypoints.newsbag.pipeline import _fusion_summary, accuracy_lines
+    from suite_core.runner import run
 
     with tempfile.TemporaryDirectory() as tmp:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -186,7 +186,7 @@ def demo(lines: list[str]) -> None:
 
 
 def main(out_dir: Path) -> None:
-    from containers.atomic import write_text
+    from suite_core.atomic import write_text
 
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core for sections 1-2

@@ -69,11 +69,11 @@ def main(out_dir: str | os.PathLike[str] = "bench/results") -> None:
 
     import onnxruntime as ort
 
-    from containers.atomic import write_text
     from entrypoints.newsbag import samples
     from entrypoints.newsbag.inputs import load_bgr
     from entrypoints.newsbag.sources.dell import DellDetector
     from entrypoints.newsbag.sources.embedded import CdlaDetector, PPOCRDetDetector
+    from suite_core.atomic import write_text
 
     pages = [load_bgr(p) for p in sorted(samples.SAMPLES_DIR.glob("*.png"))]
     rows = []

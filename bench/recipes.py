@@ -33,7 +33,7 @@ CUDA_BASE_LIBS = ("nvidia-cublas", "nvidia-cudnn", "nvidia-cufft", "nvidia-curan
 
 
 def _times(argv: list[str], n: int) -> list[float]:
-    from containers.runner import run
+    from suite_core.runner import run
 
     out = []
     for _ in range(n):

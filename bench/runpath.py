@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from containers.runner import quote, run, which  # noqa: E402
+from suite_core.runner import quote, run, which  # noqa: E402
 
 IMAGE = "mineru-dell-py310"
 
@@ -99,7 +99,7 @@ def main(out_dir: str | os.PathLike[str] = REPO / "bench" / "results", argv: lis
         "",
     ]
     text = "\n".join(head + lines) + "\n"
-    from containers.atomic import write_text
+    from suite_core.atomic import write_text
 
     out = Path(out_dir) / "runpath.txt"
     write_text(out, text)

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from containers.runner import quote, run, which  # noqa: E402
+from suite_core.runner import quote, run, which  # noqa: E402
 
 
 def make_tree(root: Path, files: int, total_mb: int, big_mb: int) -> Path:
@@ -190,7 +190,7 @@ def main(out_dir: str | os.PathLike[str] = REPO / "bench" / "results", argv: lis
     lines += bench_submit(a.repeat) if not a.no_submit else ["submit latency: skipped (--no-submit)"]
     text = "\n".join(lines) + "\n"
     out = Path(out_dir) / "slurm.txt"
-    from containers.atomic import write_text
+    from suite_core.atomic import write_text
 
     write_text(out, text)
     print(text, end="")

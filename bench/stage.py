@@ -35,8 +35,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from containers.errors import UserError  # noqa: E402
-from containers.runner import quote, run, which  # noqa: E402
+from suite_core.errors import UserError  # noqa: E402
+from suite_core.runner import quote, run, which  # noqa: E402
 
 
 def make_tree(root: Path, scale: float) -> tuple[Path, int, int]:
@@ -218,7 +218,7 @@ def main(out_dir: str | os.PathLike[str] = REPO / "bench" / "results", argv: lis
     ]
     text = "\n".join(lines) + "\n"
     out = Path(out_dir) / "stage.txt"
-    from containers.atomic import write_text
+    from suite_core.atomic import write_text
 
     write_text(out, text)
     print(text, end="")

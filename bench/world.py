@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from containers.runner import quote, run  # noqa: E402
+from suite_core.runner import quote, run  # noqa: E402
 
 
 def _timed(argv: list[str], env: dict[str, str] | None = None, timeout: float = 7200) -> float:

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from containers.runner import run
+from suite_core.runner import run
 
 N = 3
 

@@ -1,11 +1,9 @@
 """Host-side toolkit: compose config, resolve images, launch entrypoints, build, stage, submit.
 
-Runs on a login node's plain Python: nothing here imports torch, paddle or onnxruntime.
+Runs on a login node's plain Python: nothing here imports torch, paddle or onnxruntime. What the
+apps share with it (errors, atomic writes, the runner, config) lives in ``suite_core``.
 """
 
-from pathlib import Path
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONF_DIR = REPO_ROOT / "hydra_conf"
+from suite_core import CONF_DIR, REPO_ROOT
 
 __all__ = ["CONF_DIR", "REPO_ROOT"]

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from containers.apptainer_vocab import BUILD_FLAGS
-from containers.arch import UNAME, normalize
-from containers.errors import UserError
+from suite_core.arch import UNAME, normalize
+from suite_core.errors import UserError
 
 NETWORK_FS = frozenset({"nfs", "nfs4", "cifs", "smb", "smb3", "smbfs", "lustre", "beegfs", "gpfs",
                         "fuse.sshfs", "9p"})

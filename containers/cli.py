@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from containers.errors import guard
+from suite_core.errors import guard
 
 PKG_DIR = Path(__file__).resolve().parent
 

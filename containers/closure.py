@@ -163,7 +163,7 @@ class SourceTree:
         Files are read on demand with ``git show``: a partial mirror that lacks unrelated blobs
         (images, models) still works.
         """
-        from containers.runner import run
+        from suite_core.runner import run
 
         listing = run(["git", "-C", str(gitdir), "ls-tree", "-r", "--name-only", rev],
                       what=f"git ls-tree {rev}").stdout.splitlines()

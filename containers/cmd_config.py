@@ -35,7 +35,7 @@ def main(args: argparse.Namespace) -> int:
             for k, v in sorted(info.labels.items()):
                 print(f"  label {k} = {v}")
         return 0
-    from containers.config import compose, to_yaml
+    from suite_core.config import compose, to_yaml
 
     print(to_yaml(compose(args.overrides)), end="")
     return 0

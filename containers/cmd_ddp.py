@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from containers.errors import UserError
+from suite_core.errors import UserError
 
 COMMANDS = {
     "ddp-env": "print the rendezvous/thread/NCCL variables of this DDP job (used by slurm/ddp.sbatch)",
@@ -51,9 +51,9 @@ def _env(args: argparse.Namespace) -> int:
     """Shell assignments for every rank; a wrong task shape stops the job here with one line."""
     import shlex
 
-    from containers.config import compose
     from containers.ddp import Shape, check_shape, cluster_ddp, job_env
-    from containers.runner import run
+    from suite_core.config import compose
+    from suite_core.runner import run
 
     env = os.environ
     if not env.get("SLURM_JOB_ID") or not env.get("SLURM_JOB_NODELIST"):

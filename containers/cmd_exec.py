@@ -11,8 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-from containers.arch import host_arch, normalize
-from containers.errors import UserError
+from suite_core.arch import host_arch, normalize
+from suite_core.errors import UserError
 
 COMMANDS = {
     "exec": "run a command inside an image for this node's arch (or in this Python)",
@@ -52,11 +52,11 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
 
 
 def main(args: argparse.Namespace) -> int:
-    from containers.config import compose
     from containers.images import resolve_sif
     from containers.launch import detect_runtime, make_cache_dirs, nvidia_gpu_present, plan_exec
-    from containers.runner import exec_replace
     from containers.sif import read_sif
+    from suite_core.config import compose
+    from suite_core.runner import exec_replace
 
     is_path = args.image.endswith(".sif") or os.sep in args.image
     overrides = list(args.overrides)

@@ -12,8 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from containers.errors import UserError
-from containers.secrets import mask
+from suite_core.errors import UserError
+from suite_core.secrets import mask
 
 COMMANDS = {
     "lint": "check recipes/*.def and their locks offline (sections, pins, CUDA majors, arch traps)",
@@ -90,11 +90,11 @@ def _fork_imports(args: argparse.Namespace) -> int:
     import time
 
     from containers import REPO_ROOT
-    from containers.atomic import write_json
     from containers.closure import SourceTree, extract
     from containers.lint import parse_definition
     from containers.locks import get_image
-    from containers.runner import quote, run
+    from suite_core.atomic import write_json
+    from suite_core.runner import quote, run
 
     spec = get_image(args.image)
     if not spec.sources or not spec.imports:
@@ -283,7 +283,7 @@ def _lock_check(specs: list, args: argparse.Namespace) -> int:
 
 def _git_rev() -> str:
     from containers import REPO_ROOT
-    from containers.runner import run, which
+    from suite_core.runner import run, which
 
     if not which("git"):
         return "unknown"
@@ -318,7 +318,6 @@ def _build(args: argparse.Namespace) -> int:
 
 def _build_one(args: argparse.Namespace, image: str, arch_arg: str | None) -> int:
     from containers import REPO_ROOT
-    from containers.arch import host_arch
     from containers.build import (
         binfmt_registered,
         build_argv,
@@ -327,10 +326,11 @@ def _build_one(args: argparse.Namespace, image: str, arch_arg: str | None) -> in
         decide_route,
         sbatch_argv,
     )
-    from containers.config import compose
     from containers.lint import lint_repo, parse_definition
     from containers.locks import get_image, lock_hash, require_arch
-    from containers.runner import quote, run, which
+    from suite_core.arch import host_arch
+    from suite_core.config import compose
+    from suite_core.runner import quote, run, which
 
     spec = get_image(image)
     host = host_arch()
@@ -426,7 +426,7 @@ def _build_one(args: argparse.Namespace, image: str, arch_arg: str | None) -> in
 def _images_dir(args: argparse.Namespace) -> Path:
     if args.dir:
         return Path(args.dir)
-    from containers.config import compose
+    from suite_core.config import compose
 
     return Path(str(compose(list(args.overrides)).paths.images))
 
@@ -496,7 +496,7 @@ def _images(args: argparse.Namespace) -> int:
 
 
 def _check_images(args: argparse.Namespace) -> int:
-    from containers.runner import run, which
+    from suite_core.runner import run, which
 
     apptainer = which("apptainer") or which("singularity")
     if not apptainer:
@@ -507,7 +507,7 @@ def _check_images(args: argparse.Namespace) -> int:
     rows = [r for r in (list_images(directory) if directory.is_dir() else []) if r.get("current")]
     if not rows:
         raise UserError(f"no current images in {directory}", fix="make build IMAGE=<name>")
-    from containers.arch import host_arch
+    from suite_core.arch import host_arch
 
     host = host_arch()
     failed = 0

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from containers.errors import UserError
+from suite_core.errors import UserError
 
 COMMANDS = {
     "stage": "copy models/SIFs to node-local disk: incremental, locked per node, manifest last",
@@ -91,7 +91,7 @@ def _stage(args: argparse.Namespace) -> int:
         )
     dst = Path(args.dst)
     if not dst.is_absolute():
-        from containers.config import compose
+        from suite_core.config import compose
 
         dst = Path(str(compose(args.overrides).paths.node_local)) / dst
     if args.check:
@@ -110,11 +110,11 @@ def _stage(args: argparse.Namespace) -> int:
 
 def _stage_image(args: argparse.Namespace) -> int:
     """Stage the SIF a pointer names, then write the pointer next to it (pointer last)."""
-    from containers.arch import host_arch
-    from containers.atomic import write_text
-    from containers.config import compose
     from containers.images import pointer_path, pointer_target, resolve_sif
     from containers.stage import stage
+    from suite_core.arch import host_arch
+    from suite_core.atomic import write_text
+    from suite_core.config import compose
 
     cfg = compose([f"image={args.image}", *args.overrides])
     arch = host_arch()
@@ -133,8 +133,8 @@ def _stage_image(args: argparse.Namespace) -> int:
 
 def _stage_job(args: argparse.Namespace) -> int:
     """Stage every row of JOBDIR/stage.yaml (written by submit) with this node's values."""
-    from containers.config import load_resolved
     from containers.stage import stage
+    from suite_core.config import load_resolved
 
     rows = (load_resolved(Path(args.job) / "stage.yaml") or {}).get("stage") or []
     for row in rows:
@@ -170,8 +170,8 @@ def _plan(args: argparse.Namespace):
 
 def _submit(args: argparse.Namespace) -> int:
     from containers import experiment
-    from containers.runner import quote
     from containers.submit import submit, watch_hint, write_job_files
+    from suite_core.runner import quote
 
     if experiment.is_experiment(args.pipeline):  # kind: experiment (DAG x seeds, resume): its own module
         return experiment.cli(args)

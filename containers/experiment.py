@@ -8,7 +8,7 @@ stage after per-seed stages waits for every seed: an aggregation), and submitted
 ``afterok`` + ``--kill-on-invalid-dep=yes`` in one go by ``python -m containers submit <name>``.
 
 Every stage instance has a fingerprint: its settings, the fingerprints of the stages it reads,
-the facts of its external input files and its code version (:mod:`containers.markers`). The stage
+the facts of its external input files and its code version (:mod:`suite_core.markers`). The stage
 writes it into its completion flag, last, on success. ``resume=<run dir>`` recomputes the
 fingerprints and resubmits only instances whose flag is missing or different, plus everything
 after them. A resume with other settings than the run dir was made with is refused (outputs made
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from containers import CONF_DIR, REPO_ROOT
-from containers.errors import UserError
+from suite_core.errors import UserError
 
 KIND = "experiment"
 COMPLETE = "_complete.json"
@@ -118,7 +118,7 @@ class Experiment:
 def instance_fingerprint(settings: Mapping[str, Any], upstream: Mapping[str, str],
                          input_files: Sequence[str], code: str) -> str:
     """The one definition of a stage instance's fingerprint (submit side and stage side)."""
-    from containers.markers import fingerprint
+    from suite_core.markers import fingerprint
 
     return fingerprint({"settings": dict(settings), "upstream": dict(sorted(upstream.items()))},
                        list(input_files), code)
@@ -199,8 +199,8 @@ def plan(pipeline: str, args: Sequence[str], *, run_dir: str | None = None,
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from containers.config import compose
     from containers.submit import route_overrides
+    from suite_core.config import compose
 
     where = f"hydra_conf/pipeline/{pipeline}.yaml"
     opts, overrides = split_args(args)
@@ -258,7 +258,7 @@ def plan(pipeline: str, args: Sequence[str], *, run_dir: str | None = None,
             raise UserError(f"run directory {rd} already holds an experiment", where="--run-dir",
                             fix=f"resume it with resume={rd}, or choose a new --run-dir")
     else:
-        from containers.rundir import unique_dir
+        from suite_core.rundir import unique_dir
 
         parent, stamp = Path(str(cfg.paths.runs)) / pipeline, _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         rd = created = unique_dir(parent, stamp) if create else parent / stamp
@@ -345,8 +345,8 @@ def _expand(exp: Experiment, order: list[str]) -> None:
 
 def _check_names(spec: ExperimentSpec, where: str) -> None:
     """Apps and images exist (before a run dir is made)."""
-    from containers.config import groups
-    from entrypoints import discover
+    from suite_core.apps import discover
+    from suite_core.config import groups
 
     apps = discover()
     images = groups().get("image", [])
@@ -464,9 +464,9 @@ def app_config(base: Mapping[str, Any], app: str, image: str,
     from omegaconf import OmegaConf
     from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-    from containers.config import compose
     from containers.submit import SHARED_ROOTS
-    from entrypoints import APP_DIR
+    from suite_core.apps import APP_DIR
+    from suite_core.config import compose
 
     def hydra() -> dict[str, Any]:
         cfg = compose([f"app={app}", f"image={image}", *step_overrides])
@@ -517,8 +517,8 @@ def _stage_configs(exp: Experiment, composed: Mapping[tuple[str, str], dict[str,
 
     import yaml
 
-    from containers.markers import code_version
-    from entrypoints import APP_DIR
+    from suite_core.apps import APP_DIR
+    from suite_core.markers import code_version
 
     app_keys: dict[str, list[str]] = {}
     codes: dict[tuple[str, ...], str] = {}
@@ -556,7 +556,7 @@ def _stage_configs(exp: Experiment, composed: Mapping[tuple[str, str], dict[str,
 
 def _resume_filter(exp: Experiment) -> None:
     """Keep only instances without a valid flag and everything after them; refuse other settings."""
-    from containers.markers import is_done
+    from suite_core.markers import is_done
 
     state = _read_state(exp.run_dir)
     if state.get("pipeline") != exp.pipeline:
@@ -611,7 +611,7 @@ def _read_state(run_dir: Path) -> dict[str, Any]:
 
 def _refuse_active(state: Mapping[str, Any], run_dir: Path) -> None:
     """A resume while earlier jobs still queue or run would run two copies of a stage."""
-    from containers.runner import run, which
+    from suite_core.runner import run, which
 
     ids = {str(i) for sub in state.get("submissions") or [] for i in (sub.get("jobs") or {}).values()}
     if not ids or not which("squeue"):
@@ -664,8 +664,8 @@ def _to_plan(exp: Experiment) -> Any:
 def _write(path: Path, text: str) -> None:
     """Temp name then rename (never half-written), without an fsync per file: these files are read
     back by jobs that start after submission, through the same filesystem (NFS close-to-open), and
-    100 fsyncs took ~1 s of a 24-job submission. Completion flags keep containers.atomic's fsync."""
-    from containers.atomic import atomic_path
+    100 fsyncs took ~1 s of a 24-job submission. Completion flags keep suite_core.atomic's fsync."""
+    from suite_core.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
@@ -709,10 +709,10 @@ def _state_doc(exp: Experiment, old: Mapping[str, Any] | None) -> dict[str, Any]
 
 
 def _submit(exp: Experiment, *, dry_run: bool) -> int:
-    from containers.atomic import write_json
-    from containers.rundir import writer_lock
-    from containers.runner import quote
     from containers.submit import submit, watch_hint
+    from suite_core.atomic import write_json
+    from suite_core.rundir import writer_lock
+    from suite_core.runner import quote
 
     if exp.resumed and not exp.instances:
         print(f"nothing to resubmit: all {len(exp.complete)} stage instances of {exp.run_dir} are complete")

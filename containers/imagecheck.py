@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from containers.errors import UserError, guard
+from suite_core.errors import UserError, guard
 
 SUITE = Path(__file__).resolve().parent.parent
 LOCK = Path("/opt/suite/lock.txt")
@@ -103,7 +103,7 @@ print(json.dumps(out))
 def _python_import(modules: list[str], cwd: Path | None = None) -> dict[str, tuple[str | None, str | None]]:
     """Import each of ``modules`` in one fresh interpreter (``cwd`` first on sys.path, like a
     script there): module -> (error line or None, the missing module's name if that was why)."""
-    from containers.runner import run
+    from suite_core.runner import run
 
     res = run([sys.executable, "-c", _IMPORTER, json.dumps(modules), str(cwd or "")], check=False,
               cwd=str(cwd) if cwd else None, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
@@ -152,7 +152,7 @@ def check(image: str, *, lock_path: Path = LOCK, checks: list[str] | None = None
          f"({len(closure.optional)} optional ones not required)")
 
     # 2. every app module the image serves
-    from entrypoints import discover
+    from suite_core.apps import discover
 
     apps = discover()
     unknown = [a for a in spec.apps if a not in apps]
@@ -179,7 +179,7 @@ def check(image: str, *, lock_path: Path = LOCK, checks: list[str] | None = None
 
     # 4. the doctor (GPU capabilities only where a GPU is visible)
     from containers.launch import nvidia_gpu_present
-    from containers.runner import run
+    from suite_core.runner import run
 
     gpu = nvidia_gpu_present()
     want = list(spec.doctor.get("gpu" if gpu else "cpu", []))
@@ -233,7 +233,7 @@ def _paddle_cuda_build() -> tuple[bool, str]:
 
 
 def _python_code(code: str) -> tuple[bool, str]:
-    from containers.runner import run
+    from suite_core.runner import run
 
     res = run([sys.executable, "-c", code], check=False, timeout=900)
     lines = [ln for ln in (res.stderr or "").strip().splitlines() if ln.strip()]

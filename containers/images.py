@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from containers.arch import normalize
-from containers.errors import UserError
 from containers.sif import SifInfo, read_sif
+from suite_core.arch import normalize
+from suite_core.errors import UserError
 
 # Defaults of the `sif` / `pointer` keys of hydra_conf/image/*.yaml.
 SIF_PATTERN = "{name}-{arch}-{lockhash}.sif"

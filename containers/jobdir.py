@@ -24,8 +24,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from containers.config import NODE_MARK as TOKEN  # node values while submit composes
-from containers.errors import UserError
+from suite_core.config import NODE_MARK as TOKEN  # node values while submit composes
+from suite_core.errors import UserError
 
 NODE_SHELL = {"local_root": "NODE_LOCAL", "deadline": "CONTAINERS_DEADLINE"}
 HEADER = "# Written by `python -m containers submit` (docs/slurm.md, \"What submit writes\")."
@@ -218,7 +218,7 @@ def job_env(*, job: Any, plan: Any, base: Any, images: dict[str, Any], node_fixe
 
 def _uname(arch: Any) -> str:
     """amd64 -> x86_64, arm64 -> aarch64 (what `uname -m` says on a node); other text as is."""
-    from containers.arch import UNAME
+    from suite_core.arch import UNAME
 
     return UNAME.get(str(arch), str(arch))
 
@@ -228,7 +228,7 @@ _BASH_SAFE = re.compile(r'^(?:[^$`"\\]|\$\{[A-Za-z_][A-Za-z0-9_]*(?::-)?)*$')
 
 def _dq(value: Any) -> str:
     """A generated bash expression in double quotes; literal text must hold no $ ` " \\."""
-    from containers.config import SHELL_CLOSE, SHELL_OPEN
+    from suite_core.config import SHELL_CLOSE, SHELL_OPEN
 
     text = "" if value is None else str(value).replace(SHELL_OPEN, "${").replace(SHELL_CLOSE, "}")
     if not _BASH_SAFE.match(text):
@@ -244,8 +244,8 @@ def profiles_sh(config_dir: Path | None = None) -> str:
     defaults and environment overrides as the Python side.
     """
     from containers import CONF_DIR
-    from containers.config import compose, groups, shell_expressions
     from containers.launch import HOST_ONLY, PASS_PREFIXES, PASS_THROUGH, RUNTIME_ENV, cache_env
+    from suite_core.config import compose, groups, shell_expressions
 
     conf = config_dir or CONF_DIR
     out = [

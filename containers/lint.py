@@ -758,9 +758,9 @@ def _check_presets(spec: ImageSpec, repo: Path, data: dict, rel: str) -> list[Fi
     """Each preset's flags are accepted by the pinned revision's scripts (the app's own Builder)."""
     import yaml
 
-    from containers.errors import UserError
     from entrypoints.flowportal.checkout import FORK_ONLY, SCRIPTS, Checkout, detect_flavor
     from entrypoints.flowportal.stages import Builder
+    from suite_core.errors import UserError
 
     flags: dict[str, set[str]] = {}
     for key, script in SCRIPTS.items():
@@ -797,7 +797,7 @@ def _check_presets(spec: ImageSpec, repo: Path, data: dict, rel: str) -> list[Fi
 
 def _check_apps(specs: dict[str, ImageSpec], repo: Path, images: list[str] | None) -> list[Finding]:
     """Every pipeline step runs an app its image declares (so lint checked that app's imports)."""
-    from entrypoints import discover
+    from suite_core.apps import discover
 
     apps = discover(repo / "hydra_conf" / "app")
     f = []
@@ -823,12 +823,12 @@ def _check_apps(specs: dict[str, ImageSpec], repo: Path, images: list[str] | Non
 
 
 # ---------------------------------------------------------------- import closure per image
-FIRST_PARTY = {"containers", "entrypoints"}
+FIRST_PARTY = {"containers", "entrypoints", "suite_core"}
 
 
 def image_roots(spec: ImageSpec, repo: Path = REPO_ROOT) -> list[str]:
     """Modules whose imports count for an image: its apps, the toolkit's commands, the %test helper."""
-    from entrypoints import discover
+    from suite_core.apps import discover
 
     apps = discover(repo / "hydra_conf" / "app")
     roots = ["entrypoints.__main__", "containers.__main__", "containers.imagecheck"]

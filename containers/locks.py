@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from containers import REPO_ROOT
-from containers.arch import UNAME, normalize
-from containers.errors import UserError
 from containers.images import POINTER_PATTERN, SIF_PATTERN
+from suite_core.arch import UNAME, normalize
+from suite_core.errors import UserError
 
 LOCK_FORMAT = "containers-lock v2"
 _NAME = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*(.*)$")
@@ -223,7 +223,7 @@ def header_text(spec: ImageSpec, arch: str, digest: str, body: str, *, python: s
 
 
 def _uv(uv: str | None) -> str:
-    from containers.runner import which
+    from suite_core.runner import which
 
     return uv or which("uv") or str(Path(sys.executable).with_name("uv"))
 
@@ -238,7 +238,7 @@ def test_excludes(spec: ImageSpec) -> set[str]:
 def _resolve(spec: ImageSpec, in_text: str, python: str, platform: str, tmp: Path, uv: str,
              repo: Path, what: str, exclude: set[str] | None = None) -> str:
     """uv's hash-locked resolution of ``in_text`` for one target (the body of a lock)."""
-    from containers.runner import run
+    from suite_core.runner import run
 
     in_file = tmp.with_suffix(".in")
     in_file.write_text(in_text, encoding="utf-8")
@@ -259,7 +259,7 @@ def _resolve(spec: ImageSpec, in_text: str, python: str, platform: str, tmp: Pat
 
 def make_lock(spec: ImageSpec, arch: str, *, repo: Path = REPO_ROOT, uv: str | None = None) -> Path:
     """Resolve one lock with uv (network) and write it atomically, header first."""
-    from containers.atomic import atomic_path
+    from suite_core.atomic import atomic_path
 
     arch = require_arch(spec, arch)
     in_file = repo / spec.lock_input
@@ -317,8 +317,8 @@ def omitted_from(lock_body: str, omit: dict[str, str]) -> tuple[str, dict[str, s
 
 def make_tools_lock(*, repo: Path = REPO_ROOT, uv: str | None = None) -> Path:
     """``recipes/locks/tools.txt``: uv and the sdist build backend, every platform's hashes."""
-    from containers.atomic import atomic_path
-    from containers.runner import run
+    from suite_core.atomic import atomic_path
+    from suite_core.runner import run
 
     src = repo / TOOLS_INPUT
     dst = repo / TOOLS_LOCK
@@ -344,7 +344,7 @@ def make_test_lock(spec: ImageSpec, *, repo: Path = REPO_ROOT, uv: str | None = 
     build on the index (torch's CUDA wheels, nvidia-*, ...) are resolved, then left out and named
     in the header with the reason, so %test can tell "left out here" from "missing".
     """
-    from containers.atomic import atomic_path
+    from suite_core.atomic import atomic_path
 
     tb = spec.test_build
     if not tb:

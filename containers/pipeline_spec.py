@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from containers.errors import UserError
+from suite_core.errors import UserError
 
 DEFAULT_SCRIPT = "slurm/run_stage.sbatch"
 
@@ -87,7 +87,7 @@ def _typed(schema: type, node: Any, prefix: str, where: str) -> Any:
 
 def _escape(value: Any) -> Any:
     """Keep a literal ``${...}`` literal (a step override meant for the step's own composition)."""
-    from containers.secrets import yaml_safe
+    from suite_core.secrets import yaml_safe
 
     return yaml_safe(value)
 

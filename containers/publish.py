@@ -18,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from containers.atomic import write_text
-from containers.errors import UserError
 from containers.stage import sha256_file
+from suite_core.atomic import write_text
+from suite_core.errors import UserError
 
 CHUNK = 64 << 20
 # A name part that becomes a file name in the images dir: no separators, no "..", no hidden files.

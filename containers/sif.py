@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from containers.errors import UserError
+from suite_core.errors import UserError
 
 MAGIC = b"SIF_MAGIC\0"
 _HEADER = struct.Struct("<32s10s3s3s16s8q")          # launch, magic, version, arch, id, 8 x int64

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from containers.errors import UserError
+from suite_core.errors import UserError
 
 if False:  # typing costs ~3 ms of start-up; annotations are strings (from __future__)
     from typing import Any

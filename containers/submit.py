@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from containers import REPO_ROOT
-from containers.errors import UserError
 from containers.pipeline_spec import DEFAULT_SCRIPT, JobSpec, StageSpec
+from suite_core.errors import UserError
 
 FAKE_ID_BASE = 1000
 # The roots the user chose on the login node: they must reach the job unchanged.
@@ -125,7 +125,7 @@ def route_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def _timestamp_dir(base: Path) -> Path:
-    from containers.rundir import unique_dir  # mkdir, not exists(): two submits in one second differ
+    from suite_core.rundir import unique_dir  # mkdir, not exists(): two submits in one second differ
 
     return unique_dir(base, _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
 
@@ -175,7 +175,7 @@ def build_plan(
     from containers import pipeline_spec
 
     if compose is None:
-        from containers.config import compose
+        from suite_core.config import compose
     m2, g2, overrides = split_args(args)
     mode, gpu = mode or m2, gpu or g2
     if gpu == "split":
@@ -254,7 +254,7 @@ def _job(
     only: Sequence[str],
     here: bool = False,
 ) -> Job:
-    from entrypoints import discover
+    from suite_core.apps import discover
 
     gpu_default = cl.gpu.type if cl.get("gpu") else None
     key = str(job.partition or (gpu_default if job.gpu else "cpu"))
@@ -427,10 +427,10 @@ def _manifest_items(path: Path) -> list[str]:
 
 def write_job_files(plan: Plan, compose: Callable[..., Any] | None = None) -> None:
     """Compose each step once, in node-token mode, and write the job folders (containers.jobdir)."""
-    from containers.config import node_tokens
+    from suite_core.config import node_tokens
 
     if compose is None:
-        from containers.config import compose
+        from suite_core.config import compose
     base = plan.step_overrides
     with node_tokens():  # node values stay ${node:...} tokens, read back on the node
         for job in plan.jobs:
@@ -441,9 +441,9 @@ def _write_job(plan: Plan, job: Job, base: list[str], compose: Callable[..., Any
     from omegaconf import open_dict
 
     from containers import jobdir
-    from containers.atomic import write_text
-    from containers.config import node_token, to_yaml
     from containers.launch import cache_env
+    from suite_core.atomic import write_text
+    from suite_core.config import node_token, to_yaml
 
     cfgs, images = [], {}
     for st in job.steps:
@@ -494,16 +494,16 @@ def _yaml(obj: Any) -> str:
     """Plain data as a job's YAML: user text stays literal, node values become ${node:...} tokens."""
     from omegaconf import OmegaConf
 
-    from containers.config import node_markers_to_tokens
-    from containers.secrets import yaml_safe
+    from suite_core.config import node_markers_to_tokens
+    from suite_core.secrets import yaml_safe
 
     return OmegaConf.to_yaml(OmegaConf.create(node_markers_to_tokens(yaml_safe(obj))))
 
 
 def submit(plan: Plan, *, dry_run: bool = False) -> dict[str, str]:
     """Submit every job in dependency order; return name -> job id (fake ids in a dry run)."""
-    from containers.atomic import write_json, write_text
-    from containers.runner import quote, run, which
+    from suite_core.atomic import write_json, write_text
+    from suite_core.runner import quote, run, which
 
     if not dry_run and not which("sbatch"):
         raise UserError(
@@ -568,7 +568,7 @@ def submit(plan: Plan, *, dry_run: bool = False) -> dict[str, str]:
 
 
 def _cancel(ids: list[str]) -> list[str]:
-    from containers.runner import run
+    from suite_core.runner import run
 
     if ids:
         run(["scancel", *ids], check=False, timeout=60, what="scancel")
@@ -577,7 +577,7 @@ def _cancel(ids: list[str]) -> list[str]:
 
 def preflight(plan: Plan) -> list[tuple[str, bool, str]]:
     """``sbatch --test-only`` for every job: Slurm's own verdict, without submitting anything."""
-    from containers.runner import run, which
+    from suite_core.runner import run, which
 
     if not which("sbatch"):
         raise UserError(

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from containers import REPO_ROOT
-from containers.errors import UserError
+from suite_core.errors import UserError
 
 FACTS = Path("recipes") / "locks" / "wheels.json"
 _EXT = re.compile(r"\.(cpython|abi3|cp\d+)[^/]*\.so$|\.so$|\.py$")
@@ -161,7 +161,7 @@ def pylock(lock_file: Path, python: str, platform: str, *, uv: str | None = None
         raise UserError("reading uv's pylock.toml needs Python >= 3.11 (tomllib)",
                         fix="run make lock with python3.11 or newer (make PYTHON=python3.11 lock)") from None
 
-    from containers.runner import run, which
+    from suite_core.runner import run, which
 
     uv = uv or which("uv") or str(Path(sys.executable).with_name("uv"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -178,7 +178,7 @@ def pylock(lock_file: Path, python: str, platform: str, *, uv: str | None = None
 def refresh(locks: Iterable[tuple[Path, str, str]], repo: Path = REPO_ROOT,
             log: Any = print) -> dict[str, dict[str, Any]]:
     """Add facts for every wheel the given (lock, python, platform) install; keep the others."""
-    from containers.atomic import write_json
+    from suite_core.atomic import write_json
 
     facts = load_facts(repo)
     for lock_file, python, platform in locks:

@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from containers.atomic import write_json
-from containers.errors import UserError
+from suite_core.atomic import write_json
+from suite_core.errors import UserError
 
 VERSION_PACKAGES = (
     "torch", "torchvision", "onnxruntime", "onnxruntime-gpu", "paddlepaddle", "paddlepaddle-gpu",
@@ -94,7 +94,7 @@ class Run:
         self.save()
 
     def save(self) -> None:
-        from containers.secrets import mask_obj  # the report lands on shared scratch: no secrets in it
+        from suite_core.secrets import mask_obj  # the report lands on shared scratch: no secrets in it
 
         write_json(self.report_path, mask_obj(self.report))
 
@@ -167,7 +167,7 @@ def select_device(requested: str, fallback: str, probe: Any) -> Device:
 
 
 def load_config(app: str, overrides: list[str], config_path: str | None, config_name: str) -> Any:
-    from containers.config import compose
+    from suite_core.config import compose
 
     if config_path:
         _check_job_config(Path(config_path), config_name)
@@ -363,7 +363,7 @@ def run_lock_target(app: str, cfg: Any, config_path: str | None) -> tuple[Path, 
     own job folder, share X); a submitted job owns its step folder; an array task owns its own
     report in that folder (tasks of one array run side by side by design).
     """
-    from containers.rundir import LOCK_NAME
+    from suite_core.rundir import LOCK_NAME
 
     report = report_path_for(app, cfg)
     task = os.environ.get("SLURM_ARRAY_TASK_ID")
@@ -393,7 +393,7 @@ def report_path_for(app: str, cfg: Any) -> Path:
 
 def apply_environment(cfg: Any) -> None:
     """Give a bare run (no launcher) the cache and offline variables the launcher would set."""
-    from containers.launch import container_env
+    from suite_core.env import container_env
 
     for key, value in container_env(cfg, {}).items():
         if key not in ("PYTHONPATH", "CONTAINERS_CLUSTER"):
@@ -411,14 +411,14 @@ def launch(app: str, module_name: str, overrides: list[str], *, config_path: str
         try:
             cfg = load_config(app, overrides, config_path, config_name)
             if show_cfg:
-                from containers.config import to_yaml
+                from suite_core.config import to_yaml
 
                 print(to_yaml(cfg), end="")
                 return 0
             apply_environment(cfg)
             module = importlib.import_module(module_name)
             _check_run_dir(cfg)
-            from containers.rundir import writer_lock
+            from suite_core.rundir import writer_lock
 
             folder, lock_name = run_lock_target(app, cfg, config_path)
             stack.enter_context(writer_lock(folder, name=lock_name))
@@ -426,7 +426,7 @@ def launch(app: str, module_name: str, overrides: list[str], *, config_path: str
         except UserError as exc:
             return _say(exc.line(), exc.code)
         except OSError as exc:
-            from containers.errors import from_os_error
+            from suite_core.errors import from_os_error
 
             return _say(from_os_error(exc).line(), 2)
         try:
@@ -436,7 +436,7 @@ def launch(app: str, module_name: str, overrides: list[str], *, config_path: str
         except UserError as exc:
             return _finish(run, exc.code, exc.line())
         except OSError as exc:
-            from containers.errors import from_os_error
+            from suite_core.errors import from_os_error
 
             return _finish(run, 2, from_os_error(exc).line())
         except KeyboardInterrupt:
@@ -448,14 +448,14 @@ def launch(app: str, module_name: str, overrides: list[str], *, config_path: str
         try:
             run.finish(status)
         except OSError as exc:
-            from containers.errors import from_os_error
+            from suite_core.errors import from_os_error
 
             return _say(from_os_error(exc, "write the run report").line(), 2)
         return status
 
 
 def _say(line: str, code: int) -> int:
-    from containers.secrets import mask
+    from suite_core.secrets import mask
 
     print(f"error: {mask(line)}", file=sys.stderr)
     return code

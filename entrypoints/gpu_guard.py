@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from containers.errors import UserError
+from suite_core.errors import UserError
 
 MODES = ("error", "warn", "off")
 
@@ -46,7 +46,7 @@ def is_gpu_stage(cfg: Any = None) -> bool:
 
 def nvidia_visible() -> tuple[bool, str]:
     """Whether this process can reach an NVIDIA GPU, and if not, a reason a user can act on."""
-    from containers.launch import nvidia_gpu_present
+    from suite_core.env import nvidia_gpu_present
 
     if nvidia_gpu_present():
         if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1", "NoDevFiles"):
@@ -155,7 +155,7 @@ class UtilizationSampler:
 
     def __init__(self, argv: Sequence[str] | None = None, interval: float = 5.0) -> None:
         if argv is None:
-            from containers.runner import which
+            from suite_core.runner import which
 
             exe = which("nvidia-smi")
             argv = (
@@ -171,7 +171,7 @@ class UtilizationSampler:
         self._thread: threading.Thread | None = None
 
     def _loop(self) -> None:
-        from containers.runner import run
+        from suite_core.runner import run
 
         while True:
             try:

@@ -97,7 +97,7 @@ def _split(argv: list[str], flags: dict[str, str]) -> tuple[list[str], str | Non
 
 
 def _die(msg: str, code: int = 2) -> None:
-    from containers.secrets import mask
+    from suite_core.secrets import mask
 
     print(f"error: {mask(msg)}", file=sys.stderr)
     raise SystemExit(code)
@@ -105,7 +105,7 @@ def _die(msg: str, code: int = 2) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch; a user mistake or an OS error before the app starts is one line, never a traceback."""
-    from containers.errors import UserError, from_os_error
+    from suite_core.errors import UserError, from_os_error
 
     try:
         return _main(argv)

@@ -15,8 +15,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from containers.atomic import write_json
-from containers.errors import UserError
+from suite_core.atomic import write_json
+from suite_core.errors import UserError
 
 FLAGS = {"--require": "require[]", "--json": "json"}
 
@@ -63,7 +63,7 @@ def arch_covered(capability: tuple[int, int], arch_list: list[str]) -> tuple[boo
 
 
 def probe_nvidia_smi() -> dict[str, Any]:
-    from containers.runner import run, which
+    from suite_core.runner import run, which
 
     if not which("nvidia-smi"):
         return {"present": False, "why": "nvidia-smi not found (no driver, or no --nv)"}
@@ -226,7 +226,7 @@ def probe_video() -> dict[str, Any]:
 
 def probe_caches(env: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    from containers.launch import CACHE_VARS
+    from suite_core.env import CACHE_VARS
 
     for key in CACHE_VARS:
         path = env.get(key)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from containers.atomic import write_text
 from entrypoints.experiment.common import log, open_stage, read_json, write_json, writing
+from suite_core.atomic import write_text
 
 
 def run(cfg: Any, run: Any) -> int:

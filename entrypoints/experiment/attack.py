@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from containers.errors import UserError
 from entrypoints.experiment.common import log, open_stage, read_json, read_points, write_json, writing
+from suite_core.errors import UserError
 
 
 def run(cfg: Any, run: Any) -> int:

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from containers.errors import UserError
 from containers.experiment import COMPLETE, input_files_of, instance_fingerprint, settings_of
+from suite_core.errors import UserError
 
 
 def log(stage: str, message: str) -> None:
@@ -64,7 +64,7 @@ def open_stage(cfg: Any) -> Stage:
     """Check the inputs (upstream flags, input files) and compute this instance's fingerprint."""
     from omegaconf import OmegaConf
 
-    from containers.markers import code_version, read_marker
+    from suite_core.markers import code_version, read_marker
 
     if cfg.get("exp") is None:
         raise UserError(f"app {cfg.get('app_name')} runs as a stage of an experiment pipeline",
@@ -102,8 +102,8 @@ def writing(stage: Stage, run: Any) -> Iterator[Path]:
 
     The old flag goes first so a rerun that fails halfway never leaves outputs that look complete.
     """
-    from containers.markers import write_marker
-    from containers.rundir import writer_lock
+    from suite_core.markers import write_marker
+    from suite_core.rundir import writer_lock
 
     with writer_lock(stage.out_dir):
         flag = stage.out_dir / COMPLETE
@@ -130,7 +130,7 @@ def read_json(path: Path, what: str, stage: Stage) -> Any:
 
 
 def write_json(path: Path, obj: Any, run: Any) -> Path:
-    from containers.atomic import write_json as _write
+    from suite_core.atomic import write_json as _write
 
     _write(path, obj)
     run.output(path)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from containers.errors import UserError
+from suite_core.errors import UserError
 
 
 def build(kind: str, d: int, k: int, hidden: int) -> nn.Module:

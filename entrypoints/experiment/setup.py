@@ -11,8 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from containers.errors import UserError
 from entrypoints.experiment.common import log, open_stage, read_points, write_json, writing
+from suite_core.errors import UserError
 
 
 def run(cfg: Any, run: Any) -> int:

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from containers.errors import UserError
 from entrypoints.experiment.common import log, open_stage, read_json, write_json, writing
+from suite_core.errors import UserError
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -115,7 +115,7 @@ def run(cfg: Any, run: Any) -> int:
             net = model.module if world > 1 else model
             net = net.cpu()
             val_acc, val_loss = accuracy(net, x_val, y_val)
-            from containers.atomic import atomic_path
+            from suite_core.atomic import atomic_path
 
             with atomic_path(out / "model.pt") as tmp:
                 torch.save(net.state_dict(), tmp)

@@ -16,12 +16,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from containers.errors import UserError
-from containers.rundir import holder_facts
 from entrypoints.flowportal import manifest as mf
 from entrypoints.flowportal import settings as st
 from entrypoints.flowportal import workdir as wd
 from entrypoints.flowportal.batch import batch_settings
+from suite_core.errors import UserError
+from suite_core.rundir import holder_facts
 
 
 def verify(path: Path, k_frames: int, width: int, height: int) -> str | None:

@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from containers.errors import UserError
 from entrypoints.flowportal import checkout as co
 from entrypoints.flowportal import execute, modelset
 from entrypoints.flowportal import settings as st
 from entrypoints.flowportal import workdir as wd
 from entrypoints.flowportal.manifest import k_frames_for, probe
 from entrypoints.flowportal.stages import Video, build, teacache_active
+from suite_core.errors import UserError
 
 
 def video_from_cfg(cfg: Any, root: Path) -> Video:

@@ -20,9 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from containers.atomic import write_json, write_text
-from containers.errors import UserError
-from containers.rundir import holder_facts
 from entrypoints.flowportal import checkout as co
 from entrypoints.flowportal import claims, execute, modelset, stats
 from entrypoints.flowportal import manifest as mf
@@ -31,6 +28,9 @@ from entrypoints.flowportal import workdir as wd
 from entrypoints.flowportal.prefetch import Prefetcher
 from entrypoints.flowportal.stages import Video
 from entrypoints.framework import now_iso
+from suite_core.atomic import write_json, write_text
+from suite_core.errors import UserError
+from suite_core.rundir import holder_facts
 
 EXIT_CONTINUE = 75  # EX_TEMPFAIL: time is up, work remains; the sbatch script chains a continuation
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from containers.errors import UserError
+from suite_core.errors import UserError
 
 
 def declared(cfg: Any) -> list[tuple[str, bool]]:
@@ -46,7 +46,7 @@ def bind_args(cfg: Any) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    from containers.config import compose
+    from suite_core.config import compose
 
     if not argv:
         print("usage: python -m entrypoints.flowportal.binds APP [key=value ...]", file=sys.stderr)

@@ -12,7 +12,7 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
-from containers.errors import UserError
+from suite_core.errors import UserError
 
 # script key -> path inside the checkout
 SCRIPTS = {

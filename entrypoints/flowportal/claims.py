@@ -21,10 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from containers.errors import UserError
-from containers.rundir import holder_facts
-from containers.runner import run as run_cmd
-from containers.runner import which
+from suite_core.errors import UserError
+from suite_core.rundir import holder_facts
+from suite_core.runner import run as run_cmd
+from suite_core.runner import which
 
 # Slurm states of a job that runs or will run. Not COMPLETING: its processes are being killed, and
 # the continuation that depends on it (afterany) may see it in that state for a few seconds.

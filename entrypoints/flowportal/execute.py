@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from containers.atomic import atomic_path
-from containers.errors import UserError
-from containers.runner import run as run_cmd
 from entrypoints.flowportal import workdir as wd
 from entrypoints.flowportal.checkout import Checkout
 from entrypoints.flowportal.stages import Stage, Video, build, model_paths, teacache_active
+from suite_core.atomic import atomic_path
+from suite_core.errors import UserError
+from suite_core.runner import run as run_cmd
 
 
 def preflight(cfg: Any, checkout: Checkout) -> None:

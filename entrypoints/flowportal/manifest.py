@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from containers.atomic import write_json, write_text
-from containers.errors import UserError
+from suite_core.atomic import write_json, write_text
+from suite_core.errors import UserError
 
 HEADER = ["video_name", "n_frames", "k_frames", "prompt_id"]
 K_CHOICES = (49, 41, 21, 13, 9)
@@ -359,7 +359,7 @@ def write_generation(batch_dir: Path, files: dict[str, str], summary: dict[str, 
     Kept: the new and the previous generation (a task that read the old pointer a moment ago
     still finds its chunk); older and orphaned (killed) generations are removed.
     """
-    from containers.rundir import unique_dir, writer_lock
+    from suite_core.rundir import unique_dir, writer_lock
 
     mdir = batch_dir / "manifest"
     with writer_lock(mdir):

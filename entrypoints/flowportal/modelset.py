@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from containers.errors import UserError
+from suite_core.errors import UserError
 
 LAYOUTS = ("suite", "status_quo")
 MATANYONE_RESNETS = ("resnet50-19c8e357.pth", "resnet18-5c106cde.pth")

@@ -15,7 +15,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from containers.atomic import atomic_path
+from suite_core.atomic import atomic_path
 
 
 def _copy(src: Path, dst: Path) -> tuple[Path, float]:

@@ -194,8 +194,8 @@ class Pool:
         self.notes: dict[str, list[str]] = {}
 
     def _start(self, python: str, script: str, key: str, cwd: Path) -> Any:
-        from containers.errors import UserError
-        from containers.runner import start
+        from suite_core.errors import UserError
+        from suite_core.runner import start
 
         spec = json.dumps({"script": script, "cache": list(self.cache.get(key) or [])})
         proc = start(

@@ -5,7 +5,7 @@ resolution, prompts' negative, partial edit, blurring, the checkout's code versi
 set's names and sizes) in ``batch.json``; every later driver compares its own with them and a
 difference is one line naming the key (``settings=recorded`` reuses them instead: what
 ``flowportal_status action=resubmit`` passes). A video's completion marker carries
-``containers.markers.fingerprint`` of those settings plus the row (k_frames, prompts) and the
+``suite_core.markers.fingerprint`` of those settings plus the row (k_frames, prompts) and the
 input video's size and mtime: a marker made any other way is "not done".
 
 ``SCHEMAS`` gives the types and ranges of the FlowPortal apps' settings (structured configs the
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from containers.errors import UserError
-from containers.markers import fingerprint
+from suite_core.errors import UserError
+from suite_core.markers import fingerprint
 
 BATCH_FILE = "batch.json"
 SETTINGS_MODES = ("request", "recorded", "replace")
@@ -175,7 +175,7 @@ def _create_exclusive(path: Path, doc: dict[str, Any]) -> bool:
 
 def record_or_check(batch_dir: Path, settings: dict[str, Any], mode: str, holder: dict[str, str]) -> str:
     """Record the batch's settings (first run) or refuse a run whose settings differ."""
-    from containers.atomic import write_json
+    from suite_core.atomic import write_json
 
     if mode not in SETTINGS_MODES:
         raise UserError(

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from containers.errors import UserError
-from containers.runner import quote
 from entrypoints.flowportal.checkout import FORK_ONLY, Checkout
+from suite_core.errors import UserError
+from suite_core.runner import quote
 
 # The fork matches these (lower-cased) substrings of --model_name to choose TeaCache
 # coefficients (videox_fun/models/cache_utils.py); anything else silently disables TeaCache.

@@ -19,14 +19,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from containers.errors import UserError
-from containers.runner import quote, which
-from containers.runner import run as run_cmd
 from entrypoints.flowportal import claims, stats
 from entrypoints.flowportal import manifest as mf
 from entrypoints.flowportal import settings as st
 from entrypoints.flowportal import workdir as wd
 from entrypoints.flowportal.batch import load_state, load_tasks, state_path, tasks_path
+from suite_core.errors import UserError
+from suite_core.runner import quote, which
+from suite_core.runner import run as run_cmd
 
 DEFAULT_MAX_ARRAY = 1001  # Slurm's default MaxArraySize
 ACTIONS = ("status", "resubmit", "submit")

@@ -18,10 +18,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from containers.atomic import atomic_path, write_json
-from containers.errors import UserError
 from entrypoints.flowportal.manifest import frame_count
 from entrypoints.flowportal.stages import model_paths
+from suite_core.atomic import atomic_path, write_json
+from suite_core.errors import UserError
 
 MARKER = ".complete.json"
 
@@ -121,7 +121,7 @@ def is_complete(out_dir: Path, fingerprint: str | None = None) -> bool:
 
     ``fingerprint=None`` checks the files alone (for tools that cannot know the settings).
     """
-    from containers.markers import read_marker
+    from suite_core.markers import read_marker
 
     info = read_marker(out_dir / MARKER)
     if not info or not isinstance(info.get("files"), dict):

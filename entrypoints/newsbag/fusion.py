@@ -15,7 +15,7 @@ this module fuses pages and runs the app.
   Fusion from ``ensemble-boxes``) are also scored against it, split by the page's condition
   (clean or degraded). The leaderboards rank by truth where it exists (``report``).
 - A rerun is skipped only when ``fusion_complete.json`` carries the fingerprint of exactly these
-  settings, input files (size + mtime), ground-truth files and code (``containers.markers``).
+  settings, input files (size + mtime), ground-truth files and code (``suite_core.markers``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 
-from containers.errors import UserError
 from entrypoints.newsbag import consensus as cons_mod
 from entrypoints.newsbag.geometry import Boxes, lines_to_blocks
 from entrypoints.newsbag.schema import (
@@ -42,6 +41,7 @@ from entrypoints.newsbag.schema import (
     read_page,
 )
 from entrypoints.newsbag.scoring import compare, f1, label_rasters
+from suite_core.errors import UserError
 
 METHODS = ("consensus", "wbf")
 CONDITIONS = ("clean", "degraded")
@@ -378,7 +378,7 @@ def _write_consensus(path: Path, record: dict[str, Any]) -> None:
     by construction (weighted means of validated boxes, taxonomy labels, scores in [0, 1]);
     tests read consensus pages back through ``schema.read_page``.
     """
-    from containers.atomic import write_text
+    from suite_core.atomic import write_text
 
     head = json.dumps({k: v for k, v in record.items() if k != "boxes"})[:-1]
     boxes = ",\n  ".join(json.dumps(b) for b in record["boxes"])
@@ -403,7 +403,7 @@ def run_fingerprint(
     pages: dict[str, dict[str, Path]], truth: dict[str, Path], s: Settings, gt_dir: Path | None
 ) -> str:
     """What made the fusion outputs: settings, every input and truth file (size + mtime), code."""
-    from containers.markers import code_version, fingerprint
+    from suite_core.markers import code_version, fingerprint
 
     names = [f"{pid}/{key}" for pid, paths in pages.items() for key in sorted(paths)]
     files = [paths[key] for pid, paths in pages.items() for key in sorted(paths)]
@@ -419,7 +419,7 @@ def run_fingerprint(
 
 def _previous(marker: Path, digest: str) -> dict[str, Any] | None:
     """The previous run's summary when its marker has exactly ``digest`` and its outputs are intact."""
-    from containers.markers import is_done, read_marker
+    from suite_core.markers import is_done, read_marker
 
     if not is_done(marker, digest):
         return None
@@ -442,9 +442,9 @@ def fuse_run(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Fuse every page under ``run_dir/outputs/sources`` and write the leaderboards."""
-    from containers.atomic import write_text
-    from containers.markers import write_marker
     from entrypoints.newsbag import report
+    from suite_core.atomic import write_text
+    from suite_core.markers import write_marker
 
     out = run_dir / "outputs" / "fusion"
     marker = out / "fusion_complete.json"

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from containers.errors import UserError
 from entrypoints.newsbag.schema import page_id_for
+from suite_core.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".jp2", ".gif", ".pgm", ".ppm")
 # Files that belong next to pages and are not pages themselves (no skip entry for them).

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from containers.errors import UserError
+from suite_core.errors import UserError
 
 STAGES = ("newsbag_embedded", "fusion", "review")
 
@@ -22,9 +22,9 @@ STAGES = ("newsbag_embedded", "fusion", "review")
 @functools.cache
 def _image_available(image: str) -> tuple[bool, str]:
     """Whether ``image``'s SIF for this arch is on disk (published or staged); composed once per image."""
-    from containers.arch import host_arch
-    from containers.config import compose
     from containers.images import resolve_sif
+    from suite_core.arch import host_arch
+    from suite_core.config import compose
 
     try:
         icfg = compose([f"image={image}"])
@@ -78,8 +78,8 @@ def accuracy_lines(accuracy: dict[str, Any] | None) -> list[str]:
 
 def run(cfg: Any, run: Any) -> int:
     """Run the stages in order; a failing stage stops the demo with its own error line."""
-    from containers.launch import detect_runtime
-    from containers.runner import run as run_cmd
+    from suite_core.env import detect_runtime
+    from suite_core.runner import run as run_cmd
 
     stages = [str(s) for s in (cfg.get("stages") or STAGES)]
     unknown = [s for s in stages if s not in STAGES]

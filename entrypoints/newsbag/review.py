@@ -22,10 +22,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from containers.atomic import atomic_path, write_text
-from containers.errors import UserError
 from entrypoints.newsbag.samples import _font
 from entrypoints.newsbag.schema import TAXONOMY, gt_path_for, iter_source_pages, read_page
+from suite_core.atomic import atomic_path, write_text
+from suite_core.errors import UserError
 
 # One colour per taxonomy label (colour-blind-friendly first; order follows TAXONOMY).
 PALETTE = {

@@ -312,8 +312,8 @@ def page_name(index: int) -> str:
 
 def _write(out: Path, pid: str, img: Any, boxes: list[dict[str, Any]], *, jpeg: int | None,
            condition: str) -> Path:
-    from containers.atomic import atomic_path
     from entrypoints.newsbag.schema import write_page
+    from suite_core.atomic import atomic_path
 
     path = out / (f"{pid}.jpg" if jpeg else f"{pid}.png")
     with atomic_path(path, suffix=path.suffix) as tmp:

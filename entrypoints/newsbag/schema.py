@@ -212,7 +212,7 @@ def page_record(*, page_id: str, image: str | os.PathLike[str], width: int, heig
 
 def write_page(path: str | os.PathLike[str], record: dict[str, Any]) -> Path:
     """Validate, then write atomically (a reader never sees half a page)."""
-    from containers.atomic import write_json
+    from suite_core.atomic import write_json
 
     validate_page(record, where=str(path))
     return write_json(path, record)

@@ -85,7 +85,7 @@ suite_init() {
 # ---- node values: the one rule (docs/slurm.md "Node values") ----------------------------------
 # suite_node_root: NODE_LOCAL = $SUITE_NODE_FIXED (chosen at submit), else $CONTAINERS_NODE_LOCAL,
 # else the folder named by $SUITE_NODE_VAR (e.g. SLURM_TMPDIR, Slurm's per-job local disk), else
-# $SUITE_NODE_DEFAULT. The Python twin is containers.config._node_root (same inputs, same order).
+# $SUITE_NODE_DEFAULT. The Python twin is suite_core.config._node_root (same inputs, same order).
 suite_node_root() {
   NODE_LOCAL="${SUITE_NODE_FIXED:-${CONTAINERS_NODE_LOCAL:-}}"
   if [[ -z "$NODE_LOCAL" && -n "${SUITE_NODE_VAR:-}" ]]; then NODE_LOCAL="${!SUITE_NODE_VAR:-}"; fi
@@ -198,7 +198,7 @@ _suite_runtime() {
 }
 
 # _suite_secret_name NAME: true for names like HF_TOKEN, AWS_SECRET_ACCESS_KEY, DB_PASSWORD, WANDB_API_KEY
-# (containers.secrets.looks_secret is the Python twin; tests/slurm/test_scripts.py checks they agree).
+# (suite_core.secrets.looks_secret is the Python twin; tests/slurm/test_scripts.py checks they agree).
 _suite_secret_name() {
   local u="${1^^}"
   local t="${u//TOKENIZER/}"

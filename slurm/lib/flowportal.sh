@@ -11,7 +11,7 @@
 flowportal_prepare() {
   local image="$1" models="${FLOWPORTAL_MODELS:-}" t0=$SECONDS
   if [[ -z "$models" ]]; then
-    models="$("$PY" -c 'from containers.config import compose; print(compose([]).paths.models)')/flowportal" ||
+    models="$("$PY" -c 'from suite_core.config import compose; print(compose([]).paths.models)')/flowportal" ||
       suite_die "cannot compose the config to find the model set" "export FLOWPORTAL_MODELS=/shared/models/flowportal"
   fi
   [[ -d "$models" ]] || suite_die "model set '$models' does not exist" \

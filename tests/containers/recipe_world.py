@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from containers.build import build_argv, check_build_args
-from containers.errors import UserError
 from containers.lint import parse_definition
 from containers.locks import TOOLS_LOCK, get_image, lock_hash
-from containers.markers import fingerprint, is_done, write_marker
 from containers.wheels import FACTS
+from suite_core.errors import UserError
+from suite_core.markers import fingerprint, is_done, write_marker
 
 REPO = Path(__file__).resolve().parent.parent.parent
 # where the builds see the host CA bundle (the world reaches the index through a TLS proxy)
@@ -69,7 +69,7 @@ def build_in_world(image: str, *, repo: Path = REPO, lock: Path | None = None, t
 
     ``repo``: the tree whose definition, %files and locks are built (a test's edited copy).
     """
-    from containers.markers import code_version
+    from suite_core.markers import code_version
     from tests.world import pieces
     from tests.world.images import HOST_CA, _env, _images_dir, base_digest, base_sif
     from tests.world.rootfs import ensure, piece_lock, remove_tree, run_in
@@ -83,7 +83,7 @@ def build_in_world(image: str, *, repo: Path = REPO, lock: Path | None = None, t
                        "imports": _sha(repo / spec.imports) if spec.imports else None,
                        "sources": {n: args.get(str(s.get("rev_arg"))) for n, s in spec.sources.items()}})
     # a failure is remembered only for the code that failed: a fix of the %test helper retries
-    fail_key = fingerprint({"build": key, "code": code_version("containers", "entrypoints")})
+    fail_key = fingerprint({"build": key, "code": code_version("containers", "entrypoints", "suite_core")})
     out_dir = _images_dir(None) / "recipes"
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{image}{'-' + tag if tag else ''}-{key[:12]}"

@@ -12,8 +12,8 @@ from containers.build import (
     fs_type,
     sbatch_argv,
 )
-from containers.errors import UserError
-from containers.runner import quote
+from suite_core.errors import UserError
+from suite_core.runner import quote
 from tests.helpers import APPTAINER_FACTS, assert_golden, assert_one_line_error, cli
 
 ARGS = {"ARCH": "arm64", "LOCK_HASH": "0123456789ab", "GIT_REV": "abcdef012345"}

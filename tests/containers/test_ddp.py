@@ -16,7 +16,7 @@ from containers.ddp import (
     memory_check,
     parse_mem_gb,
 )
-from containers.errors import UserError
+from suite_core.errors import UserError
 from tests.helpers import assert_one_line_error, cli
 
 # the status quo: 4 nodes x 4 L40S, one rank per GPU, 8 loader workers per rank at ~2 GB each

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from containers import experiment
-from containers.errors import UserError
 from containers.experiment import COMPLETE, STATE, plan
+from suite_core.errors import UserError
 from tests.helpers import REPO, assert_golden, assert_one_line_error, cli
 
 
@@ -178,7 +178,7 @@ def run_stage(rd: Path, job: str, env: dict | None = None) -> subprocess.Complet
 
 def write_record(exp) -> None:
     """What submit records (the same code path), for resume decisions without a scheduler."""
-    from containers.atomic import write_json
+    from suite_core.atomic import write_json
 
     plan_ = experiment._to_plan(exp)
     experiment.write_job_files(exp, plan_)
@@ -263,7 +263,7 @@ def test_app_config_equals_hydras_composition(app, data):
     """The one-composition shortcut gives exactly what Hydra gives (or falls back to Hydra)."""
     from omegaconf import OmegaConf
 
-    from containers.config import compose
+    from suite_core.config import compose
 
     overrides = ["cluster=torch", f"++data_file={data[0]}", "++steps=7", "++fusion.grid=32"]
     base = OmegaConf.to_container(compose(["cluster=torch", "+pipeline=tinyexp"]), resolve=True)

@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from containers.config import compose
-from containers.errors import UserError
 from containers.images import resolve_sif
 from containers.launch import Bind, _env_flag, _sourced_value, detect_runtime, plan_exec
+from suite_core.config import compose
+from suite_core.errors import UserError
 from tests.helpers import APPTAINER_FACTS, REPO, assert_golden, assert_one_line_error, cli, make_sif
 
 ENV = {"CUDA_VISIBLE_DEVICES": "0,1", "SLURM_JOB_ID": "4242", "OMP_NUM_THREADS": "8",

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from containers.config import compose
 from containers.launch import container_env, nvidia_gpu_present, plan_exec
-from containers.runner import run
+from suite_core.config import compose
+from suite_core.runner import run
 from tests.helpers import REPO, assert_one_line_error
 from tests.world import rootfs
 

@@ -165,7 +165,7 @@ def test_changed_input_makes_the_lock_stale(tmp_path):
     ("paddle-py312", "amd64", {"hydra", "omegaconf"}),
 ])
 def test_locks_before_the_fix_miss_the_toolkit(image, arch, modules):
-    """Gap 1: hydra (containers/config.py) in no lock, omegaconf missing from mineru and paddle,
+    """Gap 1: hydra (suite_core/config.py) in no lock, omegaconf missing from mineru and paddle,
     and the newsbag apps the mineru image serves (rapid_layout, matplotlib) not in its lock."""
     spec = get_image(image)
     found = errors(lint_closure(spec, arch, PREFIX / f"{image}-{arch}.txt", prefix_facts()))
@@ -304,7 +304,7 @@ def test_lint_command():
 
 def _repo_copy(tmp_path: Path) -> Path:
     """The parts of the repository `containers lint` reads, copied for a test to break."""
-    for sub in ("containers", "hydra_conf", "recipes", "entrypoints"):
+    for sub in ("containers", "hydra_conf", "recipes", "entrypoints", "suite_core"):
         shutil.copytree(REPO / sub, tmp_path / sub, ignore=shutil.ignore_patterns("__pycache__", "local"))
     for name in ("pyproject.toml", ".gitignore"):
         shutil.copy(REPO / name, tmp_path / name)

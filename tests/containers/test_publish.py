@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from containers.errors import UserError
 from containers.images import pointer_target
 from containers.publish import copy_resumable, partial_path, publish
+from suite_core.errors import UserError
 from tests.helpers import REPO, make_sif
 
 

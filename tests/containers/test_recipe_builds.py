@@ -53,7 +53,7 @@ def test_recipe_post_and_test_pass_in_the_test_world(world, image):
 def test_dropping_a_needed_package_fails_the_build(world, tmp_path):
     """A recipe edit that drops rapid-layout (newsbag_embedded imports it) and relocks: %test fails."""
     repo = tmp_path / "repo"
-    for sub in ("containers", "entrypoints", "hydra_conf", "recipes"):
+    for sub in ("containers", "entrypoints", "suite_core", "hydra_conf", "recipes"):
         shutil.copytree(REPO / sub, repo / sub, ignore=shutil.ignore_patterns("__pycache__", "local"))
     for name in ("pyproject.toml", ".gitignore"):
         shutil.copy(REPO / name, repo / name)

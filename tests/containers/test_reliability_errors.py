@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from containers.errors import UserError, guard
 from containers.sif import read_sif
+from suite_core.errors import UserError, guard
 from tests.helpers import assert_one_line_error, cli, make_sif
 
 

@@ -8,9 +8,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from containers.errors import UserError
-from containers.runner import run
 from containers.sif import read_sif
+from suite_core.errors import UserError
+from suite_core.runner import run
 from tests.helpers import REPO, assert_one_line_error, cli, make_sif
 
 DEF_FILE = REPO / "tests" / "world" / "test-image.def"

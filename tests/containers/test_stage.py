@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from containers.errors import UserError
 from containers.stage import check, lock_path, manifest_path, node_lock, stage
+from suite_core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 

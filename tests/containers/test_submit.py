@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from containers.errors import UserError
 from containers.submit import build_plan, sbatch_argv, submit, write_job_files
+from suite_core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "golden" / "slurm"
@@ -128,7 +128,7 @@ def _pipeline_dir(tmp_path, body: str) -> Path:
     ],
 )
 def test_refused_job_configs(tmp_path, job, needle):
-    from containers.config import compose
+    from suite_core.config import compose
 
     conf = _pipeline_dir(tmp_path, f"name: bad\ndefault_mode: m\nmodes:\n  m:\n    j: {job}\n")
     with pytest.raises(UserError) as exc:
@@ -222,8 +222,8 @@ def test_input_dir_must_exist(tmp_path):
 
 
 def test_gpu_directive_check_reads_requests_not_partition_names(tmp_path):
-    from containers.errors import UserError
     from containers.submit import _refuse_gpu_directives
+    from suite_core.errors import UserError
 
     ok = tmp_path / "ok.sbatch"
     ok.write_text("#!/bin/bash\n#SBATCH --partition=h200_public\n#SBATCH --gres=none\n"

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from containers.launch import nvidia_gpu_present
 from entrypoints.apps.doctor import arch_covered
+from suite_core.env import nvidia_gpu_present
 from tests.helpers import assert_one_line_error, cli
 
 
@@ -92,8 +92,8 @@ def test_unknown_capability():
     ("570.86.10", None, True, ["not inside a known image"]),
 ])
 def test_driver_floor_compares_found_with_the_image_needs(found, image, ok, needles):
-    from containers.config import compose
     from entrypoints.apps.doctor import check_driver_floor
+    from suite_core.config import compose
 
     cfg = compose(["cluster=dgx_spark"])
     got, line = check_driver_floor(found, image, cfg)
@@ -104,8 +104,8 @@ def test_driver_floor_compares_found_with_the_image_needs(found, image, ok, need
 
 
 def test_driver_floor_names_no_partition_when_none_records_one():
-    from containers.config import compose
     from entrypoints.apps.doctor import check_driver_floor
+    from suite_core.config import compose
 
     ok, line = check_driver_floor("570.86.10", "flowportal-cu130", compose(["cluster=torch"]))
     assert not ok and "no partition of this cluster config records a driver that new" in line

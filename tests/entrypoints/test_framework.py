@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from containers.config import compose
-from containers.errors import UserError
 from entrypoints.framework import Run, select_device
+from suite_core.config import compose
+from suite_core.errors import UserError
 
 
 def _run(tmp_path):

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from containers.errors import UserError
 from entrypoints import gpu_guard
 from entrypoints.framework import Device
+from suite_core.errors import UserError
 
 
 class FakeRun:
@@ -59,13 +59,13 @@ def test_onnx_without_cuda_provider(gpu_stage):
 
 
 def test_granted_but_invisible_gpu_names_slurms_grant(monkeypatch):
-    import containers.launch
+    import suite_core.env
 
     monkeypatch.setenv("SLURM_JOB_GPUS", "2,3")
-    monkeypatch.setattr(containers.launch, "nvidia_gpu_present", lambda: False)
+    monkeypatch.setattr(suite_core.env, "nvidia_gpu_present", lambda: False)
     ok, why = gpu_guard.nvidia_visible()
     assert not ok and "Slurm granted GPU(s) 2,3" in why
-    monkeypatch.setattr(containers.launch, "nvidia_gpu_present", lambda: True)
+    monkeypatch.setattr(suite_core.env, "nvidia_gpu_present", lambda: True)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     ok, why = gpu_guard.nvidia_visible()
     assert not ok and "hides every GPU" in why
@@ -97,26 +97,26 @@ def test_real_sampler_follows_the_machine():
     """With the real nvidia-smi (GPU machines) samples are numbers; without one, a note says so."""
     import shutil
 
-    import containers.launch
+    import suite_core.env
 
     s = gpu_guard.UtilizationSampler(interval=0.2).start()
     import time
 
     time.sleep(1.0)
     out = s.stop()
-    if shutil.which("nvidia-smi") and containers.launch.nvidia_gpu_present():
+    if shutil.which("nvidia-smi") and suite_core.env.nvidia_gpu_present():
         assert out["gpu_util_samples"] >= 1 and 0.0 <= out["gpu_util_mean"] <= 100.0, out
     else:
         assert out["gpu_util_mean"] is None and "not sampled" in out["gpu_util_note"], out
 
 
 def test_real_visibility_follows_the_machine(monkeypatch):
-    import containers.launch
+    import suite_core.env
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.delenv("SLURM_JOB_GPUS", raising=False)
     ok, why = gpu_guard.nvidia_visible()
-    assert ok is containers.launch.nvidia_gpu_present(), why
+    assert ok is suite_core.env.nvidia_gpu_present(), why
 
 
 def test_runtime_check_names_the_provider_or_device_it_got(gpu_stage):

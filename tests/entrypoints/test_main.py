@@ -6,9 +6,9 @@ import json
 
 import onnx
 
-from containers.config import compose, to_yaml
 from entrypoints import discover
 from entrypoints.onnx_tiny import add_model
+from suite_core.config import compose, to_yaml
 from tests.helpers import assert_one_line_error, cli
 
 

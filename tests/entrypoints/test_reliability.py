@@ -177,7 +177,7 @@ def test_input_dir_with_comma_or_apostrophe(tmp_path, name, isolated_roots):
     sub = cli("submit", "newsbag", "cluster=torch", "mode=embedded", "--dry-run", f"input_dir={pages}",
               "--run-dir", str(tmp_path / "sub"))
     assert sub.returncode == 0, sub.stderr
-    from containers.config import compose
+    from suite_core.config import compose
 
     step = next((tmp_path / "sub").glob("jobs/*/steps/*-newsbag_embedded"))
     assert compose([], config_dir=step, config_name="config").input_dir == str(pages)

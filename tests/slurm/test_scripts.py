@@ -109,7 +109,7 @@ def test_library_sets_threads_and_node_local_caches(tmp_path, isolated_roots):
 ])
 def test_node_rule_is_the_same_in_bash_and_python(monkeypatch, env, want):
     """suite_node_root (bash, on the node) and the node_root resolver (Python) agree."""
-    from containers.config import compose
+    from suite_core.config import compose
 
     monkeypatch.delenv("CONTAINERS_NODE_LOCAL", raising=False)
     monkeypatch.delenv("SLURM_TMPDIR", raising=False)
@@ -279,8 +279,8 @@ def test_flowportal_cat_on_a_laptop_with_host_runtime(tmp_path, isolated_roots):
 
 
 def test_secret_looking_names_stay_out_on_the_node_as_in_python():
-    """The node side's pass-through drops the same names containers.secrets.looks_secret does."""
-    from containers.secrets import looks_secret
+    """The node side's pass-through drops the same names suite_core.secrets.looks_secret does."""
+    from suite_core.secrets import looks_secret
 
     names = ["CONTAINERS_HF_TOKEN", "TOKENIZERS_PARALLELISM", "SLURM_JOB_ID", "CONTAINERS_API_KEY",
              "FLOWPORTAL_PASSWD", "NEWSBAG_PASSWORD", "CONTAINERS_KEY_FILE", "CONTAINERS_MONKEY",

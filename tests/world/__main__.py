@@ -20,7 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from containers.errors import guard
+from suite_core.errors import guard
 from tests.world import images, pieces, rootfs
 from tests.world.launcher import write_launcher
 

@@ -21,8 +21,8 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from containers.markers import is_done, write_marker
-from containers.runner import run
+from suite_core.markers import is_done, write_marker
+from suite_core.runner import run
 from tests.world import rootfs
 from tests.world.pieces import SPARK_NODE
 

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from containers.markers import fingerprint, is_done, write_marker
+from suite_core.markers import fingerprint, is_done, write_marker
 from tests.world import pieces
 from tests.world.rootfs import (
     SYSTEM_PATH,

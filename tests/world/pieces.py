@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from containers.markers import fingerprint
+from suite_core.markers import fingerprint
 from tests.world.rootfs import Recipe
 
 BUILDER = ("worldbuild", 4242)  # the unprivileged user `apptainer build --userns` runs as

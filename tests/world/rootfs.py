@@ -23,7 +23,7 @@ API (everything a caller needs; raises :class:`WorldUnavailable` with one line w
   runs ``argv`` inside ``root`` with pivot_root in a private mount namespace (see ``enter.sh``):
   ``binds`` are host paths (``"SRC"`` or ``"SRC:DST"``) mounted at the same (or the given) path.
 - ``run_in(root, argv, *, binds=(), ro_binds=(), cwd=None, **kw)``: ``enter_argv`` run through
-  :func:`containers.runner.run` (``kw`` goes to it: env, timeout, check, capture, input, what).
+  :func:`suite_core.runner.run` (``kw`` goes to it: env, timeout, check, capture, input, what).
 - ``cache_dir() -> Path``: ``$CONTAINERS_WORLD`` if set, else ``/var/cache/gpu-image-suite/world``
   for root and ``${XDG_CACHE_HOME:-~/.cache}/gpu-image-suite/world`` for anyone else.
 - ``host_mirror() -> str | None``: the Debian archive URI of this machine's apt sources (read at
@@ -45,10 +45,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from containers.errors import UserError
-from containers.markers import fingerprint, is_done, write_marker
-from containers.rundir import writer_lock
-from containers.runner import Result, run
+from suite_core.errors import UserError
+from suite_core.markers import fingerprint, is_done, write_marker
+from suite_core.rundir import writer_lock
+from suite_core.runner import Result, run
 
 ENTER_SH = Path(__file__).resolve().parent / "enter.sh"
 WORLD_ENV = "CONTAINERS_WORLD"
@@ -235,7 +235,7 @@ def remove_tree(path: Path) -> None:
 
 @contextlib.contextmanager
 def piece_lock(lock_dir: Path, wait_s: float = 3600) -> Iterator[None]:
-    """Wait for (then hold) the one-builder lock of a world piece (containers.rundir.writer_lock)."""
+    """Wait for (then hold) the one-builder lock of a world piece (suite_core.rundir.writer_lock)."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -391,7 +391,7 @@ def enter_argv(root: str | os.PathLike[str], argv: Sequence[str | os.PathLike[st
 def run_in(root: str | os.PathLike[str], argv: Sequence[str | os.PathLike[str]], *,
            binds: Iterable[str | os.PathLike[str]] = (), ro_binds: Iterable[str | os.PathLike[str]] = (),
            cwd: str | os.PathLike[str] | None = None, **kw) -> Result:
-    """Run ``argv`` inside ``root`` through containers.runner.run; ``kw`` goes to it."""
+    """Run ``argv`` inside ``root`` through suite_core.runner.run; ``kw`` goes to it."""
     kw.setdefault("what", f"{Path(str(argv[0])).name} in the world root {Path(root).name}")
     return run(enter_argv(root, argv, binds=binds, ro_binds=ro_binds, cwd=cwd), **kw)
 

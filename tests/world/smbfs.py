@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from containers.runner import run
+from suite_core.runner import run
 
 FSNAME = "gpu-suite-smb"  # the mount's source in /proc/self/mountinfo: how leftovers are recognised
 REPO = Path(__file__).resolve().parents[2]

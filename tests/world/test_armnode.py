@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from containers.markers import write_marker
+from suite_core.markers import write_marker
 from tests.world import armnode, pieces, rootfs
 
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from containers.runner import run
+from suite_core.runner import run
 from tests.helpers import REPO
 
 INNER = '''

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from containers.markers import write_marker
+from suite_core.markers import write_marker
 from tests.world import pieces, rootfs
 from tests.world.launcher import render
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from containers.runner import run
+from suite_core.runner import run
 from tests.world.smbfs import FSNAME, SmbShare, is_mounted, mounts, sweep_dead_mounts
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ discovery, per-page skip reasons, rerun reuse, atomic page records, progress lin
 ``run_report.json`` per variant under ``outputs/sources/<source>/<variant>/``.
 
 Reuse on rerun is exact: every page record carries the fingerprint (``made_by``) of the settings,
-the input image (size + mtime) and the code that made it (``containers.markers``), written in the
+the input image (size + mtime) and the code that made it (``suite_core.markers``), written in the
 same atomic write as the boxes, so a page is reused only when it was made by exactly this run's
 settings, image and code; a run killed half way with other settings leaves pages that no later
 run mistakes for its own. Each variant's ``complete.json`` marker (written last) fingerprints the
@@ -27,8 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from containers.errors import UserError
 from entrypoints.newsbag.schema import is_known_label, page_record, read_page, source_pages_dir, write_page
+from suite_core.errors import UserError
 
 COMMON_CODE = ("entrypoints.newsbag.sources.base", "entrypoints.newsbag.schema", "entrypoints.newsbag.inputs")
 
@@ -120,7 +120,7 @@ def input_pages(cfg: Any, run: Any) -> list[Any]:
 
 class _VariantState:
     def __init__(self, det: Detector, settings: dict[str, Any], run_dir: Path, code: str) -> None:
-        from containers.markers import fingerprint as fp_of
+        from suite_core.markers import fingerprint as fp_of
 
         self.det, self.settings, self.code = det, settings, code
         self.pages_dir = source_pages_dir(run_dir, det.source, det.variant)
@@ -134,12 +134,12 @@ class _VariantState:
         self.checked = False
 
     def page_fingerprint(self, image: Path) -> str:
-        from containers.markers import fingerprint as fp_of
+        from suite_core.markers import fingerprint as fp_of
 
         return fp_of(self.made_with, [image], self.code)
 
     def variant_fingerprint(self, pages: list[Any]) -> str:
-        from containers.markers import fingerprint as fp_of
+        from suite_core.markers import fingerprint as fp_of
 
         return fp_of({**self.made_with, "pages": [p.page_id for p in pages]}, [p.path for p in pages],
                      self.code)
@@ -162,7 +162,7 @@ class _VariantState:
 
 
 def code_version_for(det_modules: list[str]) -> str:
-    from containers.markers import code_version
+    from suite_core.markers import code_version
 
     return code_version(*COMMON_CODE, *det_modules)
 
@@ -204,7 +204,7 @@ def run_source_app(cfg: Any, run: Any, *, sources: dict[str, Builder], probe: Ca
         raise UserError("no variants enabled", where=f"variants.{{{','.join(sources)}}}",
                         fix="enable at least one variant, e.g. variants.<source>.default={}")
     max_mp = float(cfg.get("max_megapixels") or DEFAULT_MAX_MEGAPIXELS)
-    from containers.markers import is_done, write_marker
+    from suite_core.markers import is_done, write_marker
 
     complete = {id(s): is_done(s.marker, s.variant_fingerprint(pages)) for s in states}
     for s in states:  # a variant about to change is not complete until this run says so
@@ -260,7 +260,7 @@ def run_source_app(cfg: Any, run: Any, *, sources: dict[str, Builder], probe: Ca
             print(f"[{i}/{len(pages)}] {page.page_id}: {' '.join(counts)}", file=sys.stderr)
             run.save()
         entry["bad_pages"] = bad_pages
-    from containers.atomic import write_json
+    from suite_core.atomic import write_json
 
     if extra_files:  # side files first; each variant's run_report.json is its completion marker
         extra_files(states)
@@ -299,7 +299,7 @@ def ort_probe() -> tuple[bool, str]:
         return False, f"onnxruntime not importable: {exc}"
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return False, f"CUDAExecutionProvider not in {ort.get_available_providers()}"
-    from containers.launch import nvidia_gpu_present
+    from suite_core.env import nvidia_gpu_present
 
     if not nvidia_gpu_present():
         return False, "CUDAExecutionProvider installed but no NVIDIA GPU visible"

@@ -83,7 +83,7 @@ def check_output_shape(shape: Any, where: str = "Dell model") -> None:
     An end-to-end export (NMS inside, ``(1, 300, 6)``) or a model with another class count would
     otherwise decode as hundreds of classes or shifted boxes.
     """
-    from containers.errors import UserError
+    from suite_core.errors import UserError
 
     dims = list(shape)
     if len(dims) == 3 and dims[0] in (1, None, "batch") and dims[1] == 4 + N_CLASSES:

@@ -54,7 +54,7 @@ def shrink(bgr: Any, max_side: int) -> tuple[Any, float, float]:
 
 
 def _max_side(settings: dict[str, Any]) -> int:
-    from containers.errors import UserError
+    from suite_core.errors import UserError
 
     try:
         v = int(settings.get("max_side", DEFAULT_MAX_SIDE))
@@ -164,7 +164,7 @@ class PPOCRv6DetDetector:
         try:
             from rapidocr import RapidOCR
         except ImportError as exc:
-            from containers.errors import UserError
+            from suite_core.errors import UserError
 
             raise UserError(f"rapidocr 3.x is not installed here ({exc})", where=f"variants.{source}",
                             fix=f"pip install rapidocr==3.10.0 (its wheel ships the model), or switch the "

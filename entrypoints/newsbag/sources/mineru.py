@@ -55,7 +55,7 @@ def _loading() -> Any:
     try:
         from mineru_vl_utils import transformers_loading
     except ImportError as exc:
-        from containers.errors import UserError
+        from suite_core.errors import UserError
 
         raise UserError(f"mineru-vl-utils has no transformers loader ({exc})", where="mineru image",
                         fix="use mineru-vl-utils >= 2.0.7 (its loader keeps the output layer of "
@@ -80,7 +80,7 @@ class MinerUDetector:
         self.source, self.variant = source, variant
         self.mode = str(settings.get("mode", "layout"))
         if self.mode not in MODES:
-            from containers.errors import UserError
+            from suite_core.errors import UserError
 
             raise UserError(f"variants.mineru.{variant}.mode={self.mode} is not one of {MODES}",
                             where="variants", fix="use mode=layout or mode=two_step")
@@ -141,7 +141,7 @@ def run_meta(device: str) -> dict[str, Any]:
 
 
 def write_run_meta(states: list[Any]) -> None:
-    from containers.atomic import write_json
+    from suite_core.atomic import write_json
 
     for s in states:
         write_json(s.dir / "run_meta.json", {**run_meta(s.det.device), **s.det.facts(),

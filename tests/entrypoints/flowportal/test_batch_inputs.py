@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from containers.config import compose
-from containers.errors import UserError
 from entrypoints.flowportal import claims
 from entrypoints.flowportal import manifest as mf
 from entrypoints.flowportal.binds import bind_args, declared
+from suite_core.config import compose
+from suite_core.errors import UserError
 from tests.entrypoints.flowportal.conftest import CHECKOUT, REPO, entry, make_manifest, make_mp4, mpath
 
 LIB = REPO / "slurm" / "lib" / "flowportal.sh"

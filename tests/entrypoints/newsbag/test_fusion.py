@@ -352,7 +352,7 @@ def test_app_end_to_end_rerun_skips_only_on_an_exact_fingerprint(tmp_path):
 def test_settings_from_config_overrides_defaults_and_refuses_bad_values():
     from omegaconf import OmegaConf
 
-    from containers.errors import UserError
+    from suite_core.errors import UserError
 
     s = fusion.settings_from(
         OmegaConf.create({"fusion": {"grid": 32, "cluster_iou": 0.4, "source_weights": {"dell": 2}}})

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from containers.errors import UserError
 from entrypoints.newsbag.inputs import PageSkip, discover, load_bgr
+from suite_core.errors import UserError
 
 
 def make_dir(tmp_path):

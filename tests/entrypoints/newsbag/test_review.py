@@ -171,7 +171,10 @@ def test_review_before_fusion_and_bad_values_are_one_line_errors(tmp_path):
 
     make_run(tmp_path, n_pages=1)
     fusion.fuse_run(tmp_path, fusion.Settings(), run=FakeRun(), progress=False)
-    for bad, what in (("panel_width=0", "panel_width=0 is out of range"), ("top_k=abc", "top_k='abc' is not valid")):
+    for bad, what in (
+        ("panel_width=0", "panel_width=0 is out of range"),
+        ("top_k=abc", "top_k='abc' is not valid"),
+    ):
         r = subprocess.run(
             [sys.executable, "-m", "entrypoints", "review", f"run_dir={tmp_path}", bad],
             capture_output=True,

@@ -96,7 +96,7 @@ def test_conf_threshold_and_max_det():
     assert cls.tolist() == [3, 8]
     _, _, cls = dell.decode(pred_columns(ROWS), conf=0.01, iou=0.99, max_det=2)
     assert cls.tolist() == [3, 0]  # IoU 0.99 keeps the overlap; max_det cuts to the best two
-    from containers.errors import UserError
+    from suite_core.errors import UserError
 
     with pytest.raises(UserError, match="unexpected Dell/YOLOv8 output shape"):
         dell.decode(np.zeros((14, 5)), conf=0.1, iou=0.1, max_det=10)

@@ -86,7 +86,7 @@ def test_app_with_a_client_writes_pages_and_run_meta(tmp_path, monkeypatch):
 
 
 def test_bad_mode_is_refused(tmp_path):
-    from containers.errors import UserError
+    from suite_core.errors import UserError
 
     with pytest.raises(UserError, match="mode=fast"):
         mineru.MinerUDetector("mineru", "v", {"mode": "fast", "model_path": str(tmp_path)}, "cpu")

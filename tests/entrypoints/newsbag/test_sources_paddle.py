@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from containers.errors import UserError
 from entrypoints.newsbag.sources import paddle
+from suite_core.errors import UserError
 
 
 class DetResult(dict):

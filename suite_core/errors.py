@@ -51,7 +51,7 @@ class UserError(Exception):
         return " ".join(text.split())  # guarantee one line
 
 
-# Temporary names our atomic writers use (containers.atomic, stage): the user knows the final name.
+# Temporary names our atomic writers use (suite_core.atomic, stage): the user knows the final name.
 _TEMP_NAME = r"^\.(?P<name>.+)\.(?:[A-Za-z0-9_]{8}|stage-.+-\d+)\.part(?:\.\w+)?$"
 
 
@@ -76,7 +76,7 @@ def from_os_error(exc: OSError, doing: str | None = None) -> UserError:
 
 def fail(message: str, code: int = 2) -> None:
     """Print ``error: message`` on stderr and exit; the one exit path for user mistakes."""
-    from containers.secrets import mask
+    from suite_core.secrets import mask
 
     print(f"error: {mask(' '.join(str(message).split()))}", file=sys.stderr)
     raise SystemExit(code)

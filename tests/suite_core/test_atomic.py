@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from containers.atomic import atomic_path, write_json, write_text
+from suite_core.atomic import atomic_path, write_json, write_text
 
 
 def test_success_replaces(tmp_path):

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from containers.errors import UserError
+from suite_core.errors import UserError
 
 LOCK_NAME = ".writer.lock"
 

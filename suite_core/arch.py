@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 
-from containers.errors import UserError
+from suite_core.errors import UserError
 
 _ALIASES = {
     "x86_64": "amd64", "amd64": "amd64", "x64": "amd64",

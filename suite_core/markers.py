@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from containers.atomic import write_json
+from suite_core.atomic import write_json
 
 MARKER_VERSION = 1
 

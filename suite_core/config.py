@@ -15,9 +15,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from containers import CONF_DIR, REPO_ROOT
-from containers.arch import host_arch
-from containers.errors import UserError
+from suite_core import CONF_DIR, REPO_ROOT
+from suite_core.arch import host_arch
+from suite_core.errors import UserError
 
 # Node values: what only the compute node knows. A job's config.yaml (written by submit) keeps them
 # as ``${node:NAME}``; the node sets the variables below before anything reads that file
@@ -163,7 +163,7 @@ def compose(overrides: Sequence[str] = (), *, config_dir: Path | None = None,
             config_name: str = "config", resolve: bool = True, trusted: Sequence[str] = ()) -> Any:
     """Return the composed (and by default resolved) DictConfig.
 
-    ``overrides`` are user data: ``${`` in their values stays text (containers.secrets).
+    ``overrides`` are user data: ``${`` in their values stays text (suite_core.secrets).
     ``trusted`` overrides come from the config tree itself (a pipeline step's ``overrides``, e.g.
     ``deadline=${node:deadline}``) and keep their interpolations; they are applied last.
     Raises UserError for an unknown group option, a malformed override, a missing config
@@ -184,7 +184,7 @@ def compose(overrides: Sequence[str] = (), *, config_dir: Path | None = None,
 
     overrides = [*_default_overrides(overrides), *overrides]
     _check_group_overrides(overrides, config_dir)
-    from containers.secrets import protect_overrides, restore_literals, shield_literals
+    from suite_core.secrets import protect_overrides, restore_literals, shield_literals
 
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base=None):
@@ -234,7 +234,7 @@ def _load_resolved_config(path: Path, overrides: Sequence[str], resolve: bool) -
     from omegaconf import OmegaConf, open_dict
     from omegaconf.errors import OmegaConfBaseException
 
-    from containers.secrets import restore_literals, shield_literals, yaml_safe
+    from suite_core.secrets import restore_literals, shield_literals, yaml_safe
 
     try:
         cfg = OmegaConf.load(path)
@@ -338,7 +338,7 @@ def to_yaml(cfg: Any) -> str:
     """Resolved YAML that composes back to the same values (literal ``${`` kept escaped), secrets masked."""
     from omegaconf import OmegaConf
 
-    from containers.secrets import mask, yaml_safe
+    from suite_core.secrets import mask, yaml_safe
 
     plain = node_markers_to_tokens(yaml_safe(OmegaConf.to_container(cfg, resolve=True)))
     return mask(OmegaConf.to_yaml(OmegaConf.create(plain)))

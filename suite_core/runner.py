@@ -1,7 +1,7 @@
 """The one seam through which every subprocess is started.
 
 argv lists only (never a shell string built from user data); a missing program and a failing
-command become :class:`~containers.errors.UserError` lines that name the command and the last
+command become :class:`~suite_core.errors.UserError` lines that name the command and the last
 thing it said. Tests replace nothing here: they run real programs or check built argv lists.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from containers.errors import UserError
+from suite_core.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from containers.secrets import drop_secret_vars, looks_secret, mask, protect_overrides
+from suite_core.secrets import drop_secret_vars, looks_secret, mask, protect_overrides
 from tests.helpers import REPO, cli
 
 SAMPLE = REPO / "entrypoints" / "newsbag" / "samples" / "chronicle_p01.png"
@@ -58,7 +58,7 @@ def test_mask_values_and_url_passwords(token):
                                    "a\\${oc.env:HF_TOKEN}", "${paths.runs}", "/data/a,b", "/data/it's",
                                    "it's \"q\""])
 def test_user_values_stay_literal_through_compose_and_job_yaml(tmp_path, token, value):
-    from containers.config import compose, to_yaml
+    from suite_core.config import compose, to_yaml
 
     cfg = compose(["app=newsbag_embedded", f"input_dir={value}"])
     want = value[1:-1] if value.startswith("'") else value

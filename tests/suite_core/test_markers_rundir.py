@@ -10,8 +10,8 @@ import threading
 
 import pytest
 
-from containers import markers, rundir
-from containers.errors import UserError
+from suite_core import markers, rundir
+from suite_core.errors import UserError
 
 
 def test_fingerprint_changes_with_settings_inputs_and_code(tmp_path):
@@ -36,15 +36,15 @@ def test_marker_reused_only_on_exact_match(tmp_path):
 
 
 def test_code_version_tracks_source():
-    assert markers.code_version("containers.markers") == markers.code_version("containers.markers")
-    assert markers.code_version("containers.markers") != markers.code_version("containers.rundir")
+    assert markers.code_version("suite_core.markers") == markers.code_version("suite_core.markers")
+    assert markers.code_version("suite_core.markers") != markers.code_version("suite_core.rundir")
 
 
 def test_second_writer_is_refused_with_holder(tmp_path):
     run = tmp_path / "run"
     script = textwrap.dedent(f"""
         import sys, time
-        from containers.rundir import writer_lock
+        from suite_core.rundir import writer_lock
         with writer_lock({str(run)!r}):
             print("locked", flush=True)
             time.sleep(30)

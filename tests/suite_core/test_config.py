@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from containers import CONF_DIR
-from containers.config import compose, groups
-from containers.errors import UserError
+from suite_core.config import compose, groups
+from suite_core.errors import UserError
 
 CLUSTERS = groups(CONF_DIR)["cluster"]
 IMAGES = groups(CONF_DIR)["image"]
@@ -86,7 +86,7 @@ def test_mandatory_value_left_unset(tmp_path):
 
 
 def test_job_folder_config_round_trips(tmp_path):
-    from containers.config import to_yaml
+    from suite_core.config import to_yaml
 
     cfg = compose(["cluster=torch", "image=flowportal-cu130"])
     (tmp_path / "config.yaml").write_text(to_yaml(cfg))
@@ -99,7 +99,7 @@ def test_job_folder_config_reads_overrides_without_hydra(tmp_path):
     import subprocess
     import sys
 
-    from containers.config import to_yaml
+    from suite_core.config import to_yaml
 
     (tmp_path / "config.yaml").write_text(to_yaml(compose(["cluster=torch", "app=doctor"])))
     cfg = compose(["report_path=/r/x.json", "++array_item=video a.mp4", "require=[gpu,onnx]",
@@ -109,7 +109,7 @@ def test_job_folder_config_reads_overrides_without_hydra(tmp_path):
     assert "device_fallback" not in cfg and cfg.paths.models == "/m"
     with pytest.raises(UserError, match="malformed override 'a=\\['"):
         compose(["a=["], config_dir=tmp_path)
-    probe = ("import sys; from containers.config import compose; compose([], config_dir=sys.argv[1]); "
+    probe = ("import sys; from suite_core.config import compose; compose([], config_dir=sys.argv[1]); "
              "print('hydra' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True,
                          timeout=60)
