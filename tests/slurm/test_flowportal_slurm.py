@@ -28,7 +28,10 @@ from tests.plugins.slurm_cluster import slurm_cluster  # noqa: F401  (the sessio
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-SMALL = ["--mem=2G", "--cpus-per-task=1"]
+# Host-runtime jobs (this checkout's Python) go to the torch cluster's x86 L40S nodes: in a session
+# that collects arm64 tests, spark1 is the aarch64 node, where an x86 Python cannot run (the same
+# scripts on the aarch64 node inside real Apptainer: tests/slurm/test_runpath_dgx.py).
+SMALL = ["--mem=2G", "--cpus-per-task=1", "--partition=l40s_public", "--gres=gpu:l40s:1"]
 
 
 def job_env(cluster, models: Path) -> dict[str, str]:
@@ -222,7 +225,7 @@ def test_deadline_stops_before_a_video_it_cannot_finish_and_the_continuation_kee
         ln.split("continues in job ")[1].split()[0] for ln in first.splitlines() if "continues in job" in ln
     )
     show = slurm_cluster.show_job(cont_id)
-    assert show["MinMemoryNode"] == "2G" and show["TimeLimit"] == "00:02:00" and show["Partition"] == "spark"
+    assert show["MinMemoryNode"] == "2G" and show["TimeLimit"] == "00:02:00" and show["Partition"] == "l40s_public"
     deadlines = [
         float(ln.split("deadline ")[1].rstrip(")"))
         for t in logs.values()

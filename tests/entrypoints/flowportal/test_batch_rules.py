@@ -67,7 +67,10 @@ def test_second_driver_on_a_chunk_stops_with_the_holder_and_a_dead_holder_is_tak
         assert json.loads(claim.read_text())["pid"] == str(proc.pid)
         res = entry("flowportal_batch", *args)
         assert res.returncode == 2, res.stdout
-        assert f"chunk 0 of {batch} is already being processed by host" in res.stderr
+        # the chunk claim names the holder; a driver started in the same second as the holder meets
+        # its local run-report folder's writer lock first, which names the same holder
+        assert (f"chunk 0 of {batch} is already being processed by host" in res.stderr
+                or "run directory is being written by host" in res.stderr), res.stderr
         assert f"pid {proc.pid}" in res.stderr and len(res.stderr.strip().splitlines()) == 1
         assert not (batch / "outputs").exists()  # the second driver did nothing
     finally:
