@@ -225,7 +225,8 @@ def test_deadline_stops_before_a_video_it_cannot_finish_and_the_continuation_kee
         ln.split("continues in job ")[1].split()[0] for ln in first.splitlines() if "continues in job" in ln
     )
     show = slurm_cluster.show_job(cont_id)
-    assert show["MinMemoryNode"] == "2G" and show["TimeLimit"] == "00:02:00" and show["Partition"] == "l40s_public"
+    assert show["MinMemoryNode"] == "2G" and show["TimeLimit"] == "00:02:00"
+    assert show["Partition"] == "l40s_public"
     deadlines = [
         float(ln.split("deadline ")[1].rstrip(")"))
         for t in logs.values()
