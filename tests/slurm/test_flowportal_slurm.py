@@ -265,7 +265,8 @@ def test_resubmit_skips_chunks_running_or_queued_and_a_second_driver_is_refused(
             f"video_dir={videos}",
             "preset=dgx_fast",
             "max_parallel=1",
-            f"sbatch_args=['--mem=2G','--cpus-per-task=1','--output={tmp_path}/s-%A_%a.out']",
+            f"sbatch_args=['--mem=2G','--cpus-per-task=1','--partition=l40s_public','--gres=gpu:l40s:1',"
+            f"'--output={tmp_path}/s-%A_%a.out']",
             "app_args=['video.height=24','video.width=32']",
         ],
         cwd=REPO,
