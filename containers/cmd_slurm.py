@@ -200,22 +200,9 @@ def _submit(args: argparse.Namespace) -> int:
 
 def _preflight(args: argparse.Namespace) -> int:
     from containers import experiment
-    from containers.submit import preflight
+    from containers.submit import preflight, report_preflight
 
     if experiment.is_experiment(args.pipeline):
         return experiment.cli(args, preflight=True)
     plan = _plan(args)
-    results = preflight(plan)
-    bad = 0
-    for name, ok, said in results:
-        print(f"{'ok  ' if ok else 'FAIL'}  {name}: {said}")
-        bad += not ok
-    sys.stdout.flush()
-    if bad:
-        print(
-            f"error: Slurm would refuse {bad} of {len(results)} job(s) of pipeline {plan.pipeline}; "
-            "fix: see Slurm's message above (account, partition, GPU type, limits)",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    return report_preflight(preflight(plan), f"pipeline {plan.pipeline}")

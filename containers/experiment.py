@@ -751,17 +751,6 @@ def _submit(exp: Experiment, *, dry_run: bool) -> int:
 
 
 def _preflight(exp: Experiment) -> int:
-    from containers.submit import preflight
+    from containers.submit import preflight, report_preflight
 
-    plan = _to_plan(exp)
-    results = preflight(plan)
-    bad = 0
-    for name, ok, said in results:
-        print(f"{'ok  ' if ok else 'FAIL'}  {name}: {said}")
-        bad += not ok
-    sys.stdout.flush()
-    if bad:
-        print(f"error: Slurm would refuse {bad} of {len(results)} job(s) of experiment {exp.pipeline}; "
-              "fix: see Slurm's message above (account, partition, GPU type, limits)", file=sys.stderr)
-        return 1
-    return 0
+    return report_preflight(preflight(_to_plan(exp)), f"experiment {exp.pipeline}")

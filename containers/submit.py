@@ -575,6 +575,22 @@ def _cancel(ids: list[str]) -> list[str]:
     return ids
 
 
+def report_preflight(results: list[tuple[str, bool, str]], what: str) -> int:
+    """Print Slurm's verdict per job; 1 (with one error line naming ``what``) if it would refuse any."""
+    import sys
+
+    bad = 0
+    for name, ok, said in results:
+        print(f"{'ok  ' if ok else 'FAIL'}  {name}: {said}")
+        bad += not ok
+    sys.stdout.flush()
+    if bad:
+        print(f"error: Slurm would refuse {bad} of {len(results)} job(s) of {what}; "
+              "fix: see Slurm's message above (account, partition, GPU type, limits)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def preflight(plan: Plan) -> list[tuple[str, bool, str]]:
     """``sbatch --test-only`` for every job: Slurm's own verdict, without submitting anything."""
     from suite_core.runner import run, which
