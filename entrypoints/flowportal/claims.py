@@ -91,7 +91,8 @@ def _read(path: Path) -> tuple[str, dict[str, Any]]:
     return raw, h if isinstance(h, dict) else {}
 
 
-def _create(path: Path, text: str) -> bool:
+def create_exclusive(path: Path, text: str) -> bool:
+    """Create ``path`` with ``text`` only if it does not exist (``O_EXCL``: works on SMB too)."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except FileExistsError:
@@ -110,7 +111,7 @@ def acquire(path: Path, what: str, **extra: Any) -> dict[str, Any]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
-            if _create(path, text):
+            if create_exclusive(path, text):
                 return me
             try:
                 raw, h = _read(path)
@@ -139,7 +140,7 @@ def acquire(path: Path, what: str, **extra: Any) -> dict[str, Any]:
             except OSError:
                 moved = raw
             if moved != raw:  # we moved someone's fresh claim: put it back and let them have it
-                _create(path, moved)
+                create_exclusive(path, moved)
             with contextlib.suppress(OSError):
                 tomb.unlink()
         raise UserError(

@@ -153,15 +153,9 @@ def _create_exclusive(path: Path, doc: dict[str, Any]) -> bool:
             return False
         except OSError:
             pass
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        return True
+        from entrypoints.flowportal.claims import create_exclusive
+
+        return create_exclusive(path, text)
     except OSError as exc:
         raise UserError(
             f"cannot write {path.name}: {exc.strerror}",
