@@ -297,25 +297,9 @@ def _check_dag(spec: ExperimentSpec, where: str) -> list[str]:
             if dep not in spec.stages:
                 raise UserError(f"stage '{name}' runs after '{dep}', which the experiment does not define",
                                 where=where, fix=f"use one of: {', '.join(spec.stages)}")
-    order: list[str] = []
-    state: dict[str, int] = {}
+    from containers.submit import dependency_order
 
-    def visit(n: str, chain: list[str]) -> None:
-        if state.get(n) == 2:
-            return
-        if state.get(n) == 1:
-            loop = [*chain[chain.index(n):], n]
-            raise UserError(f"stages depend on each other in a cycle: {' -> '.join(loop)}", where=where,
-                            fix="remove one of these 'after' entries")
-        state[n] = 1
-        for dep in spec.stages[n].after:
-            visit(dep, [*chain, n])
-        state[n] = 2
-        order.append(n)
-
-    for n in spec.stages:
-        visit(n, [])
-    return order
+    return dependency_order({n: list(st.after) for n, st in spec.stages.items()}, noun="stages", where=where)
 
 
 def _instance_name(stage: str, seed: int | None) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,7 +130,8 @@ def _timestamp_dir(base: Path) -> Path:
     return unique_dir(base, _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
 
 
-def _toposort(jobs: dict[str, JobSpec], pipeline: str) -> list[str]:
+def dependency_order(after: Mapping[str, Sequence[str]], *, noun: str, where: str) -> list[str]:
+    """Names in an order where each comes after its ``after`` entries; a cycle is one line naming it."""
     order: list[str] = []
     state: dict[str, int] = {}
 
@@ -138,20 +139,23 @@ def _toposort(jobs: dict[str, JobSpec], pipeline: str) -> list[str]:
         if state.get(n) == 2:
             return
         if state.get(n) == 1:
-            raise UserError(
-                f"jobs depend on each other in a cycle: {' -> '.join([*chain, n])}",
-                where=f"hydra_conf/pipeline/{pipeline}.yaml",
-                fix="remove one 'after' entry",
-            )
+            loop = [*chain[chain.index(n):], n]
+            raise UserError(f"{noun} depend on each other in a cycle: {' -> '.join(loop)}", where=where,
+                            fix="remove one of these 'after' entries")
         state[n] = 1
-        for dep in jobs[n].after:
+        for dep in after[n]:
             visit(str(dep), [*chain, n])
         state[n] = 2
         order.append(n)
 
-    for n in jobs:
+    for n in after:
         visit(n, [])
     return order
+
+
+def _toposort(jobs: dict[str, JobSpec], pipeline: str) -> list[str]:
+    return dependency_order({n: list(j.after) for n, j in jobs.items()}, noun="jobs",
+                            where=f"hydra_conf/pipeline/{pipeline}.yaml")
 
 
 def build_plan(
