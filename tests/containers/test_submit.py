@@ -327,3 +327,12 @@ def test_continuation_arguments_drop_dependencies(tmp_path):
     args = (plan.job("last").dir / "sbatch.args").read_text().splitlines()
     assert not any(a.startswith(("--dependency", "--parsable", "--array")) for a in args)
     assert args[-2:] == [str(plan.job("last").script), str(plan.job("last").dir)]
+
+
+def test_dependency_order_puts_dependencies_first_and_names_a_cycle():
+    from containers.submit import dependency_order
+
+    order = dependency_order({"c": ["b", "a"], "a": [], "b": ["a"]}, noun="jobs", where="p.yaml")
+    assert order == ["a", "b", "c"]
+    with pytest.raises(UserError, match=r"jobs depend on each other in a cycle: a -> c -> b -> a"):
+        dependency_order({"a": ["c"], "b": ["a"], "c": ["b"]}, noun="jobs", where="p.yaml")
