@@ -9,7 +9,6 @@ fake (/dev/null links), so GPU stages run with the GPU guard set to ``warn``.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,15 +19,6 @@ from tests.containers.test_experiment import make_points
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-
-
-@pytest.fixture
-def env(slurm_cluster, isolated_roots):
-    pytest.importorskip("torch", reason="the example's GPU stages need torch: pip install -e '.[ddp]'")
-    e = {**os.environ, **slurm_cluster.env, "CONTAINERS_RUNTIME": "host", "CONTAINERS_GPU_GUARD": "warn",
-         "CONTAINERS_ACCOUNT": "suite_test"}
-    e.pop("CI", None)
-    return e
 
 
 def submit(env, *args):
