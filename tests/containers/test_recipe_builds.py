@@ -25,7 +25,7 @@ from tests.containers.recipe_world import (
 )
 
 pytestmark = [pytest.mark.apptainer, pytest.mark.slow]
-IMAGES = ("mineru-dell-py310", "paddle-py312", "flowportal-cu130")
+IMAGES = ("mineru-dell-py310", "paddle-py312", pytest.param("flowportal-cu130", marks=pytest.mark.upstream))
 
 
 @pytest.fixture(scope="module")
