@@ -174,9 +174,12 @@ def test_deadline_stops_before_a_video_it_cannot_finish_and_the_continuation_kee
     tmp_path,
     isolated_roots,
 ):
-    """to_seconds gives the driver the job's end: a 2-minute task runs ~37 s videos while it can finish
+    """to_seconds gives the driver the job's end: a 2-minute task runs ~21 s videos while it can finish
     one (two fit), stops (exit 75) before the third, and chains a continuation with the submitted resources.
-    Without the deadline the task would start the third and be cut by the limit mid-video."""
+    Without the deadline the task would start the third and be cut by the limit mid-video.
+
+    The driver starts a video while 1.2 x the mean video time + the margin (62 s) is left: before the
+    second ~120-21-s >= 87 holds for a start-up s <= 12 s; before the third 120-42-s < 87 always."""
     models = stage_models(isolated_roots / "shared" / "models")
     videos = tmp_path / "videos"
     for i in range(3):
@@ -186,7 +189,7 @@ def test_deadline_stops_before_a_video_it_cannot_finish_and_the_continuation_kee
         **job_env(slurm_cluster, models),
         "FLOWPORTAL_BATCH_DIR": str(batch),
         "FLOWPORTAL_VIDEO_DIR": str(videos),
-        "CONTAINERS_TEST_FLOWPORTAL_SLEEP": "flowportal:30",
+        "CONTAINERS_TEST_FLOWPORTAL_SLEEP": "flowportal:20",
         "FLOWPORTAL_MAX_CONTINUATIONS": "4",
         "FLOWPORTAL_SIGNAL": "B:USR1@5",
         "FLOWPORTAL_DEADLINE": "1",  # a stale value exported into the submitting shell: must not be used
@@ -201,7 +204,7 @@ def test_deadline_stops_before_a_video_it_cannot_finish_and_the_continuation_kee
             str(REPO / "slurm/flowportal_batch.sbatch"),
             "video.height=24",
             "video.width=32",
-            "deadline_margin_s=40",
+            "deadline_margin_s=62",
         ],
         env=env,
         cwd=REPO,
