@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from entrypoints.newsbag.geometry import N_LABELS, Boxes, components, iou_pairs
+from entrypoints.newsbag.geometry import N_LABELS, Boxes, best_of_each, components, iou_pairs
 
 EPS = 1e-9
 
@@ -55,18 +55,6 @@ class Clusters:
     votes: np.ndarray  # (k, G, L)
     votes_all: np.ndarray  # (k, G, L)
     abstain: np.ndarray | None = None  # (k, G) bool: voter has no say on this cluster
-
-
-def _best_per_key(key: np.ndarray, value: np.ndarray) -> np.ndarray:
-    """Mask of the first maximal ``value`` within each ``key`` group."""
-    if not len(key):
-        return np.zeros(0, bool)
-    order = np.lexsort((-value, key))
-    first = np.ones(len(key), bool)
-    first[1:] = key[order][1:] != key[order][:-1]
-    out = np.zeros(len(key), bool)
-    out[order[first]] = True
-    return out
 
 
 def _covered(boxes: np.ndarray, cover: np.ndarray) -> np.ndarray:
@@ -131,28 +119,19 @@ def cluster(
     vid = np.repeat(np.arange(nv), sizes)
     i, j, iou = iou_pairs(xyxy, iou_thr, group=vid)
     # mutual best: j is i's best in j's variant and i is j's best in i's variant
-    best_i = _best_per_key(i * nv + vid[j], iou)
-    best_j = _best_per_key(j * nv + vid[i], iou)
+    best_i = best_of_each(i * nv + vid[j], n * nv, iou, j)
+    best_j = best_of_each(j * nv + vid[i], n * nv, iou, i)
     mutual = best_i & best_j
     cid = components(n, i[mutual], j[mutual])
     k = int(cid.max()) + 1
     g = voter_of_variant[vid]
     cell = cid * g_count + g
     kg = k * g_count
-    # per (cluster, variant): present? best score?
-    cv = cid * nv + vid
-    present_v = np.bincount(cv, minlength=k * nv).reshape(k, nv) > 0
-    best_v = np.zeros(k * nv)
-    np.maximum.at(best_v, cv, score)
-    best_v = best_v.reshape(k, nv)
     # a voter backs a cluster when any of its variants does, at its most confident variant's score
-    presence = np.zeros((k, g_count))
-    confidence = np.zeros((k, g_count))
-    for g_i in range(g_count):
-        cols = voter_of_variant == g_i
-        if cols.any():
-            presence[:, g_i] = present_v[:, cols].max(axis=1)
-            confidence[:, g_i] = best_v[:, cols].max(axis=1)
+    presence = (np.bincount(cell, minlength=kg) > 0).astype(np.float64).reshape(k, g_count)
+    confidence = np.zeros(kg)
+    np.maximum.at(confidence, cell, score)
+    confidence = confidence.reshape(k, g_count)
     wbox = share[vid] * np.maximum(score, 1e-3)
     cw = np.bincount(cell, weights=wbox, minlength=kg).reshape(k, g_count)
     cxy = np.stack(
@@ -192,31 +171,38 @@ def consensus(
     cl: Clusters, voter_weight: np.ndarray, active: np.ndarray, min_support: float, min_confidence: float
 ) -> Boxes:
     """The consensus of the ``active`` voters (bool (G,)): kept clusters as boxes scored by confidence."""
+    return consensus_many(cl, voter_weight, active[None, :], min_support, min_confidence)[0]
+
+
+def consensus_many(
+    cl: Clusters, voter_weight: np.ndarray, actives: np.ndarray, min_support: float, min_confidence: float
+) -> tuple[Boxes, np.ndarray]:
+    """The consensus of each row of ``actives`` (bool (R, G)) in one pass over the clusters.
+
+    Returns every kept box of every row and the row it belongs to (boxes of a row in cluster
+    order), so the consensus and all its leave-one-out references cost one aggregation.
+    """
     if cl.k == 0:
-        return Boxes.empty()
-    w = voter_weight * active
-    if float(w.sum()) <= 0:
-        return Boxes.empty()
-    w_k = (
-        np.where(cl.abstain, 0.0, w[None, :])
-        if cl.abstain is not None
-        else np.broadcast_to(w, cl.presence.shape)
-    )
-    total = np.maximum(w_k.sum(axis=1), 1e-12)
-    support = (cl.presence * w_k).sum(axis=1) / total
-    conf = (cl.confidence * w_k).sum(axis=1) / total
-    members = cl.cw @ active.astype(np.float64) > 0  # an active voter has a box in it
-    keep = members & ((support > min_support + EPS) | (conf >= min_confidence - EPS))
-    if not keep.any():
-        return Boxes.empty()
-    a = active.astype(np.float64)
-    cw = cl.cw[keep] @ a
-    xyxy = np.einsum("kgc,g->kc", cl.cxy[keep], a) / cw[:, None]
-    votes = np.einsum("kgl,g->kl", cl.votes[keep], a)
+        return Boxes.empty(), np.zeros(0, dtype=np.int64)
+    a = actives.astype(np.float64)  # (R, G)
+    w = voter_weight[None, :] * a
+    # sums over voters as (k, G) @ (G, R) products: voters with no say on a cluster weigh 0 there
+    say = np.ones(cl.presence.shape) if cl.abstain is None else (~cl.abstain).astype(np.float64)
+    total = np.maximum(say @ w.T, 1e-12)  # (k, R)
+    support = ((cl.presence * say) @ w.T) / total
+    conf = ((cl.confidence * say) @ w.T) / total
+    cw = cl.cw @ a.T  # an active voter has a box in the cluster when > 0
+    keep = (cw > 0) & ((support > min_support + EPS) | (conf >= min_confidence - EPS))
+    keep &= (w.sum(axis=1) > 0)[None, :]
+    rows, ks = np.nonzero(keep.T)  # by row, then cluster
+    if not len(rows):
+        return Boxes.empty(), rows
+    xyxy = np.tensordot(cl.cxy, a, axes=([1], [1]))[ks, :, rows] / cw[ks, rows][:, None]
+    votes = np.tensordot(cl.votes, a, axes=([1], [1]))[ks, :, rows]
     fallback = votes.sum(axis=1) <= 0
     if fallback.any():
-        votes[fallback] = np.einsum("kgl,g->kl", cl.votes_all[keep][fallback], a)
-    return Boxes(xyxy, votes.argmax(axis=1), np.clip(conf[keep], 0.0, 1.0))
+        votes[fallback] = np.einsum("mgl,mg->ml", cl.votes_all[ks[fallback]], a[rows[fallback]])
+    return Boxes(xyxy, votes.argmax(axis=1), np.clip(conf[ks, rows], 0.0, 1.0)), rows
 
 
 def wbf(
