@@ -40,10 +40,11 @@ EPS = 1e-9
 class Clusters:
     """Mutual-best clusters of all variants' boxes on one page, aggregated per (cluster, voter).
 
-    ``n_voters`` voters (sources, or a single source's variants); every array's second axis
-    is the voter. ``presence``/``confidence`` are in [0, 1] per voter; ``cw``/``cxy`` are the
-    coordinate weights and weighted coordinates; ``votes`` the informed label votes and
-    ``votes_all`` every label vote (used where no informed source voted).
+    ``n_voters`` voters (sources, or a single source's variants); every array's LAST axis is
+    the voter, so a sum over any set of voters is one matrix product (``consensus_many``).
+    ``presence``/``confidence`` are in [0, 1] per voter; ``cw``/``cxy`` are the coordinate
+    weights and weighted coordinates; ``votes`` the informed label votes and ``votes_all``
+    every label vote (used where no informed source voted).
     """
 
     k: int
@@ -51,9 +52,9 @@ class Clusters:
     presence: np.ndarray  # (k, G)
     confidence: np.ndarray  # (k, G)
     cw: np.ndarray  # (k, G)
-    cxy: np.ndarray  # (k, G, 4)
-    votes: np.ndarray  # (k, G, L)
-    votes_all: np.ndarray  # (k, G, L)
+    cxy: np.ndarray  # (k, 4, G)
+    votes: np.ndarray  # (k, L, G)
+    votes_all: np.ndarray  # (k, L, G)
     abstain: np.ndarray | None = None  # (k, G) bool: voter has no say on this cluster
 
 
@@ -109,9 +110,9 @@ def cluster(
             z,
             z,
             z,
-            np.zeros((0, g_count, 4)),
-            np.zeros((0, g_count, N_LABELS)),
-            np.zeros((0, g_count, N_LABELS)),
+            np.zeros((0, 4, g_count)),
+            np.zeros((0, N_LABELS, g_count)),
+            np.zeros((0, N_LABELS, g_count)),
         )
     xyxy = np.concatenate([b.xyxy for b in per_variant])
     label = np.concatenate([b.label for b in per_variant])
@@ -135,22 +136,23 @@ def cluster(
     wbox = share[vid] * np.maximum(score, 1e-3)
     cw = np.bincount(cell, weights=wbox, minlength=kg).reshape(k, g_count)
     cxy = np.stack(
-        [np.bincount(cell, weights=wbox * xyxy[:, c], minlength=kg) for c in range(4)], axis=1
-    ).reshape(k, g_count, 4)
-    lab_cell = cell * N_LABELS + label
-    votes_all = np.bincount(lab_cell, weights=wbox, minlength=kg * N_LABELS).reshape(k, g_count, N_LABELS)
-    votes = np.bincount(lab_cell, weights=wbox * label_weight[vid], minlength=kg * N_LABELS).reshape(
-        k, g_count, N_LABELS
+        [np.bincount(cell, weights=wbox * xyxy[:, c], minlength=kg).reshape(k, g_count) for c in range(4)],
+        axis=1,
     )
+    lab_cell = (cid * N_LABELS + label) * g_count + g
+    kgl = kg * N_LABELS
+    votes_all = np.bincount(lab_cell, weights=wbox, minlength=kgl).reshape(k, N_LABELS, g_count)
+    votes = np.bincount(lab_cell, weights=wbox * label_weight[vid], minlength=kgl)
+    votes = votes.reshape(k, N_LABELS, g_count)
     abstain = np.zeros((k, g_count), bool)
     if line is not None and line.any():
         # Text-line sources group lines into blocks that rarely split a page as a layout model
         # does; they back a cluster whose area their blocks cover (>= cover_min), and abstain on
         # clusters labelled as something without text lines (photos).
-        box = cxy.sum(axis=1) / np.maximum(cw.sum(axis=1), 1e-12)[:, None]
-        informed = votes.sum(axis=1)
+        box = cxy.sum(axis=2) / np.maximum(cw.sum(axis=1), 1e-12)[:, None]
+        informed = votes.sum(axis=2)
         label = np.where(
-            informed.sum(axis=1) > 0, informed.argmax(axis=1), votes_all.sum(axis=1).argmax(axis=1)
+            informed.sum(axis=1) > 0, informed.argmax(axis=1), votes_all.sum(axis=2).argmax(axis=1)
         )
         from entrypoints.newsbag.geometry import LABEL_INDEX
 
@@ -197,11 +199,12 @@ def consensus_many(
     rows, ks = np.nonzero(keep.T)  # by row, then cluster
     if not len(rows):
         return Boxes.empty(), rows
-    xyxy = np.tensordot(cl.cxy, a, axes=([1], [1]))[ks, :, rows] / cw[ks, rows][:, None]
-    votes = np.tensordot(cl.votes, a, axes=([1], [1]))[ks, :, rows]
+    k, n_rows = cl.k, len(a)
+    xyxy = (cl.cxy.reshape(k * 4, -1) @ a.T).reshape(k, 4, n_rows)[ks, :, rows] / cw[ks, rows][:, None]
+    votes = (cl.votes.reshape(k * N_LABELS, -1) @ a.T).reshape(k, N_LABELS, n_rows)[ks, :, rows]
     fallback = votes.sum(axis=1) <= 0
     if fallback.any():
-        votes[fallback] = np.einsum("mgl,mg->ml", cl.votes_all[ks[fallback]], a[rows[fallback]])
+        votes[fallback] = np.einsum("mlg,mg->ml", cl.votes_all[ks[fallback]], a[rows[fallback]])
     return Boxes(xyxy, votes.argmax(axis=1), np.clip(conf[ks, rows], 0.0, 1.0)), rows
 
 

@@ -166,6 +166,8 @@ def window_candidates(
     py: np.ndarray,
     qgroup: np.ndarray | None = None,
     pgroup: np.ndarray | None = None,
+    *,
+    mutual: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A superset of every (q, p) with point p inside q's window ``|px - qx| <= rx_q, |py - qy| <= ry_q``
     (and, when groups are given, ``qgroup[q] == pgroup[p]``), in no particular order.
@@ -176,6 +178,10 @@ def window_candidates(
     candidates, whatever the layout, and x is exact: only a band's extra height adds candidates.
     Groups let one call serve many independent (query set, point set) pairs, e.g. every variant
     against its own reference. Bounds carry a small slack; callers filter exactly.
+
+    ``mutual=True`` (the points are the queries, and only pairs whose centres lie in EACH
+    other's window are wanted): each pair once as (i < j), found from the box in the lower band
+    (or either, in one band), so a query reads only its own band and those below it.
     """
     z = np.zeros(0, dtype=np.int64)
     if not len(qx) or not len(px):
@@ -184,8 +190,8 @@ def window_candidates(
     y0 = min(float(py.min()), float(lo_y.min()))
     y_span = max(float(py.max()), float(hi_y.max())) - y0
     two_ry = 2.0 * ry
-    # the band: the median window height, but never so thin that windows span many bands (mean / 4 caps the
-    # band visits at ~6 per window) or that band numbers lose precision
+    # the band: the median window height, but never so thin that windows span many bands (mean / 4
+    # caps the band visits at ~6 per window) or that band numbers lose precision
     mid = len(two_ry) // 2
     gy = max(float(np.partition(two_ry, mid)[mid]), 0.25 * float(two_ry.mean()), 1e-6 * y_span, 1e-9)
     inv = 1.0 / gy
@@ -199,10 +205,10 @@ def window_candidates(
     pkey = pband * stride + (px - x0)
     order = np.argsort(pkey)
     skey = pkey[order]
-    b0 = ((lo_y - y0) * inv - 1e-6).astype(np.int64)
+    b0 = pband if mutual else ((lo_y - y0) * inv - 1e-6).astype(np.int64)
     b1 = ((hi_y - y0) * inv + 1e-6).astype(np.int64)
     if qgroup is not None:
-        b0 += qgroup * n_bands
+        b0 = b0 + qgroup * n_bands if not mutual else b0
         b1 += qgroup * n_bands
     q, dband = _expand(np.maximum(b1 - b0 + 1, 0))
     band = (b0[q] + dband) * stride
@@ -210,7 +216,12 @@ def window_candidates(
     start = np.searchsorted(skey, band + (lo_x[q] - x0 - slack), side="left")
     stop = np.searchsorted(skey, band + (hi_x[q] - x0 + slack), side="right")
     owner, off = _expand(stop - start)
-    return q[owner], order[start[owner] + off]
+    iq, ip = q[owner], order[start[owner] + off]
+    if not mutual:
+        return iq, ip
+    once = (pband[ip] != pband[iq]) | (iq < ip)  # a pair within one band is found from both ends
+    iq, ip = iq[once], ip[once]
+    return np.minimum(iq, ip), np.maximum(iq, ip)
 
 
 def grid_query(
@@ -258,18 +269,18 @@ def iou_pairs(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pair (i < j) with IoU >= ``thr`` (> 0), skipping pairs of one ``group``; with the IoU.
 
-    Every such pair lies in each box's IoU window (``_iou_window``), so one query from each box
-    finds it; the exact IoU is computed for the candidates only. Pairs come in no particular order.
+    Every such pair has each centre in the other's IoU window (``_iou_window``), so a search from
+    the box in the lower band finds it; the exact IoU is computed for the candidates only. Pairs
+    come in no particular order.
     """
     z = np.zeros(0, dtype=np.int64)
     if len(xyxy) < 2:
         return z, z, np.zeros(0)
     cx, cy, rx, ry = _iou_window(xyxy, thr)
-    i, j = window_candidates(cx, cy, rx, ry, cx, cy)
-    keep = i < j
+    i, j = window_candidates(cx, cy, rx, ry, cx, cy, mutual=True)
     if group is not None:
-        keep &= group[i] != group[j]
-    i, j = i[keep], j[keep]
+        keep = group[i] != group[j]
+        i, j = i[keep], j[keep]
     iou = pair_iou(xyxy, i, j)
     ok = iou >= thr
     return i[ok], j[ok], iou[ok]
