@@ -40,8 +40,9 @@ EPS = 1e-9
 class Clusters:
     """Mutual-best clusters of all variants' boxes on one page, aggregated per (cluster, voter).
 
-    ``n_voters`` voters (sources, or a single source's variants); every array's LAST axis is
-    the voter, so a sum over any set of voters is one matrix product (``consensus_many``).
+    ``n_voters`` voters (sources, or a single source's variants); the voter is the last axis
+    of the (k, G) arrays and the FIRST of the others, so a sum over any set of voters reads
+    whole contiguous slices (``consensus_many``).
     ``presence``/``confidence`` are in [0, 1] per voter; ``cw``/``cxy`` are the coordinate
     weights and weighted coordinates; ``votes`` the informed label votes and ``votes_all``
     every label vote (used where no informed source voted).
@@ -52,9 +53,9 @@ class Clusters:
     presence: np.ndarray  # (k, G)
     confidence: np.ndarray  # (k, G)
     cw: np.ndarray  # (k, G)
-    cxy: np.ndarray  # (k, 4, G)
-    votes: np.ndarray  # (k, L, G)
-    votes_all: np.ndarray  # (k, L, G)
+    cxy: np.ndarray  # (G, k, 4)
+    votes: np.ndarray  # (G, k, L)
+    votes_all: np.ndarray  # (G, k, L)
     abstain: np.ndarray | None = None  # (k, G) bool: voter has no say on this cluster
 
 
@@ -110,9 +111,9 @@ def cluster(
             z,
             z,
             z,
-            np.zeros((0, 4, g_count)),
-            np.zeros((0, N_LABELS, g_count)),
-            np.zeros((0, N_LABELS, g_count)),
+            np.zeros((g_count, 0, 4)),
+            np.zeros((g_count, 0, N_LABELS)),
+            np.zeros((g_count, 0, N_LABELS)),
         )
     xyxy = np.concatenate([b.xyxy for b in per_variant])
     label = np.concatenate([b.label for b in per_variant])
@@ -135,24 +136,24 @@ def cluster(
     confidence = confidence.reshape(k, g_count)
     wbox = share[vid] * np.maximum(score, 1e-3)
     cw = np.bincount(cell, weights=wbox, minlength=kg).reshape(k, g_count)
+    voter_cell = g * k + cid  # voter-major
     cxy = np.stack(
-        [np.bincount(cell, weights=wbox * xyxy[:, c], minlength=kg).reshape(k, g_count) for c in range(4)],
-        axis=1,
-    )
-    lab_cell = (cid * N_LABELS + label) * g_count + g
+        [np.bincount(voter_cell, weights=wbox * xyxy[:, c], minlength=kg) for c in range(4)], axis=1
+    ).reshape(g_count, k, 4)
+    lab_cell = voter_cell * N_LABELS + label
     kgl = kg * N_LABELS
-    votes_all = np.bincount(lab_cell, weights=wbox, minlength=kgl).reshape(k, N_LABELS, g_count)
+    votes_all = np.bincount(lab_cell, weights=wbox, minlength=kgl).reshape(g_count, k, N_LABELS)
     votes = np.bincount(lab_cell, weights=wbox * label_weight[vid], minlength=kgl)
-    votes = votes.reshape(k, N_LABELS, g_count)
+    votes = votes.reshape(g_count, k, N_LABELS)
     abstain = np.zeros((k, g_count), bool)
     if line is not None and line.any():
         # Text-line sources group lines into blocks that rarely split a page as a layout model
         # does; they back a cluster whose area their blocks cover (>= cover_min), and abstain on
         # clusters labelled as something without text lines (photos).
-        box = cxy.sum(axis=2) / np.maximum(cw.sum(axis=1), 1e-12)[:, None]
-        informed = votes.sum(axis=2)
+        box = cxy.sum(axis=0) / np.maximum(cw.sum(axis=1), 1e-12)[:, None]
+        informed = votes.sum(axis=0)
         label = np.where(
-            informed.sum(axis=1) > 0, informed.argmax(axis=1), votes_all.sum(axis=2).argmax(axis=1)
+            informed.sum(axis=1) > 0, informed.argmax(axis=1), votes_all.sum(axis=0).argmax(axis=1)
         )
         from entrypoints.newsbag.geometry import LABEL_INDEX
 
@@ -188,24 +189,35 @@ def consensus_many(
         return Boxes.empty(), np.zeros(0, dtype=np.int64)
     a = actives.astype(np.float64)  # (R, G)
     w = voter_weight[None, :] * a
-    # sums over voters as (k, G) @ (G, R) products: voters with no say on a cluster weigh 0 there
+    # voters with no say on a cluster weigh 0 there
     say = np.ones(cl.presence.shape) if cl.abstain is None else (~cl.abstain).astype(np.float64)
-    total = np.maximum(say @ w.T, 1e-12)  # (k, R)
-    support = ((cl.presence * say) @ w.T) / total
-    conf = ((cl.confidence * say) @ w.T) / total
-    cw = cl.cw @ a.T  # an active voter has a box in the cluster when > 0
+    total = np.maximum(_over_voters(say.T, w), 1e-12)  # (R, k)
+    support = _over_voters((cl.presence * say).T, w) / total
+    conf = _over_voters((cl.confidence * say).T, w) / total
+    cw = _over_voters(cl.cw.T, a)  # an active voter has a box in the cluster when > 0
     keep = (cw > 0) & ((support > min_support + EPS) | (conf >= min_confidence - EPS))
-    keep &= (w.sum(axis=1) > 0)[None, :]
-    rows, ks = np.nonzero(keep.T)  # by row, then cluster
+    keep &= (w.sum(axis=1) > 0)[:, None]
+    rows, ks = np.nonzero(keep)  # by row, then cluster
     if not len(rows):
         return Boxes.empty(), rows
-    k, n_rows = cl.k, len(a)
-    xyxy = (cl.cxy.reshape(k * 4, -1) @ a.T).reshape(k, 4, n_rows)[ks, :, rows] / cw[ks, rows][:, None]
-    votes = (cl.votes.reshape(k * N_LABELS, -1) @ a.T).reshape(k, N_LABELS, n_rows)[ks, :, rows]
+    xyxy = _over_voters(cl.cxy, a)[rows, ks] / cw[rows, ks][:, None]
+    votes = _over_voters(cl.votes, a)[rows, ks]
     fallback = votes.sum(axis=1) <= 0
     if fallback.any():
-        votes[fallback] = np.einsum("mlg,mg->ml", cl.votes_all[ks[fallback]], a[rows[fallback]])
-    return Boxes(xyxy, votes.argmax(axis=1), np.clip(conf[ks, rows], 0.0, 1.0)), rows
+        votes[fallback] = _over_voters(cl.votes_all, a)[rows[fallback], ks[fallback]]
+    return Boxes(xyxy, votes.argmax(axis=1), np.clip(conf[rows, ks], 0.0, 1.0)), rows
+
+
+def _over_voters(x: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """out[r] = sum_g a[r, g] x[g] (R, ...): a sum over the voter axis (x's first), voter by voter
+    in a fixed order. Voters are few, so G vector operations cost less than a matrix
+    product, and the order of the additions, hence every bit of the result, does not depend on
+    how many subsets are computed together."""
+    shape = (len(a),) + (1,) * (x.ndim - 1)
+    out = a[:, 0].reshape(shape) * x[0]
+    for g in range(1, len(x)):
+        out += a[:, g].reshape(shape) * x[g]
+    return out
 
 
 def wbf(
