@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from entrypoints.newsbag.geometry import N_LABELS, Boxes, best_of_each, components, iou_pairs
+from entrypoints.newsbag.geometry import Boxes, best_of_each, components, iou_pairs
 
 EPS = 1e-9
 
@@ -45,7 +45,8 @@ class Clusters:
     whole contiguous slices (``consensus_many``).
     ``presence``/``confidence`` are in [0, 1] per voter; ``cw``/``cxy`` are the coordinate
     weights and weighted coordinates; ``votes`` the informed label votes and ``votes_all``
-    every label vote (used where no informed source voted).
+    every label vote (used where no informed source voted), over the page's ``labels`` only
+    (taxonomy indices, ascending: a label no box has never wins a vote).
     """
 
     k: int
@@ -57,6 +58,7 @@ class Clusters:
     votes: np.ndarray  # (G, k, L)
     votes_all: np.ndarray  # (G, k, L)
     abstain: np.ndarray | None = None  # (k, G) bool: voter has no say on this cluster
+    labels: np.ndarray | None = None  # (L,) taxonomy index of each label column; None: all
 
 
 def _covered(boxes: np.ndarray, cover: np.ndarray) -> np.ndarray:
@@ -112,8 +114,8 @@ def cluster(
             z,
             z,
             np.zeros((g_count, 0, 4)),
-            np.zeros((g_count, 0, N_LABELS)),
-            np.zeros((g_count, 0, N_LABELS)),
+            np.zeros((g_count, 0, 0)),
+            np.zeros((g_count, 0, 0)),
         )
     xyxy = np.concatenate([b.xyxy for b in per_variant])
     label = np.concatenate([b.label for b in per_variant])
@@ -140,11 +142,12 @@ def cluster(
     cxy = np.stack(
         [np.bincount(voter_cell, weights=wbox * xyxy[:, c], minlength=kg) for c in range(4)], axis=1
     ).reshape(g_count, k, 4)
-    lab_cell = voter_cell * N_LABELS + label
-    kgl = kg * N_LABELS
-    votes_all = np.bincount(lab_cell, weights=wbox, minlength=kgl).reshape(g_count, k, N_LABELS)
-    votes = np.bincount(lab_cell, weights=wbox * label_weight[vid], minlength=kgl)
-    votes = votes.reshape(g_count, k, N_LABELS)
+    labels, lab = np.unique(label, return_inverse=True)
+    n_lab = len(labels)
+    lab_cell = voter_cell * n_lab + lab.reshape(-1)
+    votes_all = np.bincount(lab_cell, weights=wbox, minlength=kg * n_lab).reshape(g_count, k, n_lab)
+    votes = np.bincount(lab_cell, weights=wbox * label_weight[vid], minlength=kg * n_lab)
+    votes = votes.reshape(g_count, k, n_lab)
     abstain = np.zeros((k, g_count), bool)
     if line is not None and line.any():
         # Text-line sources group lines into blocks that rarely split a page as a layout model
@@ -152,9 +155,9 @@ def cluster(
         # clusters labelled as something without text lines (photos).
         box = cxy.sum(axis=0) / np.maximum(cw.sum(axis=1), 1e-12)[:, None]
         informed = votes.sum(axis=0)
-        label = np.where(
-            informed.sum(axis=1) > 0, informed.argmax(axis=1), votes_all.sum(axis=0).argmax(axis=1)
-        )
+        label = labels[
+            np.where(informed.sum(axis=1) > 0, informed.argmax(axis=1), votes_all.sum(axis=0).argmax(axis=1))
+        ]
         from entrypoints.newsbag.geometry import LABEL_INDEX
 
         no_text = np.isin(label, [LABEL_INDEX[x] for x in LINE_ABSTAINS])
@@ -167,7 +170,7 @@ def cluster(
             presence[:, g_i] = np.maximum(presence[:, g_i], backed)
             confidence[:, g_i] = np.maximum(confidence[:, g_i], backed * mean_score)
             abstain[:, g_i] |= no_text & (presence[:, g_i] == 0)
-    return Clusters(k, g_count, presence, confidence, cw, cxy, votes, votes_all, abstain)
+    return Clusters(k, g_count, presence, confidence, cw, cxy, votes, votes_all, abstain, labels)
 
 
 def consensus(
@@ -205,7 +208,8 @@ def consensus_many(
     fallback = votes.sum(axis=1) <= 0
     if fallback.any():
         votes[fallback] = _over_voters(cl.votes_all, a)[rows[fallback], ks[fallback]]
-    return Boxes(xyxy, votes.argmax(axis=1), np.clip(conf[rows, ks], 0.0, 1.0)), rows
+    label = votes.argmax(axis=1) if cl.labels is None else cl.labels[votes.argmax(axis=1)]
+    return Boxes(xyxy, label, np.clip(conf[rows, ks], 0.0, 1.0)), rows
 
 
 def _over_voters(x: np.ndarray, a: np.ndarray) -> np.ndarray:
