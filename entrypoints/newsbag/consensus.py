@@ -3,8 +3,9 @@
 Why this shape:
 - Clusters are mutual best matches: box a (variant A) and box b (variant B) join when IoU >=
   ``cluster_iou`` and each is the other's best match in the other's variant; clusters are the
-  connected components of those edges. Edges come from ``geometry.iou_pairs`` (sparse), and
-  every later step is a bincount over (cluster, voter) cells, so nothing is quadratic.
+  connected components of those edges (a best match is the lowest-numbered among equal IoUs).
+  Edges come from ``geometry.iou_pairs`` (sparse), and every later step is a bincount over
+  (cluster, voter) cells, so nothing is quadratic.
 - Voters are sources, not variants: a source backs a cluster when any of its variants does, at
   its most confident variant's score, so bagging five thresholds of one model still gives one
   vote and never outvotes two independent models. Coordinates and labels weigh each variant by
@@ -17,7 +18,9 @@ Why this shape:
   ``confidence >= min_confidence`` (a box one source alone reports survives only when it is
   that confident). Consensus boxes carry ``confidence`` as their score.
 - Leave-one-out: the reference for a voter is computed from the same clusters with that voter's
-  cells removed (sums minus its share), so scoring every source costs one aggregation.
+  cells left out; ``consensus_many`` computes the consensus and every voter's reference in one
+  pass (sums over the active voters, voter by voter in a fixed order, so each subset's result
+  is bit for bit the one ``consensus`` gives for it alone).
 - A text-line detector tells where text is, not which kind: its votes count for geometry and
   support but abstain from the label vote (a cluster only it backs stays "text").
 - ``method=wbf`` uses ``ensemble_boxes.weighted_boxes_fusion`` instead (label-wise clusters,

@@ -215,8 +215,17 @@ def fuse_page(
         # each variant against the consensus of the other voters (leave-one-out), all in one pass
         refs = np.flatnonzero(fused_of > 0)
         res = compare_sets(
-            every, variant_of_box, len(keys), fused.take(refs), fused_of[refs] - 1, n_voters,
-            fuser.voter_of_variant, width, height, s.match_iou, s.grid,
+            every,
+            variant_of_box,
+            len(keys),
+            fused.take(refs),
+            fused_of[refs] - 1,
+            n_voters,
+            fuser.voter_of_variant,
+            width,
+            height,
+            s.match_iou,
+            s.grid,
         )
         scores = dict(zip(keys, res, strict=True))
     else:
@@ -236,8 +245,17 @@ def fuse_page(
             [variant_of_box, *(np.full(len(b), len(keys) + i) for i, b in enumerate(parts[1:]))]
         )
         res = compare_sets(
-            concat(parts), set_of, len(names), g, np.zeros(len(g), np.int64), 1,
-            np.zeros(len(names), np.int64), width, height, s.match_iou, s.grid,
+            concat(parts),
+            set_of,
+            len(names),
+            g,
+            np.zeros(len(g), np.int64),
+            1,
+            np.zeros(len(names), np.int64),
+            width,
+            height,
+            s.match_iou,
+            s.grid,
         )
         gt_scores = dict(zip(names, res, strict=True))
 

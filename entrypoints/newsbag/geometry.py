@@ -2,11 +2,13 @@
 
 Why sparse: a page holds hundreds of boxes per source, and every dense n x n matrix made the
 per-page cost grow with the square of the box count (243 pages/s at ~200 boxes, 6 at ~930).
-Two boxes can only reach IoU >= t when their centres are close relative to the TALLER box
-(``|dcy| <= (1 - t) * max(h)``), so one sort by centre height and a window search per box
-(``searchsorted``) lists every candidate pair; the exact IoU is then computed for those pairs
-only. The same windowing finds neighbouring text lines. Cost: O(n log n) for the sort plus the
-number of candidate pairs, which for a layout (boxes that tile columns) grows linearly with n.
+Two boxes can only reach IoU >= t when each centre lies within k(t) x the other's size of its
+own (``_iou_window``: half the size for t >= 0.5). ``window_candidates`` sorts the boxes once by
+(horizontal band, x) and reads, per window and band, one contiguous run with ``searchsorted``;
+the exact IoU is then computed for those candidates only. The same search finds neighbouring
+text lines. Cost: O(n log n) for the sort plus the candidates, which for a layout (boxes that
+tile columns) grow linearly with n; no per-box Python loop, and no step whose result depends
+on the order in which pairs are found (ties go to the lowest index).
 """
 
 from __future__ import annotations

@@ -1,13 +1,18 @@
 """Scoring one layout against another: box F1 with and without labels, and label-map coverage.
 
 - F1 at IoU >= ``match_iou`` with label agreement; ``loc_f1`` the same with labels ignored.
-  Each prediction takes its best reference; a reference counts once. At IoU >= 0.5 against
-  (nearly) disjoint references this equals the optimal one-to-one matching. Pairs come from
-  ``geometry.iou_pairs`` (sparse), never a dense matrix.
+  Each prediction takes its best reference (the lowest-numbered among equal IoUs); a reference
+  counts once. At IoU >= 0.5 against (nearly) disjoint references this equals the optimal
+  one-to-one matching. Pairs come from ``geometry.cross_iou_pairs`` (sparse), never a dense matrix.
 - ``coverage``: per-label area IoU on a coarse grid, summed over labels (cells of label L in
   both / cells of label L in either). It is kind to nested or differently split blocks, which
-  box matching punishes. Rasters are built from 2-D difference arrays (four corner increments
-  per box, then two cumulative sums), so no Python loop over boxes.
+  box matching punishes. ``label_rasters`` builds them from 2-D difference arrays (four corner
+  increments per box, then two cumulative sums), so no Python loop over boxes.
+- ``compare_sets`` is ``compare`` for many (prediction set, reference set) pairs at once, the
+  way a page is scored (every variant against its leave-one-out reference, or everything
+  against the truth): one pair search keyed by set, and the rasters as one bit per cell
+  (a 48-cell row is one uint64 word; a box ORs its mask into the rows it covers), which cost a
+  few hundred words per page instead of a (labels x grid x grid) cumulative sum per set.
 """
 
 from __future__ import annotations
