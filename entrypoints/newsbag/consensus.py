@@ -197,9 +197,10 @@ def consensus_many(
     w = voter_weight[None, :] * a
     # voters with no say on a cluster weigh 0 there
     say = np.ones(cl.presence.shape) if cl.abstain is None else (~cl.abstain).astype(np.float64)
-    total = np.maximum(_over_voters(say.T, w), 1e-12)  # (R, k)
-    support = _over_voters((cl.presence * say).T, w) / total
-    conf = _over_voters((cl.confidence * say).T, w) / total
+    sums = _over_voters(np.stack([say, cl.presence * say, cl.confidence * say], axis=1).T, w)  # (R, 3, k)
+    total = np.maximum(sums[:, 0], 1e-12)
+    support = sums[:, 1] / total
+    conf = sums[:, 2] / total
     cw = _over_voters(cl.cw.T, a)  # an active voter has a box in the cluster when > 0
     keep = (cw > 0) & ((support > min_support + EPS) | (conf >= min_confidence - EPS))
     keep &= (w.sum(axis=1) > 0)[:, None]
