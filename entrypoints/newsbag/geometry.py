@@ -200,23 +200,43 @@ def window_candidates(
     n_bands = int(y_span * inv) + 2
     lo_x, hi_x = qx - rx, qx + rx
     x0 = min(float(px.min()), float(lo_x.min()))
-    stride = 2.0 * (max(float(px.max()), float(hi_x.max())) - x0) + 1.0  # rows never overlap in the key
+    x_span = max(float(px.max()), float(hi_x.max())) - x0
     pband = ((py - y0) * inv).astype(np.int64)  # >= 0: truncation is floor
+    n_rows = n_bands
     if pgroup is not None:
         pband += pgroup * n_bands
-    pkey = pband * stride + (px - x0)
-    order = np.argsort(pkey)
-    skey = pkey[order]
+        n_rows *= int(max(pgroup.max(), qgroup.max() if qgroup is not None else 0)) + 1
     b0 = pband if mutual else ((lo_y - y0) * inv - 1e-6).astype(np.int64)
     b1 = ((hi_y - y0) * inv + 1e-6).astype(np.int64)
     if qgroup is not None:
         b0 = b0 + qgroup * n_bands if not mutual else b0
         b1 += qgroup * n_bands
     q, dband = _expand(np.maximum(b1 - b0 + 1, 0))
-    band = (b0[q] + dband) * stride
-    slack = 1e-9 * stride * (1.0 + float(skey[-1]) / stride)
-    start = np.searchsorted(skey, band + (lo_x[q] - x0 - slack), side="left")
-    stop = np.searchsorted(skey, band + (hi_x[q] - x0 + slack), side="right")
+    row = b0[q] + dband
+    # cells of (band, x column), column width = the median window width: when the cells fit in a
+    # small table, each (window, band) reads its run of points by two table look-ups; else by
+    # binary search on (band, x) keys
+    two_rx = 2.0 * rx
+    gx = max(float(np.partition(two_rx, mid)[mid]), 0.25 * float(two_rx.mean()), 1e-6 * x_span, 1e-9)
+    n_cols = int(x_span / gx) + 2
+    if n_rows * n_cols <= 8 * (len(px) + len(qx)) + 4096:
+        invx = 1.0 / gx
+        cell = pband * n_cols + ((px - x0) * invx).astype(np.int64)
+        order = np.argsort(cell, kind="stable")
+        first = np.zeros(n_rows * n_cols + 1, dtype=np.int64)
+        np.cumsum(np.bincount(cell, minlength=n_rows * n_cols), out=first[1:])
+        row *= n_cols
+        start = first[row + ((lo_x - x0) * invx - 1e-6).astype(np.int64)[q]]
+        stop = first[row + ((hi_x - x0) * invx + 1e-6).astype(np.int64)[q] + 1]
+    else:
+        stride = 2.0 * x_span + 1.0  # rows never overlap in the key
+        pkey = pband * stride + (px - x0)
+        order = np.argsort(pkey)
+        skey = pkey[order]
+        band = row * stride
+        slack = 1e-9 * stride * (1.0 + float(skey[-1]) / stride)
+        start = np.searchsorted(skey, band + (lo_x[q] - x0 - slack), side="left")
+        stop = np.searchsorted(skey, band + (hi_x[q] - x0 + slack), side="right")
     owner, off = _expand(stop - start)
     iq, ip = q[owner], order[start[owner] + off]
     if not mutual:
