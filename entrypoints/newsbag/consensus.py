@@ -3,8 +3,9 @@
 Why this shape:
 - Clusters are mutual best matches: box a (variant A) and box b (variant B) join when IoU >=
   ``cluster_iou`` and each is the other's best match in the other's variant; clusters are the
-  connected components of those edges. Edges come from ``geometry.iou_pairs`` (sparse), and
-  every later step is a bincount over (cluster, voter) cells, so nothing is quadratic.
+  connected components of those edges (a best match is the lowest-numbered among equal IoUs).
+  Edges come from ``geometry.iou_pairs`` (sparse), and every later step is a bincount over
+  (cluster, voter) cells, so nothing is quadratic.
 - Voters are sources, not variants: a source backs a cluster when any of its variants does, at
   its most confident variant's score, so bagging five thresholds of one model still gives one
   vote and never outvotes two independent models. Coordinates and labels weigh each variant by
@@ -17,7 +18,9 @@ Why this shape:
   ``confidence >= min_confidence`` (a box one source alone reports survives only when it is
   that confident). Consensus boxes carry ``confidence`` as their score.
 - Leave-one-out: the reference for a voter is computed from the same clusters with that voter's
-  cells removed (sums minus its share), so scoring every source costs one aggregation.
+  cells left out; ``consensus_many`` computes the consensus and every voter's reference in one
+  pass (sums over the active voters, voter by voter in a fixed order, so each subset's result
+  is bit for bit the one ``consensus`` gives for it alone).
 - A text-line detector tells where text is, not which kind: its votes count for geometry and
   support but abstain from the label vote (a cluster only it backs stays "text").
 - ``method=wbf`` uses ``ensemble_boxes.weighted_boxes_fusion`` instead (label-wise clusters,
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from entrypoints.newsbag.geometry import N_LABELS, Boxes, components, iou_pairs
+from entrypoints.newsbag.geometry import Boxes, best_of_each, components, iou_pairs
 
 EPS = 1e-9
 
@@ -40,10 +43,13 @@ EPS = 1e-9
 class Clusters:
     """Mutual-best clusters of all variants' boxes on one page, aggregated per (cluster, voter).
 
-    ``n_voters`` voters (sources, or a single source's variants); every array's second axis
-    is the voter. ``presence``/``confidence`` are in [0, 1] per voter; ``cw``/``cxy`` are the
-    coordinate weights and weighted coordinates; ``votes`` the informed label votes and
-    ``votes_all`` every label vote (used where no informed source voted).
+    ``n_voters`` voters (sources, or a single source's variants); the voter is the last axis
+    of the (k, G) arrays and the FIRST of the others, so a sum over any set of voters reads
+    whole contiguous slices (``consensus_many``).
+    ``presence``/``confidence`` are in [0, 1] per voter; ``cw``/``cxy`` are the coordinate
+    weights and weighted coordinates; ``votes`` the informed label votes and ``votes_all``
+    every label vote (used where no informed source voted), over the page's ``labels`` only
+    (taxonomy indices, ascending: a label no box has never wins a vote).
     """
 
     k: int
@@ -51,22 +57,11 @@ class Clusters:
     presence: np.ndarray  # (k, G)
     confidence: np.ndarray  # (k, G)
     cw: np.ndarray  # (k, G)
-    cxy: np.ndarray  # (k, G, 4)
-    votes: np.ndarray  # (k, G, L)
-    votes_all: np.ndarray  # (k, G, L)
+    cxy: np.ndarray  # (G, k, 4)
+    votes: np.ndarray  # (G, k, L)
+    votes_all: np.ndarray  # (G, k, L)
     abstain: np.ndarray | None = None  # (k, G) bool: voter has no say on this cluster
-
-
-def _best_per_key(key: np.ndarray, value: np.ndarray) -> np.ndarray:
-    """Mask of the first maximal ``value`` within each ``key`` group."""
-    if not len(key):
-        return np.zeros(0, bool)
-    order = np.lexsort((-value, key))
-    first = np.ones(len(key), bool)
-    first[1:] = key[order][1:] != key[order][:-1]
-    out = np.zeros(len(key), bool)
-    out[order[first]] = True
-    return out
+    labels: np.ndarray | None = None  # (L,) taxonomy index of each label column; None: all
 
 
 def _covered(boxes: np.ndarray, cover: np.ndarray) -> np.ndarray:
@@ -121,9 +116,9 @@ def cluster(
             z,
             z,
             z,
-            np.zeros((0, g_count, 4)),
-            np.zeros((0, g_count, N_LABELS)),
-            np.zeros((0, g_count, N_LABELS)),
+            np.zeros((g_count, 0, 4)),
+            np.zeros((g_count, 0, 0)),
+            np.zeros((g_count, 0, 0)),
         )
     xyxy = np.concatenate([b.xyxy for b in per_variant])
     label = np.concatenate([b.label for b in per_variant])
@@ -131,48 +126,41 @@ def cluster(
     vid = np.repeat(np.arange(nv), sizes)
     i, j, iou = iou_pairs(xyxy, iou_thr, group=vid)
     # mutual best: j is i's best in j's variant and i is j's best in i's variant
-    best_i = _best_per_key(i * nv + vid[j], iou)
-    best_j = _best_per_key(j * nv + vid[i], iou)
+    best_i = best_of_each(i * nv + vid[j], n * nv, iou, j)
+    best_j = best_of_each(j * nv + vid[i], n * nv, iou, i)
     mutual = best_i & best_j
     cid = components(n, i[mutual], j[mutual])
     k = int(cid.max()) + 1
     g = voter_of_variant[vid]
     cell = cid * g_count + g
     kg = k * g_count
-    # per (cluster, variant): present? best score?
-    cv = cid * nv + vid
-    present_v = np.bincount(cv, minlength=k * nv).reshape(k, nv) > 0
-    best_v = np.zeros(k * nv)
-    np.maximum.at(best_v, cv, score)
-    best_v = best_v.reshape(k, nv)
     # a voter backs a cluster when any of its variants does, at its most confident variant's score
-    presence = np.zeros((k, g_count))
-    confidence = np.zeros((k, g_count))
-    for g_i in range(g_count):
-        cols = voter_of_variant == g_i
-        if cols.any():
-            presence[:, g_i] = present_v[:, cols].max(axis=1)
-            confidence[:, g_i] = best_v[:, cols].max(axis=1)
+    presence = (np.bincount(cell, minlength=kg) > 0).astype(np.float64).reshape(k, g_count)
+    confidence = np.zeros(kg)
+    np.maximum.at(confidence, cell, score)
+    confidence = confidence.reshape(k, g_count)
     wbox = share[vid] * np.maximum(score, 1e-3)
     cw = np.bincount(cell, weights=wbox, minlength=kg).reshape(k, g_count)
+    voter_cell = g * k + cid  # voter-major
     cxy = np.stack(
-        [np.bincount(cell, weights=wbox * xyxy[:, c], minlength=kg) for c in range(4)], axis=1
-    ).reshape(k, g_count, 4)
-    lab_cell = cell * N_LABELS + label
-    votes_all = np.bincount(lab_cell, weights=wbox, minlength=kg * N_LABELS).reshape(k, g_count, N_LABELS)
-    votes = np.bincount(lab_cell, weights=wbox * label_weight[vid], minlength=kg * N_LABELS).reshape(
-        k, g_count, N_LABELS
-    )
+        [np.bincount(voter_cell, weights=wbox * xyxy[:, c], minlength=kg) for c in range(4)], axis=1
+    ).reshape(g_count, k, 4)
+    labels, lab = np.unique(label, return_inverse=True)
+    n_lab = len(labels)
+    lab_cell = voter_cell * n_lab + lab.reshape(-1)
+    votes_all = np.bincount(lab_cell, weights=wbox, minlength=kg * n_lab).reshape(g_count, k, n_lab)
+    votes = np.bincount(lab_cell, weights=wbox * label_weight[vid], minlength=kg * n_lab)
+    votes = votes.reshape(g_count, k, n_lab)
     abstain = np.zeros((k, g_count), bool)
     if line is not None and line.any():
         # Text-line sources group lines into blocks that rarely split a page as a layout model
         # does; they back a cluster whose area their blocks cover (>= cover_min), and abstain on
         # clusters labelled as something without text lines (photos).
-        box = cxy.sum(axis=1) / np.maximum(cw.sum(axis=1), 1e-12)[:, None]
-        informed = votes.sum(axis=1)
-        label = np.where(
-            informed.sum(axis=1) > 0, informed.argmax(axis=1), votes_all.sum(axis=1).argmax(axis=1)
-        )
+        box = cxy.sum(axis=0) / np.maximum(cw.sum(axis=1), 1e-12)[:, None]
+        informed = votes.sum(axis=0)
+        label = labels[
+            np.where(informed.sum(axis=1) > 0, informed.argmax(axis=1), votes_all.sum(axis=0).argmax(axis=1))
+        ]
         from entrypoints.newsbag.geometry import LABEL_INDEX
 
         no_text = np.isin(label, [LABEL_INDEX[x] for x in LINE_ABSTAINS])
@@ -185,38 +173,59 @@ def cluster(
             presence[:, g_i] = np.maximum(presence[:, g_i], backed)
             confidence[:, g_i] = np.maximum(confidence[:, g_i], backed * mean_score)
             abstain[:, g_i] |= no_text & (presence[:, g_i] == 0)
-    return Clusters(k, g_count, presence, confidence, cw, cxy, votes, votes_all, abstain)
+    return Clusters(k, g_count, presence, confidence, cw, cxy, votes, votes_all, abstain, labels)
 
 
 def consensus(
     cl: Clusters, voter_weight: np.ndarray, active: np.ndarray, min_support: float, min_confidence: float
 ) -> Boxes:
     """The consensus of the ``active`` voters (bool (G,)): kept clusters as boxes scored by confidence."""
+    return consensus_many(cl, voter_weight, active[None, :], min_support, min_confidence)[0]
+
+
+def consensus_many(
+    cl: Clusters, voter_weight: np.ndarray, actives: np.ndarray, min_support: float, min_confidence: float
+) -> tuple[Boxes, np.ndarray]:
+    """The consensus of each row of ``actives`` (bool (R, G)) in one pass over the clusters.
+
+    Returns every kept box of every row and the row it belongs to (boxes of a row in cluster
+    order), so the consensus and all its leave-one-out references cost one aggregation.
+    """
     if cl.k == 0:
-        return Boxes.empty()
-    w = voter_weight * active
-    if float(w.sum()) <= 0:
-        return Boxes.empty()
-    w_k = (
-        np.where(cl.abstain, 0.0, w[None, :])
-        if cl.abstain is not None
-        else np.broadcast_to(w, cl.presence.shape)
-    )
-    total = np.maximum(w_k.sum(axis=1), 1e-12)
-    support = (cl.presence * w_k).sum(axis=1) / total
-    conf = (cl.confidence * w_k).sum(axis=1) / total
-    members = cl.cw @ active.astype(np.float64) > 0  # an active voter has a box in it
-    keep = members & ((support > min_support + EPS) | (conf >= min_confidence - EPS))
-    if not keep.any():
-        return Boxes.empty()
-    a = active.astype(np.float64)
-    cw = cl.cw[keep] @ a
-    xyxy = np.einsum("kgc,g->kc", cl.cxy[keep], a) / cw[:, None]
-    votes = np.einsum("kgl,g->kl", cl.votes[keep], a)
+        return Boxes.empty(), np.zeros(0, dtype=np.int64)
+    a = actives.astype(np.float64)  # (R, G)
+    w = voter_weight[None, :] * a
+    # voters with no say on a cluster weigh 0 there
+    say = np.ones(cl.presence.shape) if cl.abstain is None else (~cl.abstain).astype(np.float64)
+    sums = _over_voters(np.stack([say, cl.presence * say, cl.confidence * say], axis=1).T, w)  # (R, 3, k)
+    total = np.maximum(sums[:, 0], 1e-12)
+    support = sums[:, 1] / total
+    conf = sums[:, 2] / total
+    cw = _over_voters(cl.cw.T, a)  # an active voter has a box in the cluster when > 0
+    keep = (cw > 0) & ((support > min_support + EPS) | (conf >= min_confidence - EPS))
+    keep &= (w.sum(axis=1) > 0)[:, None]
+    rows, ks = np.nonzero(keep)  # by row, then cluster
+    if not len(rows):
+        return Boxes.empty(), rows
+    xyxy = _over_voters(cl.cxy, a)[rows, ks] / cw[rows, ks][:, None]
+    votes = _over_voters(cl.votes, a)[rows, ks]
     fallback = votes.sum(axis=1) <= 0
     if fallback.any():
-        votes[fallback] = np.einsum("kgl,g->kl", cl.votes_all[keep][fallback], a)
-    return Boxes(xyxy, votes.argmax(axis=1), np.clip(conf[keep], 0.0, 1.0))
+        votes[fallback] = _over_voters(cl.votes_all, a)[rows[fallback], ks[fallback]]
+    label = votes.argmax(axis=1) if cl.labels is None else cl.labels[votes.argmax(axis=1)]
+    return Boxes(xyxy, label, np.clip(conf[rows, ks], 0.0, 1.0)), rows
+
+
+def _over_voters(x: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """out[r] = sum_g a[r, g] x[g] (R, ...): a sum over the voter axis (x's first), voter by voter
+    in a fixed order. Voters are few, so G vector operations cost less than a matrix
+    product, and the order of the additions, hence every bit of the result, does not depend on
+    how many subsets are computed together."""
+    shape = (len(a),) + (1,) * (x.ndim - 1)
+    out = a[:, 0].reshape(shape) * x[0]
+    for g in range(1, len(x)):
+        out += a[:, g].reshape(shape) * x[g]
+    return out
 
 
 def wbf(

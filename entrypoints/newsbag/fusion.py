@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from entrypoints.newsbag import consensus as cons_mod
-from entrypoints.newsbag.geometry import Boxes, lines_to_blocks
+from entrypoints.newsbag.geometry import Boxes, concat, lines_to_blocks
 from entrypoints.newsbag.schema import (
     CONSENSUS_SOURCE,
     gt_path_for,
@@ -40,7 +40,7 @@ from entrypoints.newsbag.schema import (
     page_record,
     read_page,
 )
-from entrypoints.newsbag.scoring import compare, f1, label_rasters
+from entrypoints.newsbag.scoring import compare_sets, f1
 from suite_core.errors import UserError
 
 METHODS = ("consensus", "wbf")
@@ -154,22 +154,31 @@ class Fuser:
             )
 
     def fuse(self, left_out: int | None = None) -> Boxes:
-        active = np.ones(len(self.voters), bool)
-        if left_out is not None:
-            active[left_out] = False
+        """The consensus of all voters, or of all but ``left_out``."""
+        return self.fuse_many([left_out])[0]
+
+    def fuse_many(self, left_outs: list[int | None]) -> tuple[Boxes, np.ndarray]:
+        """``fuse`` for each entry of ``left_outs`` at once: all boxes, and the entry each belongs to."""
+        active = np.ones((len(left_outs), len(self.voters)), bool)
+        for r, g in enumerate(left_outs):
+            if g is not None:
+                active[r, g] = False
         if self.method == "consensus":
-            return cons_mod.consensus(
+            return cons_mod.consensus_many(
                 self.cl, self.voter_weight, active, self.s.min_support, self.s.min_confidence
             )
-        w = self.variant_weight * active[self.voter_of_variant]
-        return cons_mod.wbf(
-            self.per_variant,
-            w,
-            self.width,
-            self.height,
-            iou_thr=self.s.cluster_iou,
-            score_thr=self.s.wbf_score_thr,
-        )
+        parts = [
+            cons_mod.wbf(
+                self.per_variant,
+                self.variant_weight * act[self.voter_of_variant],
+                self.width,
+                self.height,
+                iou_thr=self.s.cluster_iou,
+                score_thr=self.s.wbf_score_thr,
+            )
+            for act in active
+        ]
+        return concat(parts), np.repeat(np.arange(len(parts)), [len(b) for b in parts])
 
 
 def fuse_page(
@@ -184,7 +193,10 @@ def fuse_page(
     keys, per_variant, skipped = prepare(records, s, width, height, page_id)
     line = [records[k]["granularity"] == "line" for k in keys]
     fuser = Fuser(keys, per_variant, line, s, width, height, s.method)
-    cons = fuser.fuse()
+    n_voters = len(fuser.voters)
+    # the consensus and every voter's leave-one-out reference in one aggregation
+    fused, fused_of = fuser.fuse_many([None, *range(n_voters)] if n_voters >= 2 else [None])
+    cons = fused.take(np.flatnonzero(fused_of == 0))
     consensus = page_record(
         page_id=page_id,
         image=first["image"],
@@ -195,16 +207,27 @@ def fuse_page(
         granularity="block",
         boxes=cons.to_json(),
     )
+    sizes = [len(b) for b in per_variant]
+    variant_of_box = np.repeat(np.arange(len(keys)), sizes)
+    every = concat(per_variant)
     scores: dict[str, dict[str, float]] = {}
-    if len(fuser.voters) >= 2:
-        refs: dict[int, tuple[Boxes, np.ndarray]] = {}
-        for i, k in enumerate(keys):
-            g = int(fuser.voter_of_variant[i])
-            if g not in refs:
-                ref = fuser.fuse(left_out=g)
-                refs[g] = (ref, label_rasters(ref, width, height, s.grid))
-            ref, ras = refs[g]
-            scores[k] = compare(per_variant[i], ref, ras, width, height, s.match_iou, s.grid)
+    if n_voters >= 2:
+        # each variant against the consensus of the other voters (leave-one-out), all in one pass
+        refs = np.flatnonzero(fused_of > 0)
+        res = compare_sets(
+            every,
+            variant_of_box,
+            len(keys),
+            fused.take(refs),
+            fused_of[refs] - 1,
+            n_voters,
+            fuser.voter_of_variant,
+            width,
+            height,
+            s.match_iou,
+            s.grid,
+        )
+        scores = dict(zip(keys, res, strict=True))
     else:
         skipped.append((f"{keys[0]}/{page_id}", "only one variant has this page: no leave-one-out score"))
 
@@ -212,16 +235,29 @@ def fuse_page(
     if gt is not None:
         condition = str(gt.get("condition") or "clean")
         g = Boxes.from_record(gt, (width / gt["width"], height / gt["height"]))
-        ras = label_rasters(g, width, height, s.grid)
-        gt_scores = {
-            k: compare(per_variant[i], g, ras, width, height, s.match_iou, s.grid) for i, k in enumerate(keys)
-        }
-        gt_scores[CONSENSUS_SOURCE] = compare(cons, g, ras, width, height, s.match_iou, s.grid)
+        names, parts = [*keys, CONSENSUS_SOURCE], [every, cons]
         if s.baseline:
             other = "consensus" if s.method == "wbf" else "wbf"
             if other == "consensus" or cons_mod.wbf_available()[0]:
-                base = Fuser(keys, per_variant, line, s, width, height, other).fuse()
-                gt_scores[baseline_name(s)] = compare(base, g, ras, width, height, s.match_iou, s.grid)
+                names.append(baseline_name(s))
+                parts.append(Fuser(keys, per_variant, line, s, width, height, other).fuse())
+        set_of = np.concatenate(
+            [variant_of_box, *(np.full(len(b), len(keys) + i) for i, b in enumerate(parts[1:]))]
+        )
+        res = compare_sets(
+            concat(parts),
+            set_of,
+            len(names),
+            g,
+            np.zeros(len(g), np.int64),
+            1,
+            np.zeros(len(names), np.int64),
+            width,
+            height,
+            s.match_iou,
+            s.grid,
+        )
+        gt_scores = dict(zip(names, res, strict=True))
 
     disagreement = None
     if scores:

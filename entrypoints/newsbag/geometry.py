@@ -2,16 +2,20 @@
 
 Why sparse: a page holds hundreds of boxes per source, and every dense n x n matrix made the
 per-page cost grow with the square of the box count (243 pages/s at ~200 boxes, 6 at ~930).
-Two boxes can only reach IoU >= t when their centres are close relative to the TALLER box
-(``|dcy| <= (1 - t) * max(h)``), so one sort by centre height and a window search per box
-(``searchsorted``) lists every candidate pair; the exact IoU is then computed for those pairs
-only. The same windowing finds neighbouring text lines. Cost: O(n log n) for the sort plus the
-number of candidate pairs, which for a layout (boxes that tile columns) grows linearly with n.
+Two boxes can only reach IoU >= t when each centre lies within k(t) x the other's size of its
+own (``_iou_window``: half the size for t >= 0.5). ``window_candidates`` sorts the boxes once by
+(horizontal band, x) and reads, per window and band, one contiguous run with ``searchsorted``;
+the exact IoU is then computed for those candidates only. The same search finds neighbouring
+text lines. Cost: O(n log n) for the sort plus the candidates, which for a layout (boxes that
+tile columns) grow linearly with n; no per-box Python loop, and no step whose result depends
+on the order in which pairs are found (ties go to the lowest index).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
+from operator import itemgetter, methodcaller
 from typing import Any
 
 import numpy as np
@@ -21,6 +25,19 @@ from entrypoints.newsbag.schema import TAXONOMY
 LABEL_INDEX = {name: i for i, name in enumerate(TAXONOMY)}
 N_LABELS = len(TAXONOMY)
 OTHER = LABEL_INDEX["other"]
+
+
+class _LabelIndex(dict):
+    """Taxonomy name -> index; any other name -> "other" (a dict subclass, so lookups stay in C)."""
+
+    def __missing__(self, key: str) -> int:
+        return OTHER
+
+
+_LABEL_OF = _LabelIndex(LABEL_INDEX)
+_XYXYS = itemgetter("x0", "y0", "x1", "y1", "score")
+_LABEL = itemgetter("label")
+_SCORED = methodcaller("get", "scored", True)
 
 
 @dataclass
@@ -43,19 +60,16 @@ class Boxes:
         bs = record["boxes"]
         if not bs:
             return cls.empty()
-        from operator import itemgetter
-
         n = len(bs)
-        xyxy = np.array(list(map(itemgetter("x0", "y0", "x1", "y1"), bs)), dtype=np.float64)
+        # one C-level pass per column group: the boxes are dicts, and this is fusion's per-box input cost
+        cols = np.fromiter(chain.from_iterable(map(_XYXYS, bs)), dtype=np.float64, count=5 * n).reshape(n, 5)
+        xyxy = cols[:, :4].copy()
         if scale != (1.0, 1.0):
             xyxy *= np.array([scale[0], scale[1], scale[0], scale[1]])
-        index = LABEL_INDEX.get
-        label = np.fromiter((index(x, OTHER) for x in map(itemgetter("label"), bs)), dtype=np.int64, count=n)
-        score = np.fromiter(map(itemgetter("score"), bs), dtype=np.float64, count=n)
-        if unscored is not None:
-            flagged = [k for k, b in enumerate(bs) if b.get("scored", True) is False]
-            if flagged:
-                score[flagged] = unscored
+        label = np.fromiter(map(_LABEL_OF.__getitem__, map(_LABEL, bs)), dtype=np.int64, count=n)
+        score = cols[:, 4].copy()
+        if unscored is not None and False in map(_SCORED, bs):
+            score[[k for k, b in enumerate(bs) if b.get("scored", True) is False]] = unscored
         return cls(xyxy, label, score)
 
     def __len__(self) -> int:
@@ -133,39 +147,110 @@ def _expand(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return owner, offset
 
 
-def grid_query(
-    qx: np.ndarray, qy: np.ndarray, rx: np.ndarray, ry: np.ndarray, px: np.ndarray, py: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Every (q, p) with point p inside q's window ``|px - qx| <= rx_q, |py - qy| <= ry_q``.
+def best_of_each(key: np.ndarray, n_keys: int, value: np.ndarray, tie: np.ndarray) -> np.ndarray:
+    """Mask of the entry with the highest ``value`` for each ``key`` (< ``n_keys``), the lowest ``tie``
+    among equals, so the choice never depends on the order the entries come in. Two scatter
+    passes, no sort."""
+    top = np.full(n_keys, -np.inf)
+    np.maximum.at(top, key, value)
+    cand = value == top[key]
+    low = np.full(n_keys, np.iinfo(np.int64).max)
+    np.minimum.at(low, key[cand], tie[cand])
+    return cand & (tie == low[key])
 
-    A uniform grid (cell = the median window) holds the points; each window visits only the cells
-    it touches, so the work is the number of boxes plus the candidates, in any layout (a one-axis
-    sweep grows with the number of columns that share a band of the page).
+
+def window_candidates(
+    qx: np.ndarray,
+    qy: np.ndarray,
+    rx: np.ndarray,
+    ry: np.ndarray,
+    px: np.ndarray,
+    py: np.ndarray,
+    qgroup: np.ndarray | None = None,
+    pgroup: np.ndarray | None = None,
+    *,
+    mutual: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A superset of every (q, p) with point p inside q's window ``|px - qx| <= rx_q, |py - qy| <= ry_q``
+    (and, when groups are given, ``qgroup[q] == pgroup[p]``), in no particular order.
+
+    The points are cut into horizontal bands (band height = the median window height) and sorted
+    by (group, band, x) in one key; each window reads, per band it touches, the contiguous run of
+    points whose x lies in the window (two ``searchsorted``). So the work is one sort plus the
+    candidates, whatever the layout, and x is exact: only a band's extra height adds candidates.
+    Groups let one call serve many independent (query set, point set) pairs, e.g. every variant
+    against its own reference. Bounds carry a small slack; callers filter exactly.
+
+    ``mutual=True`` (the points are the queries, and only pairs whose centres lie in EACH
+    other's window are wanted): each pair once as (i < j), found from the box in the lower band
+    (or either, in one band), so a query reads only its own band and those below it.
     """
     z = np.zeros(0, dtype=np.int64)
     if not len(qx) or not len(px):
         return z, z
-    gx = max(float(np.median(2 * rx)), 1e-6)
-    gy = max(float(np.median(2 * ry)), 1e-6)
-    x0, y0 = float(px.min()), float(py.min())
-    kx = ((px - x0) // gx).astype(np.int64)
-    ky = ((py - y0) // gy).astype(np.int64)
-    nx, ny = int(kx.max()) + 1, int(ky.max()) + 1
-    order = np.argsort(ky * nx + kx, kind="stable")
-    skey = (ky * nx + kx)[order]
-    # the cells each window touches: [ax0, ax1] x [ay0, ay1] (windows off the grid touch nothing)
-    ax0 = np.clip((qx - rx - x0) // gx, 0, nx - 1).astype(np.int64)
-    ax1 = np.clip((qx + rx - x0) // gx, -1, nx - 1).astype(np.int64)
-    ay0 = np.clip((qy - ry - y0) // gy, 0, ny - 1).astype(np.int64)
-    ay1 = np.clip((qy + ry - y0) // gy, -1, ny - 1).astype(np.int64)
-    # one window row of cells at a time: (query, row) -> a contiguous key range of the sorted points
-    q, drow = _expand(np.maximum(ay1 - ay0 + 1, 0) * (ax1 >= ax0))
-    row = ay0[q] + drow
-    start = np.searchsorted(skey, row * nx + ax0[q], side="left")
-    stop = np.searchsorted(skey, row * nx + ax1[q], side="right")
+    lo_y, hi_y = qy - ry, qy + ry
+    y0 = min(float(py.min()), float(lo_y.min()))
+    y_span = max(float(py.max()), float(hi_y.max())) - y0
+    two_ry = 2.0 * ry
+    # the band: the median window height, but never so thin that windows span many bands (mean / 4
+    # caps the band visits at ~6 per window) or that band numbers lose precision
+    mid = len(two_ry) // 2
+    gy = max(float(np.partition(two_ry, mid)[mid]), 0.25 * float(two_ry.mean()), 1e-6 * y_span, 1e-9)
+    inv = 1.0 / gy
+    n_bands = int(y_span * inv) + 2
+    lo_x, hi_x = qx - rx, qx + rx
+    x0 = min(float(px.min()), float(lo_x.min()))
+    x_span = max(float(px.max()), float(hi_x.max())) - x0
+    pband = ((py - y0) * inv).astype(np.int64)  # >= 0: truncation is floor
+    n_rows = n_bands
+    if pgroup is not None:
+        pband += pgroup * n_bands
+        n_rows *= int(max(pgroup.max(), qgroup.max() if qgroup is not None else 0)) + 1
+    b0 = pband if mutual else ((lo_y - y0) * inv - 1e-6).astype(np.int64)
+    b1 = ((hi_y - y0) * inv + 1e-6).astype(np.int64)
+    if qgroup is not None:
+        b0 = b0 + qgroup * n_bands if not mutual else b0
+        b1 += qgroup * n_bands
+    q, dband = _expand(np.maximum(b1 - b0 + 1, 0))
+    row = b0[q] + dband
+    # cells of (band, x column), column width = the median window width: when the cells fit in a
+    # small table, each (window, band) reads its run of points by two table look-ups; else by
+    # binary search on (band, x) keys
+    two_rx = 2.0 * rx
+    gx = max(float(np.partition(two_rx, mid)[mid]), 0.25 * float(two_rx.mean()), 1e-6 * x_span, 1e-9)
+    n_cols = int(x_span / gx) + 2
+    if n_rows * n_cols <= 8 * (len(px) + len(qx)) + 4096:
+        invx = 1.0 / gx
+        cell = pband * n_cols + ((px - x0) * invx).astype(np.int64)
+        order = np.argsort(cell, kind="stable")
+        first = np.zeros(n_rows * n_cols + 1, dtype=np.int64)
+        np.cumsum(np.bincount(cell, minlength=n_rows * n_cols), out=first[1:])
+        row *= n_cols
+        start = first[row + ((lo_x - x0) * invx - 1e-6).astype(np.int64)[q]]
+        stop = first[row + ((hi_x - x0) * invx + 1e-6).astype(np.int64)[q] + 1]
+    else:
+        stride = 2.0 * x_span + 1.0  # rows never overlap in the key
+        pkey = pband * stride + (px - x0)
+        order = np.argsort(pkey)
+        skey = pkey[order]
+        band = row * stride
+        slack = 1e-9 * stride * (1.0 + float(skey[-1]) / stride)
+        start = np.searchsorted(skey, band + (lo_x[q] - x0 - slack), side="left")
+        stop = np.searchsorted(skey, band + (hi_x[q] - x0 + slack), side="right")
     owner, off = _expand(stop - start)
-    iq = q[owner]
-    ip = order[start[owner] + off]
+    iq, ip = q[owner], order[start[owner] + off]
+    if not mutual:
+        return iq, ip
+    once = (pband[ip] != pband[iq]) | (iq < ip)  # a pair within one band is found from both ends
+    iq, ip = iq[once], ip[once]
+    return np.minimum(iq, ip), np.maximum(iq, ip)
+
+
+def grid_query(
+    qx: np.ndarray, qy: np.ndarray, rx: np.ndarray, ry: np.ndarray, px: np.ndarray, py: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every (q, p) with point p inside q's window ``|px - qx| <= rx_q, |py - qy| <= ry_q`` (exact)."""
+    iq, ip = window_candidates(qx, qy, rx, ry, px, py)
     ok = (np.abs(px[ip] - qx[iq]) <= rx[iq]) & (np.abs(py[ip] - qy[iq]) <= ry[iq])
     return iq[ok], ip[ok]
 
@@ -185,12 +270,14 @@ def window_pairs(
 
 
 def _iou_window(xyxy: np.ndarray, thr: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Centres and the window that holds every partner at IoU >= thr: (1 - t) / t x the box's size.
+    """Centres and the half-window that holds every partner at IoU >= t: k(t) x the box's own size.
 
-    IoU >= t needs the widths and heights within a factor t of each other and the centres within
-    (1 - t) x the larger size, hence within (1 - t) / t x EACH box's own width and height.
+    IoU >= t needs the overlap along x to be >= t x the larger width M (the intersection is at most
+    the overlap times either height, and at least t x either area), and the overlap is at most
+    (M + m) / 2 - |dcx|. So |dcx| <= (M + m) / 2 - t M, which is <= w / 2 for t >= 1/2 and
+    <= w / (2 t) below, for EITHER box's width w (m >= t M); the same holds along y.
     """
-    k = (1.0 - thr) / thr + 1e-9
+    k = (0.5 if thr >= 0.5 else 0.5 / thr) * (1.0 + 1e-9)
     return (
         (xyxy[:, 0] + xyxy[:, 2]) * 0.5,
         (xyxy[:, 1] + xyxy[:, 3]) * 0.5,
@@ -204,28 +291,38 @@ def iou_pairs(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pair (i < j) with IoU >= ``thr`` (> 0), skipping pairs of one ``group``; with the IoU.
 
-    Every such pair lies in each box's IoU window (``_iou_window``), so one query from each box
-    finds it; the exact IoU is computed for the candidates only.
+    Every such pair has each centre in the other's IoU window (``_iou_window``), so a search from
+    the box in the lower band finds it; the exact IoU is computed for the candidates only. Pairs
+    come in no particular order.
     """
     z = np.zeros(0, dtype=np.int64)
     if len(xyxy) < 2:
         return z, z, np.zeros(0)
     cx, cy, rx, ry = _iou_window(xyxy, thr)
-    i, j = grid_query(cx, cy, rx, ry, cx, cy)
-    keep = i < j
+    i, j = window_candidates(cx, cy, rx, ry, cx, cy, mutual=True)
     if group is not None:
-        keep &= group[i] != group[j]
-    i, j = i[keep], j[keep]
+        keep = group[i] != group[j]
+        i, j = i[keep], j[keep]
     iou = pair_iou(xyxy, i, j)
     ok = iou >= thr
     return i[ok], j[ok], iou[ok]
 
 
-def cross_iou_pairs(a: np.ndarray, b: np.ndarray, thr: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every (i in a, j in b) with IoU >= ``thr``, with the IoU (windows from a, points from b)."""
+def cross_iou_pairs(
+    a: np.ndarray,
+    b: np.ndarray,
+    thr: float,
+    agroup: np.ndarray | None = None,
+    bgroup: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (i in a, j in b) with IoU >= ``thr`` (and ``agroup[i] == bgroup[j]`` when given), with the
+    IoU; windows from a, points from b, in no particular order."""
+    z = np.zeros(0, dtype=np.int64)
+    if not len(a) or not len(b):
+        return z, z, np.zeros(0)
     ax, ay, rx, ry = _iou_window(a, thr)
     bx, by, _, _ = _iou_window(b, thr)
-    i, j = grid_query(ax, ay, rx, ry, bx, by)
+    i, j = window_candidates(ax, ay, rx, ry, bx, by, agroup, bgroup)
     w = np.minimum(a[i, 2], b[j, 2]) - np.maximum(a[i, 0], b[j, 0])
     h = np.minimum(a[i, 3], b[j, 3]) - np.maximum(a[i, 1], b[j, 1])
     inter = np.clip(w, 0, None) * np.clip(h, 0, None)

@@ -1,13 +1,18 @@
 """Scoring one layout against another: box F1 with and without labels, and label-map coverage.
 
 - F1 at IoU >= ``match_iou`` with label agreement; ``loc_f1`` the same with labels ignored.
-  Each prediction takes its best reference; a reference counts once. At IoU >= 0.5 against
-  (nearly) disjoint references this equals the optimal one-to-one matching. Pairs come from
-  ``geometry.iou_pairs`` (sparse), never a dense matrix.
+  Each prediction takes its best reference (the lowest-numbered among equal IoUs); a reference
+  counts once. At IoU >= 0.5 against (nearly) disjoint references this equals the optimal
+  one-to-one matching. Pairs come from ``geometry.cross_iou_pairs`` (sparse), never a dense matrix.
 - ``coverage``: per-label area IoU on a coarse grid, summed over labels (cells of label L in
   both / cells of label L in either). It is kind to nested or differently split blocks, which
-  box matching punishes. Rasters are built from 2-D difference arrays (four corner increments
-  per box, then two cumulative sums), so no Python loop over boxes.
+  box matching punishes. ``label_rasters`` builds them from 2-D difference arrays (four corner
+  increments per box, then two cumulative sums), so no Python loop over boxes.
+- ``compare_sets`` is ``compare`` for many (prediction set, reference set) pairs at once, the
+  way a page is scored (every variant against its leave-one-out reference, or everything
+  against the truth): one pair search keyed by set, and the rasters as one bit per cell
+  (a 48-cell row is one uint64 word; a box ORs its mask into the rows it covers), which cost a
+  few hundred words per page instead of a (labels x grid x grid) cumulative sum per set.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from entrypoints.newsbag.geometry import Boxes, cross_iou_pairs
+from entrypoints.newsbag.geometry import Boxes, _expand, best_of_each, concat, cross_iou_pairs
 
 
 def match_counts(pred: Boxes, ref: Boxes, iou_thr: float) -> tuple[int, int]:
@@ -31,7 +36,7 @@ def match_counts(pred: Boxes, ref: Boxes, iou_thr: float) -> tuple[int, int]:
         if not len(pp):
             out.append(0)
             continue
-        order = np.lexsort((-vv, pp))
+        order = np.lexsort((rr, -vv, pp))  # the best reference; the lowest among equals
         first = np.ones(len(order), bool)
         first[1:] = pp[order][1:] != pp[order][:-1]
         out.append(len(np.unique(rr[order][first])))
@@ -92,6 +97,102 @@ def compare(
     tp, loc_tp = match_counts(pred, ref, iou_thr)
     cov = coverage(label_rasters(pred, width, height, grid), ref_rasters)
     return {"pred": len(pred), "ref": len(ref), "tp": tp, "loc_tp": loc_tp, "coverage": cov}
+
+
+def _distinct_best(
+    p: np.ndarray, r: np.ndarray, iou: np.ndarray, pred_set: np.ndarray, n_pred: int, n_ref: int, n_sets: int
+) -> np.ndarray:
+    """Per prediction set: how many distinct references are some prediction's best match (the
+    highest IoU, the lowest reference among equals)."""
+    if not len(p):
+        return np.zeros(n_sets, dtype=np.int64)
+    best = best_of_each(p, n_pred, iou, r)
+    hit = np.zeros(n_sets * n_ref, bool)
+    hit[pred_set[p[best]] * n_ref + r[best]] = True
+    return np.count_nonzero(hit.reshape(n_sets, n_ref), axis=1)
+
+
+_PREFIX = np.array([(1 << k) - 1 for k in range(65)], dtype=np.uint64)  # bits 0..k-1 set
+_POP8 = np.array([bin(v).count("1") for v in range(256)], dtype=np.int64)
+
+
+def _popcount(a: np.ndarray, axis: int) -> np.ndarray:
+    """Set bits of a uint64 array summed over its last axes from ``axis`` on."""
+    bits = np.bitwise_count(a) if hasattr(np, "bitwise_count") else _POP8[a.view(np.uint8)]  # numpy < 2
+    return bits.reshape(*a.shape[:axis], -1).sum(axis=-1, dtype=np.int64)
+
+
+def _row_masks(
+    boxes: Boxes, set_id: np.ndarray, n_sets: int, labels: np.ndarray, width: float, height: float, grid: int
+) -> np.ndarray:
+    """``label_rasters`` of many box sets at once, one bit per cell: (n_sets, labels, grid, words) uint64.
+
+    Bit c of word w in row r is set when a box of that set and label covers cell (r, 64 w + c)
+    (same cells as ``label_rasters``: cell centre inside the box). One OR per box and covered row,
+    instead of a (labels, grid, grid) cumulative sum per set.
+    """
+    words = (grid + 63) // 64
+    out = np.zeros((n_sets * len(labels) * grid, words), dtype=np.uint64)
+    if len(boxes):
+        b = boxes.xyxy
+        ix = np.clip(np.ceil(b[:, 0::2] * (grid / width) - 0.5), 0, grid).astype(np.int64)
+        iy = np.clip(np.ceil(b[:, 1::2] * (grid / height) - 0.5), 0, grid).astype(np.int64)
+        first_row = (set_id * len(labels) + np.searchsorted(labels, boxes.label)) * grid + iy[:, 0]
+        owner, off = _expand(np.maximum(iy[:, 1] - iy[:, 0], 0))
+        rows = first_row[owner] + off
+        for w in range(words):
+            lo = np.clip(ix[:, 0] - 64 * w, 0, 64)
+            hi = np.clip(ix[:, 1] - 64 * w, 0, 64)
+            np.bitwise_or.at(out[:, w], rows, (_PREFIX[hi] & ~_PREFIX[lo])[owner])
+    return out.reshape(n_sets, len(labels), grid, words)
+
+
+def compare_sets(
+    pred: Boxes,
+    pred_set: np.ndarray,
+    n_sets: int,
+    ref: Boxes,
+    ref_set: np.ndarray,
+    n_refs: int,
+    ref_of: np.ndarray,
+    width: float,
+    height: float,
+    iou_thr: float,
+    grid: int,
+) -> list[dict[str, float]]:
+    """``compare`` of many prediction sets, each against its own reference set, in one pass.
+
+    ``pred_set``/``ref_set`` give each box's set; prediction set s is scored against reference set
+    ``ref_of[s]`` (e.g. every variant against the leave-one-out consensus of its source). Equal to
+    calling ``compare`` per set: one sparse pair search keyed by set, one raster build for all.
+    """
+    n_pred = np.bincount(pred_set, minlength=n_sets)
+    n_ref = np.bincount(ref_set, minlength=n_refs)
+    p, r, iou = cross_iou_pairs(pred.xyxy, ref.xyxy, iou_thr, ref_of[pred_set], ref_set)
+    loc_tp = _distinct_best(p, r, iou, pred_set, len(pred), len(ref), n_sets)
+    same = pred.label[p] == ref.label[r]
+    tp = _distinct_best(p[same], r[same], iou[same], pred_set, len(pred), len(ref), n_sets)
+    labels = np.unique(np.concatenate([pred.label, ref.label]))
+    masks = _row_masks(
+        concat([pred, ref]),
+        np.concatenate([pred_set, ref_set + n_sets]),
+        n_sets + n_refs,
+        labels,
+        width,
+        height,
+        grid,
+    )
+    mine, theirs = masks[:n_sets], masks[n_sets:]
+    count_theirs = _popcount(theirs, 1)[ref_of]
+    inter = _popcount(mine & theirs[ref_of], 1)
+    union = _popcount(mine, 1) + count_theirs - inter
+    cov = np.where(union == 0, 1.0, inter / np.maximum(union, 1))
+    return [
+        {"pred": a, "ref": b, "tp": c, "loc_tp": d, "coverage": e}
+        for a, b, c, d, e in zip(
+            n_pred.tolist(), n_ref[ref_of].tolist(), tp.tolist(), loc_tp.tolist(), cov.tolist(), strict=True
+        )
+    ]
 
 
 def f1(tp: float, pred: float, ref: float) -> float:

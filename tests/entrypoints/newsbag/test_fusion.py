@@ -451,3 +451,114 @@ def test_sparse_pairs_equal_the_dense_iou_matrix():
         }
         assert set(zip(i.tolist(), j.tolist(), strict=True)) == want
         np.testing.assert_allclose(iou, dense[i, j])
+
+
+def _near_threshold_boxes(rng, n: int = 400) -> tuple[np.ndarray, np.ndarray]:
+    """Random boxes plus jittered and resized copies, so many pairs sit close to any IoU threshold."""
+    xy = rng.uniform(0, 2000, (n, 2))
+    wh = rng.uniform(2, 400, (n, 2))
+    base = np.concatenate([xy, xy + wh], axis=1)
+    scale = rng.uniform(0.6, 1.4, (n, 1))
+    shift = rng.normal(0, 1, (n, 2)) * wh * rng.uniform(0, 0.6, (n, 1))
+    cxy = (base[:, :2] + base[:, 2:]) / 2 + shift
+    half = wh * scale / 2
+    copies = np.concatenate([cxy - half, cxy + half], axis=1)
+    return np.concatenate([base, copies]), rng.integers(0, 4, 2 * n)
+
+
+@pytest.mark.parametrize("thr", [0.05, 0.3, 0.5, 0.51, 0.7, 0.95, 1.0])
+def test_iou_windows_never_miss_a_pair_near_the_threshold(thr):
+    rng = np.random.default_rng(int(thr * 100))
+    boxes, group = _near_threshold_boxes(rng)
+    dense = geometry.iou_matrix(boxes, boxes)
+    i, j, iou = geometry.iou_pairs(boxes, thr, group=group)
+    above = zip(*np.nonzero(np.triu(dense >= thr, 1)), strict=True)
+    want = {(a, b) for a, b in above if group[a] != group[b]}
+    got = list(zip(i.tolist(), j.tolist(), strict=True))
+    assert len(got) == len(set(got)) and set(got) == want  # each pair exactly once
+    np.testing.assert_array_equal(iou, dense[i, j])
+    a, b = boxes[: len(boxes) // 2], boxes[len(boxes) // 2 :]
+    ga, gb = group[: len(a)], group[len(a) :]
+    cross = geometry.iou_matrix(a, b)
+    i, j, iou = geometry.cross_iou_pairs(a, b, thr, ga, gb)
+    want = {(p, q) for p, q in zip(*np.nonzero(cross >= thr), strict=True) if ga[p] == gb[q]}
+    got = list(zip(i.tolist(), j.tolist(), strict=True))
+    assert len(got) == len(set(got)) and set(got) == want
+    np.testing.assert_array_equal(iou, cross[i, j])
+
+
+def test_window_search_equals_brute_force_in_any_layout():
+    rng = np.random.default_rng(5)
+    for n_q, n_p, spread in ((50, 400, 1.0), (300, 300, 0.01), (1, 50, 1.0), (200, 1, 1.0)):
+        qx, qy = rng.uniform(0, 1000, n_q), rng.uniform(0, 3000, n_q)
+        rx, ry = rng.uniform(0, 300, n_q), rng.uniform(0, 100, n_q) * spread
+        px, py = rng.uniform(-100, 1100, n_p), rng.uniform(-100, 3100, n_p)
+        px[: n_p // 4] = np.round(px[: n_p // 4], -2)  # points on window edges
+        qi, pi = geometry.grid_query(qx, qy, rx, ry, px, py)
+        inside = (np.abs(px[None, :] - qx[:, None]) <= rx[:, None]) & (
+            np.abs(py[None, :] - qy[:, None]) <= ry[:, None]
+        )
+        want = sorted(zip(*(x.tolist() for x in np.nonzero(inside)), strict=True))
+        assert sorted(zip(qi.tolist(), pi.tolist(), strict=True)) == want
+
+
+def _synth_fusers(n_pages: int = 6, seed: int = 21):
+    from bench import _newsbag_synth as synth
+
+    rng = np.random.default_rng(seed)
+    models = (*synth.SOURCES[:3], synth.SourceModel(0.85, 8, 0.9, 3, line=True))
+    s = fusion.Settings(source_weights={"s0": 2.0})
+    for i in range(n_pages):
+        recs, gt = synth.page(rng, f"p{i}", models, n_blocks=int(rng.integers(5, 150)))
+        recs["s1/w"] = {**recs["s1/v"], "variant": "w", "boxes": recs["s1/v"]["boxes"][::2]}
+        keys, per_variant, _ = fusion.prepare(recs, s, synth.W, synth.H, f"p{i}")
+        line = [recs[k]["granularity"] == "line" for k in keys]
+        yield fusion.Fuser(keys, per_variant, line, s, synth.W, synth.H, "consensus"), gt, s
+
+
+def test_batched_leave_one_out_equals_one_consensus_at_a_time():
+    for fuser, _, _ in _synth_fusers():
+        lefts = [None, *range(len(fuser.voters))]
+        boxes, row = fuser.fuse_many(lefts)
+        for r, g in enumerate(lefts):
+            active = np.ones(len(fuser.voters), bool)
+            if g is not None:
+                active[g] = False
+            one = fusion.cons_mod.consensus_many(
+                fuser.cl, fuser.voter_weight, active[None], fuser.s.min_support, fuser.s.min_confidence
+            )[0]
+            part = boxes.take(np.flatnonzero(row == r))
+            assert len(part) > 0
+            np.testing.assert_array_equal(part.xyxy, one.xyxy)
+            np.testing.assert_array_equal(part.label, one.label)
+            np.testing.assert_array_equal(part.score, one.score)
+
+
+def test_batched_scoring_equals_scoring_each_variant_alone():
+    from entrypoints.newsbag.scoring import compare, compare_sets, label_rasters
+
+    for fuser, gt, s in _synth_fusers():
+        w, h = fuser.width, fuser.height
+        boxes, row = fuser.fuse_many([None, *range(len(fuser.voters))])
+        refs = [boxes.take(np.flatnonzero(row == r + 1)) for r in range(len(fuser.voters))]
+        refs.append(geometry.Boxes.from_record(gt))  # and every variant against the truth
+        preds = [*fuser.per_variant, *fuser.per_variant]
+        ref_of = np.concatenate([fuser.voter_of_variant, np.full(len(fuser.per_variant), len(refs) - 1)])
+        got = compare_sets(
+            geometry.concat(preds),
+            np.repeat(np.arange(len(preds)), [len(p) for p in preds]),
+            len(preds),
+            geometry.concat(refs),
+            np.repeat(np.arange(len(refs)), [len(r) for r in refs]),
+            len(refs),
+            ref_of,
+            w,
+            h,
+            s.match_iou,
+            s.grid,
+        )
+        for k, p in enumerate(preds):
+            ref = refs[ref_of[k]]
+            want = compare(p, ref, label_rasters(ref, w, h, s.grid), w, h, s.match_iou, s.grid)
+            assert got[k] == want
+            assert all(type(got[k][f]) is type(want[f]) for f in want)
