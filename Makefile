@@ -52,7 +52,7 @@ doctor: $(STAMP) ## what this machine/image can do (GPU, torch, ORT, paddle, vid
 
 test: $(STAMP) ## the whole test suite (as root: builds or reuses the test world, a private Slurm)
 	@if [ "$$(id -u)" = 0 ]; then $(PY) -m tests.world build || [ -z "$$CI" ]; fi
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m tests.shards $(ARGS)
 
 test-fast: $(STAMP) ## tests without Slurm, the test world (Apptainer, arm64, SMB) and slow runs
 	$(PY) -m pytest -q -m "not slurm and not slow and not apptainer and not arm64 and not smb" $(ARGS)

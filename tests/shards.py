@@ -1,0 +1,75 @@
+"""``make test``: the whole suite as two pytest processes side by side, then both reports.
+
+Why: most of the suite's wall time is waiting (Slurm time limits and continuations, emulated
+aarch64 start-up, container starts), not CPU. The tests of the aarch64 node and the SMB-like
+share form one shard (their session owns the aarch64 spark1 and the share), everything else the
+other; each shard has its own pytest session, private Slurm cluster and temporary folder, so
+they share nothing but the read-only world cache. With arguments (``make test ARGS=...``) this
+is one plain pytest run.
+
+Exit status: the worst of the shards'. Ctrl-C or SIGTERM reaches both shards, whose fixtures
+stop their clusters and unmount their shares.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SHARDS = (
+    ("aarch64 node and SMB share", "arm64 or smb"),
+    ("everything else", "not arm64 and not smb"),
+)
+
+
+def main(argv: list[str]) -> int:
+    pytest = [sys.executable, "-m", "pytest", "-q"]
+    if argv:
+        return subprocess.call([*pytest, *argv], cwd=REPO)
+    work = Path(tempfile.mkdtemp(prefix="suite-test-shards-"))
+    started = time.monotonic()
+    procs: list[tuple[str, subprocess.Popen, Path]] = []
+    print(f"make test: {len(SHARDS)} pytest shards side by side; logs in {work}", flush=True)
+    try:
+        for i, (name, expr) in enumerate(SHARDS):
+            log = work / f"shard{i}.log"
+            with log.open("w") as out:
+                proc = subprocess.Popen(
+                    [*pytest, "-m", expr, f"--basetemp={work / f'tmp{i}'}"],
+                    cwd=REPO,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # a Ctrl-C is passed on below, once
+                )
+            procs.append((name, proc, log))
+        codes = [proc.wait() for _, proc, _ in procs]
+    except KeyboardInterrupt:
+        for _, proc, _ in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGINT)
+        for _, proc, _ in procs:
+            proc.wait()
+        print("make test: interrupted", file=sys.stderr)
+        return 130
+    for (name, _, log), code in zip(procs, codes, strict=True):
+        print(f"\n===== shard: {name} (pytest -m '{dict(SHARDS)[name]}'), exit {code} =====", flush=True)
+        sys.stdout.write(log.read_text(errors="replace"))
+    # the first failing shard's status (a shard killed by a signal counts as 128 + its number)
+    worst = next((c if c > 0 else 128 - c for c in codes if c != 0), 0)
+    print(f"\nmake test: {len(SHARDS)} shards, exit codes {codes}, {time.monotonic() - started:.0f} s wall")
+    return worst
+
+
+def _term(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _term)
+    sys.exit(main(sys.argv[1:]))
