@@ -3,10 +3,10 @@
 ``stage(SRC, DSTDIR)`` mirrors ``SRC`` (a file or a tree) to ``DSTDIR/<basename of SRC>``:
 basenames are kept because some tools find their weights by directory name. Why each rule:
 
-- the manifest ``DSTDIR/.<name>.stage.json`` (relative path, size, mtime_ns, optional sha256) is
-  written last, so a staged copy is complete exactly when its manifest matches it; it is
-  removed before the first change, so a copy interrupted halfway (node killed, disk full)
-  never looks complete;
+- the manifest ``DSTDIR/.<name>.stage.json`` (one JSON array per file: relative path, size,
+  mtime_ns, optional sha256 and link target) is written last, so a staged copy is complete
+  exactly when its manifest matches it; it is removed before the first change, so a copy
+  interrupted halfway (node killed, disk full) never looks complete;
 - a kill must not cost the bytes already copied (models are tens of GB over a ~200 MB/s share):
   while the tree changes, ``DSTDIR/.<name>.stage.journal`` lists every file already in place
   (one JSON line appended after each rename), and a file larger than ``RESUMABLE`` is copied in
@@ -19,8 +19,13 @@ basenames are kept because some tools find their weights by directory name. Why 
 - the source is only read (SMB shares refuse chmod/chown/symlink): no ``copystat``, the
   destination gets the source's mtime through ``utime`` on the destination only;
 - re-checking a staged tree compares ``stat`` results with the manifest: no file is read. It
-  runs at every job start, so this module imports only what that check needs (no hashlib,
-  dataclasses or tempfile until a copy or a checksum asks for them).
+  runs at every job start, so this module imports only what that check needs (no pathlib,
+  hashlib, dataclasses or tempfile until a copy or a checksum asks for them), reads the manifest
+  as arrays (half the parse time of a dict per file) and compares plain values: the whole no-op
+  is one ``scandir`` pass over the source plus one ``lstat`` per staged file. A version-1
+  manifest (a dict per file) is still read, so an upgrade does not restage every node; anything
+  else that does not parse as a manifest is no manifest: files are re-checked and copied, never
+  trusted.
 """
 
 from __future__ import annotations
@@ -32,15 +37,16 @@ import json
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from json.encoder import encode_basestring_ascii as _quote
 
 from suite_core.errors import UserError
 
-if False:  # typing costs ~3 ms of start-up; annotations are strings (from __future__)
+if False:  # typing and pathlib cost ~3 and ~5 ms of start-up; annotations are strings (from __future__)
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
     from typing import Any
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: a JSON array per file; 1 (a dict per file) is still read
 CHUNK = 16 << 20          # unit of copy, of resume and of one parallel task within a large file
 RESUMABLE = 2 * CHUNK     # files above this are copied chunk by chunk with a resume log
 _BUF = 8 << 20            # read/write buffer when the kernel cannot copy file to file
@@ -79,16 +85,29 @@ class Entry:
 class StageResult:
     """What one staging call did; ``copied == 0 and removed == 0`` is a no-op re-check."""
 
-    def __init__(self, dst: Path, manifest: Path, files: int = 0, total_bytes: int = 0) -> None:
-        self.dst, self.manifest, self.files, self.total_bytes = dst, manifest, files, total_bytes
+    def __init__(self, dst: Path | str, manifest: Path | str, files: int = 0, total_bytes: int = 0) -> None:
+        self._dst, self._manifest = os.fspath(dst), os.fspath(manifest)  # Paths made on demand
+        self.files, self.total_bytes = files, total_bytes
         self.copied = self.removed = self.bytes_copied = self.resumed = self.bytes_resumed = 0
         self.cleaned = 0  # orphaned parts of dead writers removed
         self.seconds = self.waited = 0.0
 
+    @property
+    def dst(self) -> Path:
+        from pathlib import Path
+
+        return Path(self._dst)
+
+    @property
+    def manifest(self) -> Path:
+        from pathlib import Path
+
+        return Path(self._manifest)
+
     def summary(self) -> str:
         mb = self.bytes_copied / 1e6
         head = (
-            f"staged {self.dst}: {self.files} files, {self.total_bytes / 1e6:.1f} MB; "
+            f"staged {self._dst}: {self.files} files, {self.total_bytes / 1e6:.1f} MB; "
             f"copied {self.copied} ({mb:.1f} MB), removed {self.removed}, in {self.seconds:.2f} s"
         )
         if self.resumed:
@@ -100,16 +119,22 @@ class StageResult:
         return head
 
 
-def manifest_path(dst_dir: Path, name: str) -> Path:
-    return dst_dir / f".{name}.stage.json"
+def manifest_path(dst_dir: Path | str, name: str) -> Path:
+    from pathlib import Path
+
+    return Path(dst_dir, f".{name}.stage.json")
 
 
-def journal_path(dst_dir: Path, name: str) -> Path:
-    return dst_dir / f".{name}.stage.journal"
+def journal_path(dst_dir: Path | str, name: str) -> Path:
+    from pathlib import Path
+
+    return Path(dst_dir, f".{name}.stage.journal")
 
 
-def lock_path(dst_dir: Path, name: str) -> Path:
-    return dst_dir / f".{name}.stage.lock"
+def lock_path(dst_dir: Path | str, name: str) -> Path:
+    from pathlib import Path
+
+    return Path(dst_dir, f".{name}.stage.lock")
 
 
 def part_path(target: Path, pid: int | None = None, host: str = HOST) -> Path:
@@ -144,7 +169,7 @@ def node_lock(
     (:func:`announce_holder`, once it is about to change something).
     """
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as exc:
         raise _write_error(exc, path) from None
@@ -178,8 +203,13 @@ def _is_partial(name: str) -> bool:
     return name.endswith(PARTIAL_SUFFIXES) or (name.startswith(".") and ".part" in name)
 
 
-def scan_source(src: Path) -> list[Entry]:
+def scan_source(src: Path | str) -> list[Entry]:
     """Stat every file under ``src`` (or ``src`` itself) once; refuse an incomplete source."""
+    return _scan(os.fspath(src))[0]
+
+
+def _scan(src: str) -> tuple[list[Entry], bool]:
+    """:func:`scan_source` and whether ``src`` is a single file (no second stat on the share)."""
     try:
         st = os.stat(src)
     except FileNotFoundError:
@@ -191,14 +221,14 @@ def scan_source(src: Path) -> list[Entry]:
         raise UserError(f"cannot read staging source {src}: {exc.strerror}",
                         fix="check permissions on the shared storage") from None
     if stat.S_ISREG(st.st_mode):
-        return [Entry(src.name, st.st_size, st.st_mtime_ns)]
+        return [Entry(os.path.basename(src), st.st_size, st.st_mtime_ns)], True
     if not stat.S_ISDIR(st.st_mode):
         raise UserError(
             f"staging source {src} is neither a file nor a directory", fix="stage a file or a folder"
         )
     entries: list[Entry] = []
     partial: list[str] = []
-    stack = [("", str(src))]
+    stack = [("", src)]
     while stack:  # scandir: one lstat per file (a DirEntry caches it), no second walk
         rel_root, full_root = stack.pop()
         try:
@@ -232,24 +262,43 @@ def scan_source(src: Path) -> list[Entry]:
         )
     if not entries:
         raise UserError(f"staging source {src} is empty", fix="publish the models/images there first")
-    return entries
+    return entries, False
 
 
-def read_manifest(path: Path) -> dict[str, Entry] | None:
+def _read_rows(path: Path | str) -> dict[str, list[Any]] | None:
+    """The manifest's files as ``path -> [path, size, mtime_ns, sha256, link]``; None: not trusted.
+
+    Version 2 holds one array per file; version 1 (a dict per file) is converted. Another version,
+    a torn or foreign file, or a row of another shape is no manifest at all (the caller then
+    re-checks every file against the journal and copies it): it is never half-trusted.
+    """
     try:
         with open(path, "rb") as fh:
             data = json.loads(fh.read())
-    except (OSError, ValueError):
+        version, files = data["version"], data["files"]
+        if type(version) is not int:
+            return None
+        if version == 2:
+            rows = {r[0]: r for r in files if type(r) is list and len(r) == 5}
+        elif version == 1:
+            rows = {d["path"]: [d["path"], d["size"], d["mtime_ns"], d.get("sha256"), d.get("link")]
+                    for d in files}
+        else:
+            return None
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
         return None
-    if not isinstance(data, dict) or data.get("version") != MANIFEST_VERSION:
-        return None
-    try:
-        return {d["path"]: Entry.from_dict(d) for d in data.get("files", [])}
-    except (KeyError, TypeError):
-        return None
+    return rows if len(rows) == len(files) else None  # a malformed or repeated row: none of it
 
 
-def read_journal(path: Path) -> dict[str, Entry]:
+def read_manifest(path: Path | str) -> dict[str, Entry] | None:
+    """The manifest's entries by relative path, or None when there is no trustworthy manifest."""
+    rows = _read_rows(path)
+    if rows is None:
+        return None
+    return {p: Entry(*r) for p, r in rows.items()}
+
+
+def read_journal(path: Path | str) -> dict[str, Entry]:
     """Files an interrupted staging had put in place (a torn last line is ignored)."""
     out: dict[str, Entry] = {}
     try:
@@ -264,9 +313,9 @@ def read_journal(path: Path) -> dict[str, Entry]:
     return out
 
 
-def _dest_matches(target: Path | str, e: Entry, old: Entry | None) -> bool:
-    """Stat-only: the staged file is the one the manifest recorded for this source state."""
-    if old is None or old.size != e.size or old.mtime_ns != e.mtime_ns or old.link != e.link:
+def _dest_matches(target: str, e: Entry, row: list[Any] | None) -> bool:
+    """Stat-only: the staged file is the one the manifest (or journal) recorded for this source state."""
+    if row is None or row[1] != e.size or row[2] != e.mtime_ns or row[4] != e.link:
         return False
     try:
         st = os.lstat(target)
@@ -281,7 +330,7 @@ def _write_error(exc: OSError, path: Path) -> UserError:
     if exc.errno in _FULL:
         return UserError(
             f"destination is full while writing {path} ({exc.strerror})",
-            where=str(path.parent),
+            where=os.path.dirname(os.fspath(path)),
             fix="free space on the node-local disk or stage fewer models",
         )
     return UserError(f"cannot write {path}: {exc.strerror}",
@@ -395,6 +444,8 @@ def _unlink(*paths: Path) -> None:
 
 
 def _log_of(part: Path | str) -> Path:
+    from pathlib import Path
+
     return Path(f"{part}.log")
 
 
@@ -480,6 +531,8 @@ class _Copier:
         return f"{self.src}/{e.path}", f"{self.root}/{e.path}"
 
     def plan(self, todo: list[Entry]) -> list[Callable[[], None]]:
+        from pathlib import Path
+
         tasks: list[Callable[[], None]] = []
         made: set[str] = set()
         for e in todo:
@@ -492,7 +545,7 @@ class _Copier:
                     raise UserError(f"{parent} is a file in the staged copy, but the source has a "
                                     "folder there", fix=f"remove {parent} and stage again") from None
                 except OSError as exc:
-                    raise _write_error(exc, Path(parent)) from None
+                    raise _write_error(exc, parent) from None
                 made.add(parent)
             if e.link is None and e.size > RESUMABLE:
                 tasks += self._chunk_tasks(Path(source), Path(target), e)
@@ -535,6 +588,8 @@ class _Copier:
     def _check_source(self, source: Path | str, e: Entry, part: Path | str,
                       err: OSError | None = None) -> None:
         """After a copy (or a failed one): the source must still be the version we listed."""
+        from pathlib import Path
+
         part = Path(part)
         try:
             st = os.stat(source)
@@ -580,7 +635,7 @@ class _Copier:
             raise
         except OSError as exc:
             _unlink(tmp)
-            raise _write_error(exc, Path(target)) from None
+            raise _write_error(exc, target) from None
         except BaseException:
             _unlink(tmp)
             raise
@@ -694,98 +749,125 @@ def stage(
     sha256 (or size) even when stat says nothing changed. ``jobs`` copies with that many streams.
     """
     t0 = time.monotonic()
-    src = Path(os.path.abspath(src))
-    dst_dir = Path(os.path.abspath(dst_dir))
-    name = src.name
+    src_s, dst_s = os.path.abspath(src), os.path.abspath(dst_dir)
+    name = os.path.basename(src_s)
     if not name:
-        raise UserError(f"cannot stage {src}: it has no basename", fix="stage a file or a named folder")
+        raise UserError(f"cannot stage {src_s}: it has no basename", fix="stage a file or a named folder")
     if jobs < 1:
         raise UserError(f"--jobs {jobs} is not a number of copy streams", fix="pass --jobs 1 or more")
-    entries = scan_source(src)
-    single = len(entries) == 1 and entries[0].path == name and os.path.isfile(src)
-    target_root = dst_dir / name
-    mpath = manifest_path(dst_dir, name)
-    jpath = journal_path(dst_dir, name)
+    entries, single = _scan(src_s)
+    base = dst_s.rstrip("/")  # strings, not Paths: this runs at every job start
+    root = f"{base}/{name}"
+    mpath, jpath, lock = (f"{base}/.{name}.stage.{k}" for k in ("json", "journal", "lock"))
     try:
-        dst_dir.mkdir(parents=True, exist_ok=True)
+        os.makedirs(dst_s, exist_ok=True)
     except OSError as exc:
         raise UserError(
-            f"cannot create staging destination {dst_dir}: {exc.strerror}",
+            f"cannot create staging destination {dst_s}: {exc.strerror}",
             fix="set CONTAINERS_NODE_LOCAL (or paths.node_local) to a writable local disk",
         ) from None
-    if single and target_root.is_dir():
-        raise UserError(
-            f"{target_root} is a folder but {src} is a file", fix="remove the folder or pick another DST"
-        )
-    if not single and (target_root.is_file() or target_root.is_symlink()):
-        raise UserError(f"{target_root} is a file but {src} is a folder",
+    try:
+        there = os.lstat(root).st_mode
+    except FileNotFoundError:
+        there = None
+    except OSError as exc:
+        raise _write_error(exc, root) from None
+    if single and there is not None and os.path.isdir(root):
+        raise UserError(f"{root} is a folder but {src_s} is a file",
+                        fix="remove the folder or pick another DST")
+    if not single and there is not None and (stat.S_ISREG(there) or stat.S_ISLNK(there)):
+        raise UserError(f"{root} is a file but {src_s} is a folder",
                         fix="remove the file or pick another DST")
-    result = StageResult(target_root, mpath, len(entries), sum(e.size for e in entries))
-    lock = lock_path(dst_dir, name)
+    result = StageResult(root, mpath, len(entries), sum(e.size for e in entries))
     with node_lock(lock, timeout=lock_timeout, on_wait=log, announce=False) as waited:
         result.waited = waited
-        old = read_manifest(mpath)
-        known = {**(old or {}), **read_journal(jpath)}
+        rows = _read_rows(mpath)
+        journal = os.path.exists(jpath)
+        known = rows or {}
+        if journal:  # an interrupted staging: what it had put in place counts as much as the manifest
+            known = {**known, **{p: [e.path, e.size, e.mtime_ns, e.sha256, e.link]
+                                 for p, e in read_journal(jpath).items()}}
         todo = []
-        root = str(target_root)
-        for e in entries:
+        lookup = known.get
+        for e in entries:  # stat only: one lstat per staged file, no read
+            k = lookup(e.path)
             target = root if single else f"{root}/{e.path}"
-            k = known.get(e.path)
-            if _dest_matches(target, e, k) and (not verify or _verified(Path(target), k)):  # type: ignore[arg-type]
-                e.sha256 = k.sha256  # type: ignore[union-attr]
-                if checksum and e.sha256 is None and e.link is None:
-                    e.sha256 = sha256_file(Path(target))
+            if k is None or not _dest_matches(target, e, k) or (verify and not _verified(target, k)):
+                todo.append(e)
                 continue
-            todo.append(e)
-        names = {e.path for e in entries}
-        fresh = not single and not os.path.lexists(target_root)  # nothing there yet: nothing extra to remove
-        extras_possible = not single and not fresh and (old is None or set(old) != names)
-        complete = old is not None and not todo and set(old) == names and not jpath.exists()
-        if complete and not (checksum and _missing_sums(old)):  # type: ignore[arg-type]
+            e.sha256 = k[3] if type(k[3]) is str else None
+            if checksum and e.sha256 is None and e.link is None:
+                e.sha256 = sha256_file(target)
+        # every source file matched a row, so the manifest lists exactly the source when the counts agree
+        complete = rows is not None and not journal and not todo and len(rows) == len(entries)
+        if complete and not (checksum and _missing_sums(rows)):  # type: ignore[arg-type]
             result.seconds = time.monotonic() - t0
             return result
-        # From here on the tree changes: it must not look complete until the new manifest lands,
-        # and what is already in place is listed in the journal first, so a kill loses nothing.
-        try:
-            announce_holder(lock)
-            pending = {id(e) for e in todo}
-            _start_journal(jpath, [e for e in entries if id(e) not in pending])
-            _unlink(mpath)
-            jfd = os.open(jpath, os.O_WRONLY | os.O_APPEND)
-        except OSError as exc:
-            raise _write_error(exc, jpath) from None
-        try:
-            if not single:
-                try:
-                    target_root.mkdir(parents=True, exist_ok=True)
-                except OSError as exc:
-                    raise _write_error(exc, target_root) from None
-            copier = _Copier(src, target_root, single, checksum, jfd, result)
-            try:
-                copier.run(copier.plan(todo), jobs)
-            finally:
-                copier.close()
-        finally:
-            os.close(jfd)
-        if single:
-            _, _, cleaned = adopt_or_clean(target_root, None, checksum)
-            result.cleaned += cleaned
-        elif not fresh and (extras_possible or result.copied):
-            try:
-                result.removed = _remove_extras(target_root, names)
-            except OSError as exc:
-                raise _write_error(exc, target_root) from None
-        head = json.dumps({"version": MANIFEST_VERSION, "source": str(src), "name": name,
-                           "kind": "file" if single else "tree", "staged": time.time(),
-                           "total_bytes": result.total_bytes})[:-1]
-        rows = ",\n".join(_json_line(e) for e in entries)
-        try:  # one file per line, compact: it is parsed at every job start
-            _replace_text(mpath, f'{head}, "files": [\n{rows}\n]}}\n')
-        except OSError as exc:
-            raise _write_error(exc, mpath) from None
-        _unlink(jpath)
+        _change(src_s, root, single, entries, todo, rows, jpath, mpath, lock, checksum, jobs, result,
+                fresh=not single and there is None)
     result.seconds = time.monotonic() - t0
     return result
+
+
+def _change(src: str, root: str, single: bool, entries: list[Entry], todo: list[Entry],
+            rows: dict[str, list[Any]] | None, jpath: str, mpath: str, lock: str, checksum: bool,
+            jobs: int, result: StageResult, *, fresh: bool) -> None:
+    """Bring the staged copy to the source's state (under the node lock): copy, remove, manifest last."""
+    from pathlib import Path
+
+    names = {e.path for e in entries}
+    extras_possible = not single and not fresh and (rows is None or set(rows) != names)
+    # From here on the tree changes: it must not look complete until the new manifest lands,
+    # and what is already in place is listed in the journal first, so a kill loses nothing.
+    try:
+        announce_holder(lock)
+        pending = {id(e) for e in todo}
+        _start_journal(Path(jpath), [e for e in entries if id(e) not in pending])
+        _unlink(mpath)
+        jfd = os.open(jpath, os.O_WRONLY | os.O_APPEND)
+    except OSError as exc:
+        raise _write_error(exc, jpath) from None
+    target_root = Path(root)
+    try:
+        if not single:
+            try:
+                os.makedirs(root, exist_ok=True)
+            except OSError as exc:
+                raise _write_error(exc, root) from None
+        copier = _Copier(Path(src), target_root, single, checksum, jfd, result)
+        try:
+            copier.run(copier.plan(todo), jobs)
+        finally:
+            copier.close()
+    finally:
+        os.close(jfd)
+    if single:
+        _, _, cleaned = adopt_or_clean(target_root, None, checksum)
+        result.cleaned += cleaned
+    elif not fresh and (extras_possible or result.copied):
+        try:
+            result.removed = _remove_extras(target_root, names)
+        except OSError as exc:
+            raise _write_error(exc, target_root) from None
+    head = json.dumps({"version": MANIFEST_VERSION, "source": src, "name": os.path.basename(src),
+                       "kind": "file" if single else "tree", "staged": time.time(),
+                       "total_bytes": result.total_bytes, "fields": list(_FIELDS)})[:-1]
+    body = ",\n".join(_row(e) for e in entries)
+    try:  # one file per line, compact: it is parsed at every job start
+        _replace_text(Path(mpath), f'{head}, "files": [\n{body}\n]}}\n')
+    except OSError as exc:
+        raise _write_error(exc, mpath) from None
+    _unlink(jpath)
+
+
+_FIELDS = ("path", "size", "mtime_ns", "sha256", "link")  # the columns of a version-2 manifest row
+
+
+def _row(e: Entry) -> str:
+    """One manifest row ``[path, size, mtime_ns, sha256, link]`` (hand-built: json.dumps per file is slow)."""
+    sha = _quote(e.sha256) if e.sha256 else "null"
+    link = "null" if e.link is None else _quote(e.link)
+    return f"[{_quote(e.path)},{e.size},{e.mtime_ns},{sha},{link}]"
 
 
 def _replace_text(path: Path, text: str) -> None:
@@ -808,12 +890,12 @@ def _replace_text(path: Path, text: str) -> None:
 
 
 def _json_line(e: Entry) -> str:
-    """One manifest/journal entry as compact JSON (hand-built: json.dumps per file is measurable)."""
-    line = f'{{"path":{json.dumps(e.path)},"size":{e.size},"mtime_ns":{e.mtime_ns}'
+    """One journal entry as compact JSON (hand-built: json.dumps per file is measurable)."""
+    line = f'{{"path":{_quote(e.path)},"size":{e.size},"mtime_ns":{e.mtime_ns}'
     if e.sha256:
-        line += f',"sha256":"{e.sha256}"'
+        line += f',"sha256":{_quote(e.sha256)}'
     if e.link is not None:
-        line += f',"link":{json.dumps(e.link)}'
+        line += f',"link":{_quote(e.link)}'
     return line + "}"
 
 
@@ -837,32 +919,32 @@ def _remove_extras(dst: Path, keep: set[str]) -> int:
     return removed
 
 
-def _missing_sums(old: dict[str, Entry]) -> bool:
-    return any(e.sha256 is None and e.link is None for e in old.values())
+def _missing_sums(rows: dict[str, list[Any]]) -> bool:
+    return any(not r[3] and r[4] is None for r in rows.values())
 
 
-def _verified(target: Path, e: Entry) -> bool:
-    if e.link is not None:
+def _verified(target: str, row: list[Any]) -> bool:
+    """``--verify``: the staged bytes still have the recorded sha256 (or, without one, the size)."""
+    if row[4] is not None:
         return True
-    if e.sha256:
-        return sha256_file(target) == e.sha256
-    return target.stat().st_size == e.size
+    if row[3]:
+        return sha256_file(target) == row[3]
+    return os.stat(target).st_size == row[1]
 
 
 def check(src: str | os.PathLike[str], dst_dir: str | os.PathLike[str]) -> list[str]:
     """Stat-only comparison of a staged copy with its source; returns the differences."""
-    src = Path(os.path.abspath(src))
-    dst_dir = Path(os.path.abspath(dst_dir))
-    old = read_manifest(manifest_path(dst_dir, src.name))
-    if old is None:
-        return [f"no complete staged copy of {src.name} in {dst_dir} (manifest missing)"]
-    single = src.is_file()
+    src_s, dst_s = os.path.abspath(src), os.path.abspath(dst_dir)
+    name = os.path.basename(src_s)
+    root = f"{dst_s.rstrip('/')}/{name}"
+    rows = _read_rows(f"{dst_s.rstrip('/')}/.{name}.stage.json")
+    if rows is None:
+        return [f"no complete staged copy of {name} in {dst_s} (manifest missing)"]
+    entries, single = _scan(src_s)
     diffs = []
-    entries = scan_source(src)
     for e in entries:
-        target = dst_dir / src.name if single else dst_dir / src.name / e.path
-        if not _dest_matches(target, e, old.get(e.path)):
+        if not _dest_matches(root if single else f"{root}/{e.path}", e, rows.get(e.path)):
             diffs.append(f"{e.path}: differs from the source")
-    for p in set(old) - {e.path for e in entries}:
+    for p in set(rows) - {e.path for e in entries}:
         diffs.append(f"{p}: no longer in the source")
     return diffs
