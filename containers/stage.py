@@ -3,13 +3,13 @@
 ``stage(SRC, DSTDIR)`` mirrors ``SRC`` (a file or a tree) to ``DSTDIR/<basename of SRC>``:
 basenames are kept because some tools find their weights by directory name. Why each rule:
 
-- the manifest ``DSTDIR/.<name>.stage.json`` (one JSON array per file: relative path, size,
-  mtime_ns, optional sha256 and link target) is written last, so a staged copy is complete
-  exactly when its manifest matches it; it is removed before the first change, so a copy
-  interrupted halfway (node killed, disk full) never looks complete;
+- the manifest ``DSTDIR/.<name>.stage.manifest`` (a header line, then one tab-separated line
+  per file: relative path, size, mtime_ns, optional sha256 and link target) is written last, so
+  a staged copy is complete exactly when its manifest matches it; it is removed before the first
+  change, so a copy interrupted halfway (node killed, disk full) never looks complete;
 - a kill must not cost the bytes already copied (models are tens of GB over a ~200 MB/s share):
   while the tree changes, ``DSTDIR/.<name>.stage.journal`` lists every file already in place
-  (one JSON line appended after each rename), and a file larger than ``RESUMABLE`` is copied in
+  (one manifest line appended after each file is in place), and a file larger than ``RESUMABLE`` is copied in
   ``CHUNK``-sized pieces into ``.<file>.stage-<host>-<pid>.part`` with a ``.log`` beside it that
   names the source version (size, mtime) and each finished chunk. A rerun trusts the journal's
   files whose stat still matches, continues a dead writer's part from its logged chunks, and
@@ -20,12 +20,12 @@ basenames are kept because some tools find their weights by directory name. Why 
   destination gets the source's mtime through ``utime`` on the destination only;
 - re-checking a staged tree compares ``stat`` results with the manifest: no file is read. It
   runs at every job start, so this module imports only what that check needs (no pathlib,
-  hashlib, dataclasses or tempfile until a copy or a checksum asks for them), reads the manifest
-  as arrays (half the parse time of a dict per file) and compares plain values: the whole no-op
-  is one ``scandir`` pass over the source plus one ``lstat`` per staged file. A version-1
-  manifest (a dict per file) is still read, so an upgrade does not restage every node; anything
-  else that does not parse as a manifest is no manifest: files are re-checked and copied, never
-  trusted.
+  hashlib, json (and with it re) or tempfile until a copy or a checksum asks for them), reads a
+  plain-text manifest and compares plain values: the whole no-op is one ``scandir`` pass over
+  the source plus one ``lstat`` per staged file. The JSON manifest of earlier versions
+  (``.<name>.stage.json``) is still read, so an upgrade does not restage every node; anything
+  that does not parse completely (torn, foreign, another version, a row of another shape) is no
+  manifest: the files are re-checked against the journal and copied, never trusted.
 """
 
 from __future__ import annotations
@@ -33,11 +33,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import stat
 import time
-from json.encoder import encode_basestring_ascii as _quote
+from operator import attrgetter
 
 from suite_core.errors import UserError
 
@@ -46,7 +45,8 @@ if False:  # typing and pathlib cost ~3 and ~5 ms of start-up; annotations are s
     from pathlib import Path
     from typing import Any
 
-MANIFEST_VERSION = 2  # 2: a JSON array per file; 1 (a dict per file) is still read
+MANIFEST_VERSION = 2  # 2: text, a line per file; 1 (JSON, ``.<name>.stage.json``) is still read
+_MAGIC = "containers-stage-manifest"
 CHUNK = 16 << 20          # unit of copy, of resume and of one parallel task within a large file
 RESUMABLE = 2 * CHUNK     # files above this are copied chunk by chunk with a resume log
 _BUF = 8 << 20            # read/write buffer when the kernel cannot copy file to file
@@ -122,7 +122,7 @@ class StageResult:
 def manifest_path(dst_dir: Path | str, name: str) -> Path:
     from pathlib import Path
 
-    return Path(dst_dir, f".{name}.stage.json")
+    return Path(dst_dir, f".{name}.stage.manifest")
 
 
 def journal_path(dst_dir: Path | str, name: str) -> Path:
@@ -199,8 +199,7 @@ def node_lock(
         os.close(fd)  # closing releases the flock
 
 
-def _is_partial(name: str) -> bool:
-    return name.endswith(PARTIAL_SUFFIXES) or (name.startswith(".") and ".part" in name)
+_NAME = attrgetter("name")  # sort key of DirEntries (operator: already loaded by ``-m``'s runpy)
 
 
 def scan_source(src: Path | str) -> list[Entry]:
@@ -229,31 +228,41 @@ def _scan(src: str) -> tuple[list[Entry], bool]:
     entries: list[Entry] = []
     partial: list[str] = []
     stack = [("", src)]
-    while stack:  # scandir: one lstat per file (a DirEntry caches it), no second walk
+    # One scandir per folder, read through its descriptor: the one lstat per entry is then
+    # relative to the folder (no walk of the whole share path for each file).
+    while stack:
         rel_root, full_root = stack.pop()
         try:
-            with os.scandir(full_root) as it:
-                items = sorted(it, key=lambda d: d.name)
+            fd = os.open(full_root, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
-            raise UserError(f"cannot read {exc.filename or full_root}: {exc.strerror}",
+            raise UserError(f"cannot read {full_root}: {exc.strerror}",
                             where="staging source", fix="check permissions on the shared storage") from None
         subdirs = []
-        for d in items:
-            rel = f"{rel_root}{d.name}"
-            if _is_partial(d.name):
-                partial.append(rel)
-                continue
-            try:
-                if d.is_symlink():
-                    entries.append(Entry(rel, 0, d.stat(follow_symlinks=False).st_mtime_ns,
-                                         link=os.readlink(d.path)))
-                elif d.is_dir(follow_symlinks=False):
-                    subdirs.append((f"{rel}/", d.path))
-                elif d.is_file(follow_symlinks=False):
+        try:
+            with os.scandir(fd) as it:
+                items = sorted(it, key=_NAME)
+            for d in items:
+                name = d.name
+                rel = rel_root + name
+                if name.endswith(PARTIAL_SUFFIXES) or (name[0] == "." and ".part" in name):  # unfinished
+                    partial.append(rel)
+                    continue
+                try:
                     s = d.stat(follow_symlinks=False)
-                    entries.append(Entry(rel, s.st_size, s.st_mtime_ns))
-            except FileNotFoundError:
-                continue  # removed between listing and stat: it is not part of this source state
+                    mode = s.st_mode
+                    if stat.S_ISREG(mode):
+                        entries.append(Entry(rel, s.st_size, s.st_mtime_ns))
+                    elif stat.S_ISDIR(mode):
+                        subdirs.append((f"{rel}/", f"{full_root}/{name}"))
+                    elif stat.S_ISLNK(mode):
+                        entries.append(Entry(rel, 0, s.st_mtime_ns, link=os.readlink(name, dir_fd=fd)))
+                except FileNotFoundError:
+                    continue  # removed between listing and stat: it is not part of this source state
+        except OSError as exc:
+            raise UserError(f"cannot read {full_root}/{exc.filename or ''}: {exc.strerror}",
+                            where="staging source", fix="check permissions on the shared storage") from None
+        finally:
+            os.close(fd)
         stack.extend(reversed(subdirs))
     if partial:
         raise UserError(
@@ -266,28 +275,89 @@ def _scan(src: str) -> tuple[list[Entry], bool]:
 
 
 def _read_rows(path: Path | str) -> dict[str, list[Any]] | None:
-    """The manifest's files as ``path -> [path, size, mtime_ns, sha256, link]``; None: not trusted.
+    """The manifest's files as ``path -> [path, size, mtime_ns, sha256, link]``; None: not trusted."""
+    return _load_rows(path)[0]
 
-    Version 2 holds one array per file; version 1 (a dict per file) is converted. Another version,
-    a torn or foreign file, or a row of another shape is no manifest at all (the caller then
-    re-checks every file against the journal and copies it): it is never half-trusted.
+
+def _load_rows(path: Path | str) -> tuple[dict[str, list[Any]] | None, bool]:
+    """:func:`_read_rows` and whether the rows came from a version-1 manifest (to be rewritten).
+
+    The header names the version and the number of files, and the text must end with a newline:
+    another version, a torn or foreign file, a row of another shape or a count that differs is no
+    manifest at all (the caller then re-checks every file against the journal and copies it), it
+    is never half-trusted. Without one, the JSON manifest of version 1 beside it is read.
     """
     try:
         with open(path, "rb") as fh:
+            lines = fh.read().decode("utf-8", "surrogateescape").split("\n")
+    except FileNotFoundError:
+        old = _read_v1(f"{os.fspath(path)[:-len('manifest')]}json")
+        return old, old is not None
+    except OSError:
+        return None, False
+    head = lines[0].split("\t")
+    if head[0] != f"{_MAGIC} {MANIFEST_VERSION}" or len(head) < 3 or lines[-1] != "":
+        return None, False
+    try:
+        rows = _parse_rows(lines[1:-1])
+        return (rows if len(rows) == int(head[2]) == len(lines) - 2 else None), False
+    except (ValueError, KeyError, IndexError):
+        return None, False
+
+
+def _parse_rows(lines: list[str]) -> dict[str, list[Any]]:
+    """Lines of five tab-separated fields: path, size, mtime_ns, sha256, link (ValueError or
+    KeyError on any other shape)."""
+    rows = {}
+    for ln in lines:
+        p, size, mtime, sha, link = ln.split("\t")
+        if "\\" in p:
+            p = _unescape(p)
+        if "\\" in link:
+            link = _unescape(link)
+        rows[p] = [p, int(size), int(mtime), sha or None, link or None]
+    return rows
+
+
+def _read_v1(path: str) -> dict[str, list[Any]] | None:
+    """The JSON manifest of version 1 (a dict per file), still trusted: it was written last too."""
+    import json
+
+    try:
+        with open(path, "rb") as fh:
             data = json.loads(fh.read())
-        version, files = data["version"], data["files"]
-        if type(version) is not int:
+        if data["version"] != 1 or type(data["version"]) is not int:
             return None
-        if version == 2:
-            rows = {r[0]: r for r in files if type(r) is list and len(r) == 5}
-        elif version == 1:
-            rows = {d["path"]: [d["path"], d["size"], d["mtime_ns"], d.get("sha256"), d.get("link")]
-                    for d in files}
-        else:
-            return None
-    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        files = data["files"]
+        rows = {d["path"]: [d["path"], d["size"], d["mtime_ns"], d.get("sha256"), d.get("link")]
+                for d in files}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    return rows if len(rows) == len(files) else None  # a malformed or repeated row: none of it
+    return rows if len(rows) == len(files) else None
+
+
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n"})
+_UNESCAPES = {"\\": "\\", "t": "\t", "n": "\n"}
+
+
+def _escape(text: str) -> str:
+    """Backslash, tab and newline escaped: any file name fits in one tab-separated field."""
+    return text.translate(_ESCAPES) if ("\\" in text or "\t" in text or "\n" in text) else text
+
+
+def _unescape(text: str) -> str:
+    out, i = [], 0
+    while (j := text.find("\\", i)) >= 0:
+        out += (text[i:j], _UNESCAPES[text[j + 1]])  # another escape (or none): KeyError/IndexError
+        i = j + 2
+    out.append(text[i:])
+    return "".join(out)
+
+
+def _row(e: Entry) -> str:
+    """One manifest or journal line (no sha256 or link: empty field; a link target is never empty)."""
+    link = "" if e.link is None else _escape(e.link)
+    return f"{_escape(e.path)}\t{e.size}\t{e.mtime_ns}\t{e.sha256 or ''}\t{link}\n"
 
 
 def read_manifest(path: Path | str) -> dict[str, Entry] | None:
@@ -299,17 +369,18 @@ def read_manifest(path: Path | str) -> dict[str, Entry] | None:
 
 
 def read_journal(path: Path | str) -> dict[str, Entry]:
-    """Files an interrupted staging had put in place (a torn last line is ignored)."""
+    """Files an interrupted staging had put in place (a torn last line, or a line of an older
+    version, is skipped: that file is copied again)."""
     out: dict[str, Entry] = {}
     try:
         with open(path, "rb") as fh:
-            lines = fh.read().splitlines()
+            lines = fh.read().decode("utf-8", "surrogateescape").split("\n")
     except OSError:
         return out
-    for ln in lines:
-        with contextlib.suppress(ValueError, KeyError, TypeError):
-            e = Entry.from_dict(json.loads(ln))
-            out[e.path] = e
+    for ln in lines[:-1]:  # the last piece is empty, or a line the kill cut short
+        with contextlib.suppress(ValueError, KeyError, IndexError):
+            for p, r in _parse_rows([ln]).items():
+                out[p] = Entry(*r)
     return out
 
 
@@ -454,6 +525,8 @@ def _read_log(log: Path, e: Entry, checksum: bool) -> dict[int, str | None] | No
     try:
         with open(log, "rb") as fh:
             lines = fh.read().splitlines()
+        import json
+
         head = json.loads(lines[0])
     except (OSError, ValueError, IndexError):
         return None
@@ -576,7 +649,7 @@ class _Copier:
             task()
 
     def _finished(self, e: Entry, nbytes: int, resumed: int = 0) -> None:
-        line = (_json_line(e) + "\n").encode()
+        line = _row(e).encode("utf-8", "surrogateescape")
         with self.lock:
             os.write(self.journal_fd, line)
             self.result.copied += 1
@@ -654,6 +727,8 @@ class _Copier:
                     os.ftruncate(fd, e.size)
                 finally:
                     os.close(fd)
+                import json
+
                 head = {"size": e.size, "mtime_ns": e.mtime_ns, "chunk": CHUNK, "source": str(source)}
                 with open(log, "wb") as fh:
                     fh.write((json.dumps(head) + "\n").encode())
@@ -758,7 +833,7 @@ def stage(
     entries, single = _scan(src_s)
     base = dst_s.rstrip("/")  # strings, not Paths: this runs at every job start
     root = f"{base}/{name}"
-    mpath, jpath, lock = (f"{base}/.{name}.stage.{k}" for k in ("json", "journal", "lock"))
+    mpath, jpath, lock = (f"{base}/.{name}.stage.{k}" for k in ("manifest", "journal", "lock"))
     try:
         os.makedirs(dst_s, exist_ok=True)
     except OSError as exc:
@@ -781,7 +856,7 @@ def stage(
     result = StageResult(root, mpath, len(entries), sum(e.size for e in entries))
     with node_lock(lock, timeout=lock_timeout, on_wait=log, announce=False) as waited:
         result.waited = waited
-        rows = _read_rows(mpath)
+        rows, legacy = _load_rows(mpath)
         journal = os.path.exists(jpath)
         known = rows or {}
         if journal:  # an interrupted staging: what it had put in place counts as much as the manifest
@@ -801,6 +876,8 @@ def stage(
         # every source file matched a row, so the manifest lists exactly the source when the counts agree
         complete = rows is not None and not journal and not todo and len(rows) == len(entries)
         if complete and not (checksum and _missing_sums(rows)):  # type: ignore[arg-type]
+            if legacy:  # the same facts in today's format, once (the JSON one is then removed)
+                _write_manifest(mpath, src_s, single, entries, result.total_bytes)
             result.seconds = time.monotonic() - t0
             return result
         _change(src_s, root, single, entries, todo, rows, jpath, mpath, lock, checksum, jobs, result,
@@ -823,7 +900,7 @@ def _change(src: str, root: str, single: bool, entries: list[Entry], todo: list[
         announce_holder(lock)
         pending = {id(e) for e in todo}
         _start_journal(Path(jpath), [e for e in entries if id(e) not in pending])
-        _unlink(mpath)
+        _unlink(mpath, f"{mpath[:-len('manifest')]}json")  # and a version-1 manifest: never trusted again
         jfd = os.open(jpath, os.O_WRONLY | os.O_APPEND)
     except OSError as exc:
         raise _write_error(exc, jpath) from None
@@ -849,25 +926,22 @@ def _change(src: str, root: str, single: bool, entries: list[Entry], todo: list[
             result.removed = _remove_extras(target_root, names)
         except OSError as exc:
             raise _write_error(exc, target_root) from None
-    head = json.dumps({"version": MANIFEST_VERSION, "source": src, "name": os.path.basename(src),
-                       "kind": "file" if single else "tree", "staged": time.time(),
-                       "total_bytes": result.total_bytes, "fields": list(_FIELDS)})[:-1]
-    body = ",\n".join(_row(e) for e in entries)
-    try:  # one file per line, compact: it is parsed at every job start
-        _replace_text(Path(mpath), f'{head}, "files": [\n{body}\n]}}\n')
-    except OSError as exc:
-        raise _write_error(exc, mpath) from None
+    _write_manifest(mpath, src, single, entries, result.total_bytes)
     _unlink(jpath)
 
 
-_FIELDS = ("path", "size", "mtime_ns", "sha256", "link")  # the columns of a version-2 manifest row
+def _write_manifest(mpath: str, src: str, single: bool, entries: list[Entry], total: int) -> None:
+    """Header (magic and version, kind, number of files, bytes, when, source), then a line per file;
+    plain text because it is parsed at every job start. A version-1 manifest beside it goes."""
+    from pathlib import Path
 
-
-def _row(e: Entry) -> str:
-    """One manifest row ``[path, size, mtime_ns, sha256, link]`` (hand-built: json.dumps per file is slow)."""
-    sha = _quote(e.sha256) if e.sha256 else "null"
-    link = "null" if e.link is None else _quote(e.link)
-    return f"[{_quote(e.path)},{e.size},{e.mtime_ns},{sha},{link}]"
+    head = (f"{_MAGIC} {MANIFEST_VERSION}\t{'file' if single else 'tree'}\t{len(entries)}\t"
+            f"{total}\t{time.time():.3f}\t{_escape(src)}\n")
+    try:
+        _replace_text(Path(mpath), head + "".join(_row(e) for e in entries))
+    except OSError as exc:
+        raise _write_error(exc, mpath) from None
+    _unlink(f"{mpath[:-len('manifest')]}json")
 
 
 def _replace_text(path: Path, text: str) -> None:
@@ -881,7 +955,7 @@ def _replace_text(path: Path, text: str) -> None:
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as fh:
             fh.write(text)
         os.replace(tmp, path)
     except BaseException:
@@ -889,19 +963,9 @@ def _replace_text(path: Path, text: str) -> None:
         raise
 
 
-def _json_line(e: Entry) -> str:
-    """One journal entry as compact JSON (hand-built: json.dumps per file is measurable)."""
-    line = f'{{"path":{_quote(e.path)},"size":{e.size},"mtime_ns":{e.mtime_ns}'
-    if e.sha256:
-        line += f',"sha256":{_quote(e.sha256)}'
-    if e.link is not None:
-        line += f',"link":{_quote(e.link)}'
-    return line + "}"
-
-
 def _start_journal(path: Path, in_place: list[Entry]) -> None:
     """Rewrite the journal with what is verified in place now (compacts an old one)."""
-    _replace_text(path, "".join(_json_line(e) + "\n" for e in in_place))
+    _replace_text(path, "".join(_row(e) for e in in_place))
 
 
 def _remove_extras(dst: Path, keep: set[str]) -> int:
@@ -937,7 +1001,7 @@ def check(src: str | os.PathLike[str], dst_dir: str | os.PathLike[str]) -> list[
     src_s, dst_s = os.path.abspath(src), os.path.abspath(dst_dir)
     name = os.path.basename(src_s)
     root = f"{dst_s.rstrip('/')}/{name}"
-    rows = _read_rows(f"{dst_s.rstrip('/')}/.{name}.stage.json")
+    rows = _read_rows(f"{dst_s.rstrip('/')}/.{name}.stage.manifest")
     if rows is None:
         return [f"no complete staged copy of {name} in {dst_s} (manifest missing)"]
     entries, single = _scan(src_s)
