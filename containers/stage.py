@@ -451,12 +451,13 @@ class SourceChanged(Exception):
 
 
 def copy_file(src: Path | str, dst: Path | str, *, checksum: bool = False, size: int | None = None,
-              mtime_ns: int | None = None) -> str | None:
+              mtime_ns: int | None = None, exclusive: bool = False) -> str | None:
     """Copy ``src`` into a new ``dst`` whole; return its sha256 (of the bytes read) if asked.
 
     With ``size``/``mtime_ns`` (the listed version): exactly ``size`` bytes are copied, the source
     must still have that size and mtime afterwards (checked on the open descriptor, no second
     lookup on the share: :class:`SourceChanged` otherwise), and ``dst`` gets that mtime.
+    ``exclusive``: ``dst`` must not exist (FileExistsError, raised before anything is written).
     """
     h = None
     if checksum:
@@ -465,7 +466,7 @@ def copy_file(src: Path | str, dst: Path | str, *, checksum: bool = False, size:
         h = hashlib.sha256()
     fi = os.open(src, os.O_RDONLY)
     try:
-        fo = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        fo = os.open(dst, os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC), 0o666)
         try:
             _copy_range(fi, fo, 0, os.fstat(fi).st_size if size is None else size, h)
             if size is not None:
@@ -588,6 +589,7 @@ class _Copier:
         self.src, self.root, self.single, self.checksum = src, target_root, single, checksum
         self.journal_fd, self.result = journal_fd, result
         self.lock = threading.Lock()
+        self.pid = os.getpid()  # in temporary names (one getpid per file was a syscall each)
         self.stop = False
         self.fds: list[int] = []  # resume logs held open while their chunks copy
 
@@ -681,9 +683,18 @@ class _Copier:
                             fix="check the shared storage and the node-local disk")
 
     def _small(self, source: str, target: str, e: Entry) -> None:
-        """One file whole (or one link) under a temporary name, verified, renamed into place."""
+        """One file whole (or one link), verified, then listed in the journal.
+
+        A file of a tree that is not there yet is written under its own name (``O_EXCL``: never
+        over anything, never through a link), saving a rename per file; the journal line comes
+        after it, so a kill leaves it unlisted and the rerun replaces it. Anything already there
+        (an older version, a killed writer's remains, a link) and a single-file source (a SIF)
+        are written under a temporary name and renamed over it, so a job still reading the old
+        file keeps reading it whole.
+        """
         head, _, name = target.rpartition("/")
-        tmp = f"{head}/.{name}.stage-{HOST}-{os.getpid()}.part"
+        tmp = f"{head}/.{name}.stage-{HOST}-{self.pid}.part"
+        made = tmp
         try:
             if e.link is not None:
                 _unlink(tmp)
@@ -692,25 +703,32 @@ class _Copier:
                 self._finished(e, 0)
                 return
             try:
-                digest = copy_file(source, tmp, checksum=self.checksum, size=e.size, mtime_ns=e.mtime_ns)
+                made = tmp if self.single else target
+                try:
+                    digest = copy_file(source, made, checksum=self.checksum, size=e.size, mtime_ns=e.mtime_ns,
+                                       exclusive=made == target)
+                except FileExistsError:  # raised by the exclusive open, before anything was written
+                    made = tmp
+                    digest = copy_file(source, tmp, checksum=self.checksum, size=e.size, mtime_ns=e.mtime_ns)
             except (OSError, SourceChanged) as exc:
-                self._check_source(source, e, tmp, exc if isinstance(exc, OSError) else None)
+                self._check_source(source, e, made, exc if isinstance(exc, OSError) else None)
                 raise UserError(f"{source} changed while it was being staged", where="staging source",
                                 fix="wait until it is completely written, then stage again") from None
             if self.checksum:
-                if sha256_file(tmp) != digest:
+                if sha256_file(made) != digest:
                     raise UserError(f"checksum of the staged copy of {source} differs from the source's",
                                     fix="check the node-local disk and stage again")
                 e.sha256 = digest
-            os.replace(tmp, target)
+            if made == tmp:
+                os.replace(tmp, target)
         except UserError:
-            _unlink(tmp)
+            _unlink(made)
             raise
         except OSError as exc:
-            _unlink(tmp)
+            _unlink(made)
             raise _write_error(exc, target) from None
         except BaseException:
-            _unlink(tmp)
+            _unlink(made)
             raise
         self._finished(e, e.size)
 

@@ -132,3 +132,26 @@ def test_noop_cli_imports_no_parser_config_or_json(tmp_path):
     slow = subprocess.run([sys.executable, *argv[3:-2], "--lock-timeout", "30", str(src), str(dst)],
                           cwd=REPO, capture_output=True, text=True)
     assert slow.returncode == 0 and slow.stdout == "", slow.stderr
+
+
+def test_a_file_already_there_is_replaced_not_rewritten(tmp_path):
+    """New files are written under their own name; one already there (a job may be reading it,
+    or it is a link) is replaced by a rename: open readers keep the old bytes, links are not followed."""
+    src = make_tree(tmp_path)
+    dst_dir = tmp_path / "nvme"
+    stage(src, dst_dir)
+    staged = dst_dir / src.name / "weights.bin"
+    old = staged.read_bytes()
+    victim = tmp_path / "outside.txt"
+    victim.write_text("keep me")
+    (src / "new.txt").write_text("new")
+    os.symlink(victim, dst_dir / src.name / "new.txt")  # a link where the source now has a file
+    with open(staged, "rb") as reader:
+        (src / "weights.bin").write_bytes(os.urandom(60_000))
+        res = stage(src, dst_dir)
+        assert res.copied == 2
+        assert reader.read() == old  # the old inode, whole: not truncated under the reader
+    assert staged.read_bytes() == (src / "weights.bin").read_bytes()
+    assert victim.read_text() == "keep me" and not (dst_dir / src.name / "new.txt").is_symlink()
+    assert (dst_dir / src.name / "new.txt").read_text() == "new"
+    assert not list((dst_dir / src.name).rglob("*.part"))
