@@ -8,7 +8,9 @@ medians of ``--repeat`` (5) repeats:
 - first copy to a fresh destination: ``stage`` (one stream), ``stage --jobs N``, ``cp -a``,
   ``rsync -a``;
 - no-op re-check on the complete copy: ``stage`` and ``rsync -a`` (``python -c pass`` shown for
-  the interpreter's own start-up);
+  the interpreter's own start-up), each after a ``sync``: a job start on a warm node finds a copy
+  made long before, not one whose 2 GB are still being written back (which taxed whichever
+  method had copied fastest: the flusher threads share the CPUs);
 - resume: a ``stage`` process is killed (SIGKILL, by the runner's timeout) about halfway; the
   bytes missing at the kill are what the destination lacks (complete files plus the allocated
   blocks of partial ones), and the rerun's ``bytes_copied`` is compared with them.
@@ -125,6 +127,7 @@ def bench(work: Path, src: Path, total: int, repeat: int, jobs: int) -> dict[str
             _sync()
             out[f"first {name}"].append(_timed(argv(dst), env, f"first {name}"))
             if name in rechecks:
+                _sync()
                 out[f"noop {name}"].append(_timed(rechecks[name](dst), env, f"noop {name}"))
             shutil.rmtree(dst)
         out["python -c pass"].append(_timed([py, "-c", "pass"], env, "python -c pass"))
@@ -209,7 +212,8 @@ def main(out_dir: str | os.PathLike[str] = REPO / "bench" / "results", argv: lis
         f"  no-op        stage vs rsync -a   {paired('noop rsync -a', 'noop stage')}   (target >= 1, aim 3)"
         f"   cpu {cpu_ratio('noop rsync -a', 'noop stage')}",
         f"  parallel     {j} vs stage       {paired('first stage', f'first {j}')}   "
-        f"(speed-up of {a.jobs} streams over one, same disk)",
+        f"(speed-up of {a.jobs} streams over one here: {os.cpu_count()} CPUs, one local disk; "
+        "streams pay off where one stream is slow, e.g. an SMB share)",
         f"  resume       bytes copied by the rerun / bytes missing at the kill: "
         f"{statistics.median(resumes) if resumes else float('nan'):.3f}   (target <= 1.1)",
         f"               killed at {100 * med['kill at']:.0f} % of the bytes (median); per repeat: "

@@ -321,11 +321,15 @@ def _parse_rows(lines: list[str]) -> dict[str, list[Any]]:
 
 def _read_v1(path: str) -> dict[str, list[Any]] | None:
     """The JSON manifest of version 1 (a dict per file), still trusted: it was written last too."""
-    import json
-
     try:
         with open(path, "rb") as fh:
-            data = json.loads(fh.read())
+            raw = fh.read()
+    except OSError:
+        return None
+    import json  # only when there is one: json (with re) costs more than a whole no-op re-check
+
+    try:
+        data = json.loads(raw)
         if data["version"] != 1 or type(data["version"]) is not int:
             return None
         files = data["files"]
@@ -582,13 +586,13 @@ class _Copier:
     both a tree of many small files and one large file (a share's per-stream throughput is low).
     """
 
-    def __init__(self, src: Path, target_root: Path, single: bool, checksum: bool, journal_fd: int,
+    def __init__(self, src: str, target_root: str, single: bool, checksum: bool, journal_fd: int,
                  result: StageResult) -> None:
-        import threading
+        import _thread  # the lock alone: threading's import is only paid by --jobs
 
         self.src, self.root, self.single, self.checksum = src, target_root, single, checksum
         self.journal_fd, self.result = journal_fd, result
-        self.lock = threading.Lock()
+        self.lock = _thread.allocate_lock()
         self.pid = os.getpid()  # in temporary names (one getpid per file was a syscall each)
         self.stop = False
         self.fds: list[int] = []  # resume logs held open while their chunks copy
@@ -602,12 +606,10 @@ class _Copier:
     def paths(self, e: Entry) -> tuple[str, str]:
         """Source and target as strings: pathlib objects cost more than the copy of a small file."""
         if self.single:
-            return str(self.src), str(self.root)
+            return self.src, self.root
         return f"{self.src}/{e.path}", f"{self.root}/{e.path}"
 
     def plan(self, todo: list[Entry]) -> list[Callable[[], None]]:
-        from pathlib import Path
-
         tasks: list[Callable[[], None]] = []
         made: set[str] = set()
         for e in todo:
@@ -623,6 +625,8 @@ class _Copier:
                     raise _write_error(exc, parent) from None
                 made.add(parent)
             if e.link is None and e.size > RESUMABLE:
+                from pathlib import Path
+
                 tasks += self._chunk_tasks(Path(source), Path(target), e)
             else:
                 tasks.append(lambda s=source, t=target, e=e: self._small(s, t, e))
@@ -907,9 +911,10 @@ def stage(
 def _change(src: str, root: str, single: bool, entries: list[Entry], todo: list[Entry],
             rows: dict[str, list[Any]] | None, jpath: str, mpath: str, lock: str, checksum: bool,
             jobs: int, result: StageResult, *, fresh: bool) -> None:
-    """Bring the staged copy to the source's state (under the node lock): copy, remove, manifest last."""
-    from pathlib import Path
+    """Bring the staged copy to the source's state (under the node lock): copy, remove, manifest last.
 
+    Paths stay strings here (pathlib is imported only for large files and single-file sources).
+    """
     names = {e.path for e in entries}
     extras_possible = not single and not fresh and (rows is None or set(rows) != names)
     # From here on the tree changes: it must not look complete until the new manifest lands,
@@ -917,19 +922,18 @@ def _change(src: str, root: str, single: bool, entries: list[Entry], todo: list[
     try:
         announce_holder(lock)
         pending = {id(e) for e in todo}
-        _start_journal(Path(jpath), [e for e in entries if id(e) not in pending])
+        _start_journal(jpath, [e for e in entries if id(e) not in pending])
         _unlink(mpath, f"{mpath[:-len('manifest')]}json")  # and a version-1 manifest: never trusted again
         jfd = os.open(jpath, os.O_WRONLY | os.O_APPEND)
     except OSError as exc:
         raise _write_error(exc, jpath) from None
-    target_root = Path(root)
     try:
         if not single:
             try:
                 os.makedirs(root, exist_ok=True)
             except OSError as exc:
                 raise _write_error(exc, root) from None
-        copier = _Copier(Path(src), target_root, single, checksum, jfd, result)
+        copier = _Copier(src, root, single, checksum, jfd, result)
         try:
             copier.run(copier.plan(todo), jobs)
         finally:
@@ -937,13 +941,15 @@ def _change(src: str, root: str, single: bool, entries: list[Entry], todo: list[
     finally:
         os.close(jfd)
     if single:
-        _, _, cleaned = adopt_or_clean(target_root, None, checksum)
+        from pathlib import Path
+
+        _, _, cleaned = adopt_or_clean(Path(root), None, checksum)
         result.cleaned += cleaned
     elif not fresh and (extras_possible or result.copied):
         try:
-            result.removed = _remove_extras(target_root, names)
+            result.removed = _remove_extras(root, names)
         except OSError as exc:
-            raise _write_error(exc, target_root) from None
+            raise _write_error(exc, root) from None
     _write_manifest(mpath, src, single, entries, result.total_bytes)
     _unlink(jpath)
 
@@ -951,18 +957,16 @@ def _change(src: str, root: str, single: bool, entries: list[Entry], todo: list[
 def _write_manifest(mpath: str, src: str, single: bool, entries: list[Entry], total: int) -> None:
     """Header (magic and version, kind, number of files, bytes, when, source), then a line per file;
     plain text because it is parsed at every job start. A version-1 manifest beside it goes."""
-    from pathlib import Path
-
     head = (f"{_MAGIC} {MANIFEST_VERSION}\t{'file' if single else 'tree'}\t{len(entries)}\t"
             f"{total}\t{time.time():.3f}\t{_escape(src)}\n")
     try:
-        _replace_text(Path(mpath), head + "".join(_row(e) for e in entries))
+        _replace_text(mpath, head + "".join(_row(e) for e in entries))
     except OSError as exc:
         raise _write_error(exc, mpath) from None
     _unlink(f"{mpath[:-len('manifest')]}json")
 
 
-def _replace_text(path: Path, text: str) -> None:
+def _replace_text(path: Path | str, text: str) -> None:
     """Temporary name, then rename: readers see the old file or the new one, never half of one.
 
     No fsync, on purpose: this is a node-local cache whose files are not fsynced either (``cp -a``
@@ -971,7 +975,8 @@ def _replace_text(path: Path, text: str) -> None:
     disk comes back short (ext4 and xfs grow the on-disk size only as data lands), which the stat
     check catches; ``--verify`` re-reads every file when in doubt.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    head, name = os.path.split(os.fspath(path))
+    tmp = os.path.join(head, f".{name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as fh:
             fh.write(text)
@@ -981,12 +986,12 @@ def _replace_text(path: Path, text: str) -> None:
         raise
 
 
-def _start_journal(path: Path, in_place: list[Entry]) -> None:
+def _start_journal(path: Path | str, in_place: list[Entry]) -> None:
     """Rewrite the journal with what is verified in place now (compacts an old one)."""
     _replace_text(path, "".join(_row(e) for e in in_place))
 
 
-def _remove_extras(dst: Path, keep: set[str]) -> int:
+def _remove_extras(dst: Path | str, keep: set[str]) -> int:
     """Delete what the source no longer has (files, links, other writers' leftovers, empty folders)."""
     removed = 0
     for root, dirs, files in os.walk(dst, topdown=False):
