@@ -167,7 +167,8 @@ def main(out_dir: str | os.PathLike[str] = REPO / "bench" / "results", argv: lis
     cmd = ["python", "bench/stage.py", *argv] if argv else ["python", "-m", "bench", "stage"]
     lines = [
         f"# bench/stage.py, {time.strftime('%Y-%m-%d %H:%M:%S')}, {platform.node()} "
-        f"({platform.machine()}, {os.cpu_count()} CPUs), Python {platform.python_version()}",
+        f"({platform.machine()}, {os.cpu_count()} CPUs), Python {platform.python_version()}, "
+        f"load average {os.getloadavg()[0]:.1f} at the start (other work on the machine skews every ratio)",
         "# command: " + quote(cmd) + ("   (make bench ARGS=stage)" if not argv else ""),
         "",
     ]
@@ -179,6 +180,7 @@ def main(out_dir: str | os.PathLike[str] = REPO / "bench" / "results", argv: lis
                      f"{400 * a.scale:.0f} MB files; made in {time.perf_counter() - t0:.1f} s on the "
                      f"filesystem of {work.parent}); median of {a.repeat}, methods interleaved")
         res = bench(work, src, total, a.repeat, a.jobs)
+        lines[0] += f", {os.getloadavg()[0]:.1f} at the end"
     finally:
         shutil.rmtree(work, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in res.items()}

@@ -155,3 +155,15 @@ def test_a_file_already_there_is_replaced_not_rewritten(tmp_path):
     assert victim.read_text() == "keep me" and not (dst_dir / src.name / "new.txt").is_symlink()
     assert (dst_dir / src.name / "new.txt").read_text() == "new"
     assert not list((dst_dir / src.name).rglob("*.part"))
+
+
+@pytest.mark.parametrize("argv", [
+    ["only-src"], ["src", "relative/dst"], ["--check", "src", "/dst"], ["-j4", "src", "/dst"],
+    ["src", "/dst", "cluster=torch"], ["--jobs=2", "src", "/dst"], ["-j", "x", "src", "/dst"],
+    ["--", "src", "/dst"], ["--image", "paddle"], ["", "/dst"], ["-j", "²", "src", "/dst"],
+])
+def test_fast_path_leaves_every_other_form_to_argparse(argv):
+    from containers import cmd_slurm
+
+    assert cmd_slurm.fast("stage", argv) is None
+    assert cmd_slurm.fast("submit", ["pipeline"]) is None
