@@ -8,9 +8,10 @@ medians of ``--repeat`` (5) repeats:
 - first copy to a fresh destination: ``stage`` (one stream), ``stage --jobs N``, ``cp -a``,
   ``rsync -a``;
 - no-op re-check on the complete copy: ``stage`` and ``rsync -a`` (``python -c pass`` shown for
-  the interpreter's own start-up), each after a ``sync``: a job start on a warm node finds a copy
-  made long before, not one whose 2 GB are still being written back (which taxed whichever
-  method had copied fastest: the flusher threads share the CPUs);
+  the interpreter's own start-up), 11 runs each per repeat, alternating, median per repeat (one
+  50 ms run is at the mercy of anything else on the machine), after a ``sync``: a job start on a
+  warm node finds a copy made long before, not one whose 2 GB are still being written back
+  (which taxed whichever method had copied fastest: the flusher threads share the CPUs);
 - resume: a ``stage`` process is killed (SIGKILL, by the runner's timeout) about halfway; the
   bytes missing at the kill are what the destination lacks (complete files plus the allocated
   blocks of partial ones), and the rerun's ``bytes_copied`` is compared with them.
@@ -63,6 +64,7 @@ def make_tree(root: Path, scale: float) -> tuple[Path, int, int]:
 
 
 CPU: dict[str, list[float]] = {}
+NOOP_RUNS = 11
 
 
 def _timed(argv: list[str], env: dict[str, str], key: str | None = None) -> float:
@@ -121,16 +123,27 @@ def bench(work: Path, src: Path, total: int, repeat: int, jobs: int) -> dict[str
         order = list(firsts.items())
         if r % 2:
             order.reverse()  # no method always runs first
+        kept = {}
         for name, argv in order:
             dst = work / f"dst-{r}-{name.replace(' ', '')}"
             dst.mkdir()
             _sync()
             out[f"first {name}"].append(_timed(argv(dst), env, f"first {name}"))
             if name in rechecks:
-                _sync()
-                out[f"noop {name}"].append(_timed(rechecks[name](dst), env, f"noop {name}"))
+                kept[name] = dst
+            else:
+                shutil.rmtree(dst)
+        # no-op re-checks: NOOP_RUNS each, alternating, on copies synced to disk; the median per repeat
+        _sync()
+        runs: dict[str, list[float]] = {k: [] for k in [*rechecks, "python -c pass"]}
+        for i in range(NOOP_RUNS):
+            for name in (list(rechecks) if i % 2 == 0 else list(reversed(rechecks))):
+                runs[name].append(_timed(rechecks[name](kept[name]), env, f"noop {name}"))
+            runs["python -c pass"].append(_timed([py, "-c", "pass"], env, "python -c pass"))
+        for name, vals in runs.items():
+            out[name if name.startswith("python") else f"noop {name}"].append(statistics.median(vals))
+        for dst in kept.values():
             shutil.rmtree(dst)
-        out["python -c pass"].append(_timed([py, "-c", "pass"], env, "python -c pass"))
         # resume: kill a one-stream stage about halfway through, then rerun it
         dst = work / f"dst-{r}-resume"
         dst.mkdir()
