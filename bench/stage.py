@@ -2,8 +2,10 @@
 
 The tree is the issue's: 2,000 files (1.2 GB in 4 folders) plus two 400 MB files, 2 GB in all
 (``--scale 0.1`` for a quick look). Each repeat runs every method once, interleaved, so page
-cache and writeback fall on all of them alike (``sync`` before each timed copy); the table holds
-medians of ``--repeat`` (5) repeats:
+cache and writeback fall on all of them alike (``sync`` before each timed copy); the copies of a
+repeat are removed together at its end (creating files right after thousands were removed costs
+the next copy extra inode-allocation time on this VM's ext4, which would tax whichever method
+came next); the table holds medians of ``--repeat`` (5) repeats:
 
 - first copy to a fresh destination: ``stage`` (one stream), ``stage --jobs N``, ``cp -a``,
   ``rsync -a``;
@@ -129,10 +131,7 @@ def bench(work: Path, src: Path, total: int, repeat: int, jobs: int) -> dict[str
             dst.mkdir()
             _sync()
             out[f"first {name}"].append(_timed(argv(dst), env, f"first {name}"))
-            if name in rechecks:
-                kept[name] = dst
-            else:
-                shutil.rmtree(dst)
+            kept[name] = dst  # removed at the end of the repeat: no copy follows another's removal
         # no-op re-checks: NOOP_RUNS each, alternating, on copies synced to disk; the median per repeat
         _sync()
         runs: dict[str, list[float]] = {k: [] for k in [*rechecks, "python -c pass"]}
@@ -144,7 +143,7 @@ def bench(work: Path, src: Path, total: int, repeat: int, jobs: int) -> dict[str
             out[name if name.startswith("python") else f"noop {name}"].append(statistics.median(vals))
         for dst in kept.values():
             shutil.rmtree(dst)
-        # resume: kill a one-stream stage about halfway through, then rerun it
+        # resume (after the removals): kill a one-stream stage about halfway through, then rerun it
         dst = work / f"dst-{r}-resume"
         dst.mkdir()
         _sync()
