@@ -2,18 +2,17 @@
 
 The tree is the issue's: 2,000 files (1.2 GB in 4 folders) plus two 400 MB files, 2 GB in all
 (``--scale 0.1`` for a quick look). Each repeat runs every method once, interleaved, so page
-cache and writeback fall on all of them alike (``sync`` before each timed copy); the copies of a
-repeat are removed together at its end (creating files right after thousands were removed costs
-the next copy extra inode-allocation time on this VM's ext4, which would tax whichever method
-came next); the table holds medians of ``--repeat`` (5) repeats:
+cache and writeback fall on all of them alike (``sync`` before each timed copy, each copy removed
+right after it: letting a repeat's 8 GB pile up taxed whichever method came last with page-cache
+reclaim); the table holds medians of ``--repeat`` (5) repeats:
 
 - first copy to a fresh destination: ``stage`` (one stream), ``stage --jobs N``, ``cp -a``,
   ``rsync -a``;
-- no-op re-check on the complete copy: ``stage`` and ``rsync -a`` (``python -c pass`` shown for
-  the interpreter's own start-up), 11 runs each per repeat, alternating, median per repeat (one
-  50 ms run is at the mercy of anything else on the machine), after a ``sync``: a job start on a
-  warm node finds a copy made long before, not one whose 2 GB are still being written back
-  (which taxed whichever method had copied fastest: the flusher threads share the CPUs);
+- no-op re-check on a complete copy made once by each tool: ``stage`` and ``rsync -a``
+  (``python -c pass`` shown for the interpreter's own start-up), 11 runs each per repeat,
+  alternating, median per repeat (one 50 ms run is at the mercy of anything else on the
+  machine), after a ``sync``: a job start on a warm node finds a copy made long before, not one
+  whose 2 GB are still being written back (which taxed whichever method had copied fastest);
 - resume: a ``stage`` process is killed (SIGKILL, by the runner's timeout) about halfway; the
   bytes missing at the kill are what the destination lacks (complete files plus the allocated
   blocks of partial ones), and the rerun's ``bytes_copied`` is compared with them.
@@ -121,29 +120,30 @@ def bench(work: Path, src: Path, total: int, repeat: int, jobs: int) -> dict[str
                                                     "python -c pass", "resume ratio", "kill at"]}
     run([*stage, str(src), str(work / "warm")], env=env)  # byte-code written once, like any checkout
     shutil.rmtree(work / "warm")
+    made = {name: work / f"noop-{name.replace(' ', '')}" for name in rechecks}  # what the re-checks find
+    for name, dst in made.items():
+        dst.mkdir()
+        run(rechecks[name](dst), env=env)
     for r in range(repeat):
         order = list(firsts.items())
         if r % 2:
             order.reverse()  # no method always runs first
-        kept = {}
         for name, argv in order:
             dst = work / f"dst-{r}-{name.replace(' ', '')}"
             dst.mkdir()
             _sync()
             out[f"first {name}"].append(_timed(argv(dst), env, f"first {name}"))
-            kept[name] = dst  # removed at the end of the repeat: no copy follows another's removal
+            shutil.rmtree(dst)
         # no-op re-checks: NOOP_RUNS each, alternating, on copies synced to disk; the median per repeat
         _sync()
         runs: dict[str, list[float]] = {k: [] for k in [*rechecks, "python -c pass"]}
         for i in range(NOOP_RUNS):
             for name in (list(rechecks) if i % 2 == 0 else list(reversed(rechecks))):
-                runs[name].append(_timed(rechecks[name](kept[name]), env, f"noop {name}"))
+                runs[name].append(_timed(rechecks[name](made[name]), env, f"noop {name}"))
             runs["python -c pass"].append(_timed([py, "-c", "pass"], env, "python -c pass"))
         for name, vals in runs.items():
             out[name if name.startswith("python") else f"noop {name}"].append(statistics.median(vals))
-        for dst in kept.values():
-            shutil.rmtree(dst)
-        # resume (after the removals): kill a one-stream stage about halfway through, then rerun it
+        # resume: kill a one-stream stage about halfway through, then rerun it
         dst = work / f"dst-{r}-resume"
         dst.mkdir()
         _sync()
