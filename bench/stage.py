@@ -2,13 +2,17 @@
 
 The tree is the issue's: 2,000 files (1.2 GB in 4 folders) plus two 400 MB files, 2 GB in all
 (``--scale 0.1`` for a quick look). Each repeat runs every method once, interleaved, so page
-cache and writeback fall on all of them alike (``sync`` before each timed copy); the table holds
-medians of ``--repeat`` (5) repeats:
+cache and writeback fall on all of them alike (``sync`` before each timed copy, each copy removed
+right after it: letting a repeat's 8 GB pile up taxed whichever method came last with page-cache
+reclaim); the table holds medians of ``--repeat`` (5) repeats:
 
 - first copy to a fresh destination: ``stage`` (one stream), ``stage --jobs N``, ``cp -a``,
   ``rsync -a``;
-- no-op re-check on the complete copy: ``stage`` and ``rsync -a`` (``python -c pass`` shown for
-  the interpreter's own start-up);
+- no-op re-check on a complete copy made once by each tool: ``stage`` and ``rsync -a``
+  (``python -c pass`` shown for the interpreter's own start-up), 11 runs each per repeat,
+  alternating, median per repeat (one 50 ms run is at the mercy of anything else on the
+  machine), after a ``sync``: a job start on a warm node finds a copy made long before, not one
+  whose 2 GB are still being written back (which taxed whichever method had copied fastest);
 - resume: a ``stage`` process is killed (SIGKILL, by the runner's timeout) about halfway; the
   bytes missing at the kill are what the destination lacks (complete files plus the allocated
   blocks of partial ones), and the rerun's ``bytes_copied`` is compared with them.
@@ -61,6 +65,7 @@ def make_tree(root: Path, scale: float) -> tuple[Path, int, int]:
 
 
 CPU: dict[str, list[float]] = {}
+NOOP_RUNS = 11
 
 
 def _timed(argv: list[str], env: dict[str, str], key: str | None = None) -> float:
@@ -115,6 +120,10 @@ def bench(work: Path, src: Path, total: int, repeat: int, jobs: int) -> dict[str
                                                     "python -c pass", "resume ratio", "kill at"]}
     run([*stage, str(src), str(work / "warm")], env=env)  # byte-code written once, like any checkout
     shutil.rmtree(work / "warm")
+    made = {name: work / f"noop-{name.replace(' ', '')}" for name in rechecks}  # what the re-checks find
+    for name, dst in made.items():
+        dst.mkdir()
+        run(rechecks[name](dst), env=env)
     for r in range(repeat):
         order = list(firsts.items())
         if r % 2:
@@ -124,10 +133,16 @@ def bench(work: Path, src: Path, total: int, repeat: int, jobs: int) -> dict[str
             dst.mkdir()
             _sync()
             out[f"first {name}"].append(_timed(argv(dst), env, f"first {name}"))
-            if name in rechecks:
-                out[f"noop {name}"].append(_timed(rechecks[name](dst), env, f"noop {name}"))
             shutil.rmtree(dst)
-        out["python -c pass"].append(_timed([py, "-c", "pass"], env, "python -c pass"))
+        # no-op re-checks: NOOP_RUNS each, alternating, on copies synced to disk; the median per repeat
+        _sync()
+        runs: dict[str, list[float]] = {k: [] for k in [*rechecks, "python -c pass"]}
+        for i in range(NOOP_RUNS):
+            for name in (list(rechecks) if i % 2 == 0 else list(reversed(rechecks))):
+                runs[name].append(_timed(rechecks[name](made[name]), env, f"noop {name}"))
+            runs["python -c pass"].append(_timed([py, "-c", "pass"], env, "python -c pass"))
+        for name, vals in runs.items():
+            out[name if name.startswith("python") else f"noop {name}"].append(statistics.median(vals))
         # resume: kill a one-stream stage about halfway through, then rerun it
         dst = work / f"dst-{r}-resume"
         dst.mkdir()
@@ -164,7 +179,8 @@ def main(out_dir: str | os.PathLike[str] = REPO / "bench" / "results", argv: lis
     cmd = ["python", "bench/stage.py", *argv] if argv else ["python", "-m", "bench", "stage"]
     lines = [
         f"# bench/stage.py, {time.strftime('%Y-%m-%d %H:%M:%S')}, {platform.node()} "
-        f"({platform.machine()}, {os.cpu_count()} CPUs), Python {platform.python_version()}",
+        f"({platform.machine()}, {os.cpu_count()} CPUs), Python {platform.python_version()}, "
+        f"load average {os.getloadavg()[0]:.1f} at the start (other work on the machine skews every ratio)",
         "# command: " + quote(cmd) + ("   (make bench ARGS=stage)" if not argv else ""),
         "",
     ]
@@ -176,6 +192,7 @@ def main(out_dir: str | os.PathLike[str] = REPO / "bench" / "results", argv: lis
                      f"{400 * a.scale:.0f} MB files; made in {time.perf_counter() - t0:.1f} s on the "
                      f"filesystem of {work.parent}); median of {a.repeat}, methods interleaved")
         res = bench(work, src, total, a.repeat, a.jobs)
+        lines[0] += f", {os.getloadavg()[0]:.1f} at the end"
     finally:
         shutil.rmtree(work, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in res.items()}
@@ -209,7 +226,8 @@ def main(out_dir: str | os.PathLike[str] = REPO / "bench" / "results", argv: lis
         f"  no-op        stage vs rsync -a   {paired('noop rsync -a', 'noop stage')}   (target >= 1, aim 3)"
         f"   cpu {cpu_ratio('noop rsync -a', 'noop stage')}",
         f"  parallel     {j} vs stage       {paired('first stage', f'first {j}')}   "
-        f"(speed-up of {a.jobs} streams over one, same disk)",
+        f"(speed-up of {a.jobs} streams over one here: {os.cpu_count()} CPUs, one local disk; "
+        "streams pay off where one stream is slow, e.g. an SMB share)",
         f"  resume       bytes copied by the rerun / bytes missing at the kill: "
         f"{statistics.median(resumes) if resumes else float('nan'):.3f}   (target <= 1.1)",
         f"               killed at {100 * med['kill at']:.0f} % of the bytes (median); per repeat: "

@@ -8,11 +8,13 @@ allocation instead: what the plain sbatch scripts run inside the image at job st
 
 from __future__ import annotations
 
-import argparse
+import os
 import sys
-from pathlib import Path
 
 from suite_core.errors import UserError
+
+if False:  # typing only (annotations are strings): a no-op ``stage`` at job start skips argparse
+    import argparse
 
 COMMANDS = {
     "stage": "copy models/SIFs to node-local disk: incremental, locked per node, manifest last",
@@ -22,6 +24,8 @@ COMMANDS = {
 
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
+    import argparse
+
     if name == "stage":
         parser.add_argument("src", nargs="?", help="file or folder on shared storage")
         parser.add_argument(
@@ -76,8 +80,44 @@ def _err(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
+def fast(name: str, argv: list[str]) -> int | None:
+    """``stage SRC /ABS/DST [-q] [-j N]`` without argparse: the form job starts run, whose no-op
+    re-check is mostly start-up. Anything else (other options, a relative DST that needs the
+    config, a value that looks like an option) returns None and goes through argparse, so this
+    never gives a command line another meaning."""
+    if name != "stage":
+        return None
+    quiet, jobs, paths = False, 1, []
+    it = iter(argv)
+    for a in it:
+        if a in ("-q", "--quiet"):
+            quiet = True
+        elif a in ("-j", "--jobs"):
+            n = next(it, "")
+            if not (n.isascii() and n.isdigit()):
+                return None
+            jobs = int(n)
+        elif not a or a.startswith("-") or "=" in a:
+            return None
+        else:
+            paths.append(a)
+    if len(paths) != 2 or not paths[1].startswith("/"):
+        return None
+    return _stage_paths(paths[0], paths[1], quiet=quiet, jobs=jobs)
+
+
+def _stage_paths(src: str, dst: str, *, quiet: bool, jobs: int, checksum: bool = False, verify: bool = False,
+                 lock_timeout: float | None = None) -> int:
+    from containers.stage import stage
+
+    res = stage(src, dst, checksum=checksum, verify=verify, lock_timeout=lock_timeout, log=_err, jobs=jobs)
+    if not quiet:
+        print(res.summary())
+    return 0
+
+
 def _stage(args: argparse.Namespace) -> int:
-    from containers.stage import check, stage
+    from containers.stage import check
 
     if args.image:
         return _stage_image(args)
@@ -89,27 +129,24 @@ def _stage(args: argparse.Namespace) -> int:
             where="python -m containers stage",
             fix="python -m containers stage /shared/models/x models (or --image NAME)",
         )
-    dst = Path(args.dst)
-    if not dst.is_absolute():
+    dst = args.dst
+    if not os.path.isabs(dst):
         from suite_core.config import compose
 
-        dst = Path(str(compose(args.overrides).paths.node_local)) / dst
+        dst = os.path.join(str(compose(args.overrides).paths.node_local), dst)
     if args.check:
         diffs = check(args.src, dst)
         for d in diffs:
             print(d)
         return 1 if diffs else 0
-    res = stage(
-        args.src, dst, checksum=args.checksum, verify=args.verify, lock_timeout=args.lock_timeout, log=_err,
-        jobs=args.jobs,
-    )
-    if not args.quiet:
-        print(res.summary())
-    return 0
+    return _stage_paths(args.src, dst, quiet=args.quiet, jobs=args.jobs, checksum=args.checksum,
+                        verify=args.verify, lock_timeout=args.lock_timeout)
 
 
 def _stage_image(args: argparse.Namespace) -> int:
     """Stage the SIF a pointer names, then write the pointer next to it (pointer last)."""
+    from pathlib import Path
+
     from containers.images import pointer_path, pointer_target, resolve_sif
     from containers.stage import stage
     from suite_core.arch import host_arch
@@ -133,6 +170,8 @@ def _stage_image(args: argparse.Namespace) -> int:
 
 def _stage_job(args: argparse.Namespace) -> int:
     """Stage every row of JOBDIR/stage.yaml (written by submit) with this node's values."""
+    from pathlib import Path
+
     from containers.stage import stage
     from suite_core.config import load_resolved
 
@@ -146,6 +185,8 @@ def _stage_job(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace):
+    from pathlib import Path
+
     from containers.submit import build_plan
 
     if args.input_dir is not None:

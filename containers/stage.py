@@ -3,13 +3,13 @@
 ``stage(SRC, DSTDIR)`` mirrors ``SRC`` (a file or a tree) to ``DSTDIR/<basename of SRC>``:
 basenames are kept because some tools find their weights by directory name. Why each rule:
 
-- the manifest ``DSTDIR/.<name>.stage.json`` (relative path, size, mtime_ns, optional sha256) is
-  written last, so a staged copy is complete exactly when its manifest matches it; it is
-  removed before the first change, so a copy interrupted halfway (node killed, disk full)
-  never looks complete;
+- the manifest ``DSTDIR/.<name>.stage.manifest`` (a header line, then one tab-separated line
+  per file: relative path, size, mtime_ns, optional sha256 and link target) is written last, so
+  a staged copy is complete exactly when its manifest matches it; it is removed before the first
+  change, so a copy interrupted halfway (node killed, disk full) never looks complete;
 - a kill must not cost the bytes already copied (models are tens of GB over a ~200 MB/s share):
   while the tree changes, ``DSTDIR/.<name>.stage.journal`` lists every file already in place
-  (one JSON line appended after each rename), and a file larger than ``RESUMABLE`` is copied in
+  (one manifest line appended after each file is in place), and a file larger than ``RESUMABLE`` is copied in
   ``CHUNK``-sized pieces into ``.<file>.stage-<host>-<pid>.part`` with a ``.log`` beside it that
   names the source version (size, mtime) and each finished chunk. A rerun trusts the journal's
   files whose stat still matches, continues a dead writer's part from its logged chunks, and
@@ -19,8 +19,13 @@ basenames are kept because some tools find their weights by directory name. Why 
 - the source is only read (SMB shares refuse chmod/chown/symlink): no ``copystat``, the
   destination gets the source's mtime through ``utime`` on the destination only;
 - re-checking a staged tree compares ``stat`` results with the manifest: no file is read. It
-  runs at every job start, so this module imports only what that check needs (no hashlib,
-  dataclasses or tempfile until a copy or a checksum asks for them).
+  runs at every job start, so this module imports only what that check needs (no pathlib,
+  hashlib, json (and with it re) or tempfile until a copy or a checksum asks for them), reads a
+  plain-text manifest and compares plain values: the whole no-op is one ``scandir`` pass over
+  the source plus one ``lstat`` per staged file. The JSON manifest of earlier versions
+  (``.<name>.stage.json``) is still read, so an upgrade does not restage every node; anything
+  that does not parse completely (torn, foreign, another version, a row of another shape) is no
+  manifest: the files are re-checked against the journal and copied, never trusted.
 """
 
 from __future__ import annotations
@@ -28,19 +33,20 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from operator import attrgetter
 
 from suite_core.errors import UserError
 
-if False:  # typing costs ~3 ms of start-up; annotations are strings (from __future__)
+if False:  # typing and pathlib cost ~3 and ~5 ms of start-up; annotations are strings (from __future__)
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
     from typing import Any
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: text, a line per file; 1 (JSON, ``.<name>.stage.json``) is still read
+_MAGIC = "containers-stage-manifest"
 CHUNK = 16 << 20          # unit of copy, of resume and of one parallel task within a large file
 RESUMABLE = 2 * CHUNK     # files above this are copied chunk by chunk with a resume log
 _BUF = 8 << 20            # read/write buffer when the kernel cannot copy file to file
@@ -79,16 +85,29 @@ class Entry:
 class StageResult:
     """What one staging call did; ``copied == 0 and removed == 0`` is a no-op re-check."""
 
-    def __init__(self, dst: Path, manifest: Path, files: int = 0, total_bytes: int = 0) -> None:
-        self.dst, self.manifest, self.files, self.total_bytes = dst, manifest, files, total_bytes
+    def __init__(self, dst: Path | str, manifest: Path | str, files: int = 0, total_bytes: int = 0) -> None:
+        self._dst, self._manifest = os.fspath(dst), os.fspath(manifest)  # Paths made on demand
+        self.files, self.total_bytes = files, total_bytes
         self.copied = self.removed = self.bytes_copied = self.resumed = self.bytes_resumed = 0
         self.cleaned = 0  # orphaned parts of dead writers removed
         self.seconds = self.waited = 0.0
 
+    @property
+    def dst(self) -> Path:
+        from pathlib import Path
+
+        return Path(self._dst)
+
+    @property
+    def manifest(self) -> Path:
+        from pathlib import Path
+
+        return Path(self._manifest)
+
     def summary(self) -> str:
         mb = self.bytes_copied / 1e6
         head = (
-            f"staged {self.dst}: {self.files} files, {self.total_bytes / 1e6:.1f} MB; "
+            f"staged {self._dst}: {self.files} files, {self.total_bytes / 1e6:.1f} MB; "
             f"copied {self.copied} ({mb:.1f} MB), removed {self.removed}, in {self.seconds:.2f} s"
         )
         if self.resumed:
@@ -100,16 +119,22 @@ class StageResult:
         return head
 
 
-def manifest_path(dst_dir: Path, name: str) -> Path:
-    return dst_dir / f".{name}.stage.json"
+def manifest_path(dst_dir: Path | str, name: str) -> Path:
+    from pathlib import Path
+
+    return Path(dst_dir, f".{name}.stage.manifest")
 
 
-def journal_path(dst_dir: Path, name: str) -> Path:
-    return dst_dir / f".{name}.stage.journal"
+def journal_path(dst_dir: Path | str, name: str) -> Path:
+    from pathlib import Path
+
+    return Path(dst_dir, f".{name}.stage.journal")
 
 
-def lock_path(dst_dir: Path, name: str) -> Path:
-    return dst_dir / f".{name}.stage.lock"
+def lock_path(dst_dir: Path | str, name: str) -> Path:
+    from pathlib import Path
+
+    return Path(dst_dir, f".{name}.stage.lock")
 
 
 def part_path(target: Path, pid: int | None = None, host: str = HOST) -> Path:
@@ -144,7 +169,7 @@ def node_lock(
     (:func:`announce_holder`, once it is about to change something).
     """
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as exc:
         raise _write_error(exc, path) from None
@@ -174,12 +199,16 @@ def node_lock(
         os.close(fd)  # closing releases the flock
 
 
-def _is_partial(name: str) -> bool:
-    return name.endswith(PARTIAL_SUFFIXES) or (name.startswith(".") and ".part" in name)
+_NAME = attrgetter("name")  # sort key of DirEntries (operator: already loaded by ``-m``'s runpy)
 
 
-def scan_source(src: Path) -> list[Entry]:
+def scan_source(src: Path | str) -> list[Entry]:
     """Stat every file under ``src`` (or ``src`` itself) once; refuse an incomplete source."""
+    return _scan(os.fspath(src))[0]
+
+
+def _scan(src: str) -> tuple[list[Entry], bool]:
+    """:func:`scan_source` and whether ``src`` is a single file (no second stat on the share)."""
     try:
         st = os.stat(src)
     except FileNotFoundError:
@@ -191,39 +220,49 @@ def scan_source(src: Path) -> list[Entry]:
         raise UserError(f"cannot read staging source {src}: {exc.strerror}",
                         fix="check permissions on the shared storage") from None
     if stat.S_ISREG(st.st_mode):
-        return [Entry(src.name, st.st_size, st.st_mtime_ns)]
+        return [Entry(os.path.basename(src), st.st_size, st.st_mtime_ns)], True
     if not stat.S_ISDIR(st.st_mode):
         raise UserError(
             f"staging source {src} is neither a file nor a directory", fix="stage a file or a folder"
         )
     entries: list[Entry] = []
     partial: list[str] = []
-    stack = [("", str(src))]
-    while stack:  # scandir: one lstat per file (a DirEntry caches it), no second walk
+    stack = [("", src)]
+    # One scandir per folder, read through its descriptor: the one lstat per entry is then
+    # relative to the folder (no walk of the whole share path for each file).
+    while stack:
         rel_root, full_root = stack.pop()
         try:
-            with os.scandir(full_root) as it:
-                items = sorted(it, key=lambda d: d.name)
+            fd = os.open(full_root, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
-            raise UserError(f"cannot read {exc.filename or full_root}: {exc.strerror}",
+            raise UserError(f"cannot read {full_root}: {exc.strerror}",
                             where="staging source", fix="check permissions on the shared storage") from None
         subdirs = []
-        for d in items:
-            rel = f"{rel_root}{d.name}"
-            if _is_partial(d.name):
-                partial.append(rel)
-                continue
-            try:
-                if d.is_symlink():
-                    entries.append(Entry(rel, 0, d.stat(follow_symlinks=False).st_mtime_ns,
-                                         link=os.readlink(d.path)))
-                elif d.is_dir(follow_symlinks=False):
-                    subdirs.append((f"{rel}/", d.path))
-                elif d.is_file(follow_symlinks=False):
+        try:
+            with os.scandir(fd) as it:
+                items = sorted(it, key=_NAME)
+            for d in items:
+                name = d.name
+                rel = rel_root + name
+                if name.endswith(PARTIAL_SUFFIXES) or (name[0] == "." and ".part" in name):  # unfinished
+                    partial.append(rel)
+                    continue
+                try:
                     s = d.stat(follow_symlinks=False)
-                    entries.append(Entry(rel, s.st_size, s.st_mtime_ns))
-            except FileNotFoundError:
-                continue  # removed between listing and stat: it is not part of this source state
+                    mode = s.st_mode
+                    if stat.S_ISREG(mode):
+                        entries.append(Entry(rel, s.st_size, s.st_mtime_ns))
+                    elif stat.S_ISDIR(mode):
+                        subdirs.append((f"{rel}/", f"{full_root}/{name}"))
+                    elif stat.S_ISLNK(mode):
+                        entries.append(Entry(rel, 0, s.st_mtime_ns, link=os.readlink(name, dir_fd=fd)))
+                except FileNotFoundError:
+                    continue  # removed between listing and stat: it is not part of this source state
+        except OSError as exc:
+            raise UserError(f"cannot read {full_root}/{exc.filename or ''}: {exc.strerror}",
+                            where="staging source", fix="check permissions on the shared storage") from None
+        finally:
+            os.close(fd)
         stack.extend(reversed(subdirs))
     if partial:
         raise UserError(
@@ -232,41 +271,126 @@ def scan_source(src: Path) -> list[Entry]:
         )
     if not entries:
         raise UserError(f"staging source {src} is empty", fix="publish the models/images there first")
-    return entries
+    return entries, False
 
 
-def read_manifest(path: Path) -> dict[str, Entry] | None:
+def _read_rows(path: Path | str) -> dict[str, list[Any]] | None:
+    """The manifest's files as ``path -> [path, size, mtime_ns, sha256, link]``; None: not trusted."""
+    return _load_rows(path)[0]
+
+
+def _load_rows(path: Path | str) -> tuple[dict[str, list[Any]] | None, bool]:
+    """:func:`_read_rows` and whether the rows came from a version-1 manifest (to be rewritten).
+
+    The header names the version and the number of files, and the text must end with a newline:
+    another version, a torn or foreign file, a row of another shape or a count that differs is no
+    manifest at all (the caller then re-checks every file against the journal and copies it), it
+    is never half-trusted. Without one, the JSON manifest of version 1 beside it is read.
+    """
     try:
         with open(path, "rb") as fh:
-            data = json.loads(fh.read())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("version") != MANIFEST_VERSION:
-        return None
+            lines = fh.read().decode("utf-8", "surrogateescape").split("\n")
+    except FileNotFoundError:
+        old = _read_v1(f"{os.fspath(path)[:-len('manifest')]}json")
+        return old, old is not None
+    except OSError:
+        return None, False
+    head = lines[0].split("\t")
+    if head[0] != f"{_MAGIC} {MANIFEST_VERSION}" or len(head) < 3 or lines[-1] != "":
+        return None, False
     try:
-        return {d["path"]: Entry.from_dict(d) for d in data.get("files", [])}
-    except (KeyError, TypeError):
+        rows = _parse_rows(lines[1:-1])
+        return (rows if len(rows) == int(head[2]) == len(lines) - 2 else None), False
+    except (ValueError, KeyError, IndexError):
+        return None, False
+
+
+def _parse_rows(lines: list[str]) -> dict[str, list[Any]]:
+    """Lines of five tab-separated fields: path, size, mtime_ns, sha256, link (ValueError or
+    KeyError on any other shape)."""
+    rows = {}
+    for ln in lines:
+        p, size, mtime, sha, link = ln.split("\t")
+        if "\\" in p:
+            p = _unescape(p)
+        if "\\" in link:
+            link = _unescape(link)
+        rows[p] = [p, int(size), int(mtime), sha or None, link or None]
+    return rows
+
+
+def _read_v1(path: str) -> dict[str, list[Any]] | None:
+    """The JSON manifest of version 1 (a dict per file), still trusted: it was written last too."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError:
         return None
+    import json  # only when there is one: json (with re) costs more than a whole no-op re-check
+
+    try:
+        data = json.loads(raw)
+        if data["version"] != 1 or type(data["version"]) is not int:
+            return None
+        files = data["files"]
+        rows = {d["path"]: [d["path"], d["size"], d["mtime_ns"], d.get("sha256"), d.get("link")]
+                for d in files}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return rows if len(rows) == len(files) else None
 
 
-def read_journal(path: Path) -> dict[str, Entry]:
-    """Files an interrupted staging had put in place (a torn last line is ignored)."""
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n"})
+_UNESCAPES = {"\\": "\\", "t": "\t", "n": "\n"}
+
+
+def _escape(text: str) -> str:
+    """Backslash, tab and newline escaped: any file name fits in one tab-separated field."""
+    return text.translate(_ESCAPES) if ("\\" in text or "\t" in text or "\n" in text) else text
+
+
+def _unescape(text: str) -> str:
+    out, i = [], 0
+    while (j := text.find("\\", i)) >= 0:
+        out += (text[i:j], _UNESCAPES[text[j + 1]])  # another escape (or none): KeyError/IndexError
+        i = j + 2
+    out.append(text[i:])
+    return "".join(out)
+
+
+def _row(e: Entry) -> str:
+    """One manifest or journal line (no sha256 or link: empty field; a link target is never empty)."""
+    link = "" if e.link is None else _escape(e.link)
+    return f"{_escape(e.path)}\t{e.size}\t{e.mtime_ns}\t{e.sha256 or ''}\t{link}\n"
+
+
+def read_manifest(path: Path | str) -> dict[str, Entry] | None:
+    """The manifest's entries by relative path, or None when there is no trustworthy manifest."""
+    rows = _read_rows(path)
+    if rows is None:
+        return None
+    return {p: Entry(*r) for p, r in rows.items()}
+
+
+def read_journal(path: Path | str) -> dict[str, Entry]:
+    """Files an interrupted staging had put in place (a torn last line, or a line of an older
+    version, is skipped: that file is copied again)."""
     out: dict[str, Entry] = {}
     try:
         with open(path, "rb") as fh:
-            lines = fh.read().splitlines()
+            lines = fh.read().decode("utf-8", "surrogateescape").split("\n")
     except OSError:
         return out
-    for ln in lines:
-        with contextlib.suppress(ValueError, KeyError, TypeError):
-            e = Entry.from_dict(json.loads(ln))
-            out[e.path] = e
+    for ln in lines[:-1]:  # the last piece is empty, or a line the kill cut short
+        with contextlib.suppress(ValueError, KeyError, IndexError):
+            for p, r in _parse_rows([ln]).items():
+                out[p] = Entry(*r)
     return out
 
 
-def _dest_matches(target: Path | str, e: Entry, old: Entry | None) -> bool:
-    """Stat-only: the staged file is the one the manifest recorded for this source state."""
-    if old is None or old.size != e.size or old.mtime_ns != e.mtime_ns or old.link != e.link:
+def _dest_matches(target: str, e: Entry, row: list[Any] | None) -> bool:
+    """Stat-only: the staged file is the one the manifest (or journal) recorded for this source state."""
+    if row is None or row[1] != e.size or row[2] != e.mtime_ns or row[4] != e.link:
         return False
     try:
         st = os.lstat(target)
@@ -281,7 +405,7 @@ def _write_error(exc: OSError, path: Path) -> UserError:
     if exc.errno in _FULL:
         return UserError(
             f"destination is full while writing {path} ({exc.strerror})",
-            where=str(path.parent),
+            where=os.path.dirname(os.fspath(path)),
             fix="free space on the node-local disk or stage fewer models",
         )
     return UserError(f"cannot write {path}: {exc.strerror}",
@@ -331,12 +455,13 @@ class SourceChanged(Exception):
 
 
 def copy_file(src: Path | str, dst: Path | str, *, checksum: bool = False, size: int | None = None,
-              mtime_ns: int | None = None) -> str | None:
+              mtime_ns: int | None = None, exclusive: bool = False) -> str | None:
     """Copy ``src`` into a new ``dst`` whole; return its sha256 (of the bytes read) if asked.
 
     With ``size``/``mtime_ns`` (the listed version): exactly ``size`` bytes are copied, the source
     must still have that size and mtime afterwards (checked on the open descriptor, no second
     lookup on the share: :class:`SourceChanged` otherwise), and ``dst`` gets that mtime.
+    ``exclusive``: ``dst`` must not exist (FileExistsError, raised before anything is written).
     """
     h = None
     if checksum:
@@ -345,7 +470,7 @@ def copy_file(src: Path | str, dst: Path | str, *, checksum: bool = False, size:
         h = hashlib.sha256()
     fi = os.open(src, os.O_RDONLY)
     try:
-        fo = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        fo = os.open(dst, os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC), 0o666)
         try:
             _copy_range(fi, fo, 0, os.fstat(fi).st_size if size is None else size, h)
             if size is not None:
@@ -395,6 +520,8 @@ def _unlink(*paths: Path) -> None:
 
 
 def _log_of(part: Path | str) -> Path:
+    from pathlib import Path
+
     return Path(f"{part}.log")
 
 
@@ -403,6 +530,8 @@ def _read_log(log: Path, e: Entry, checksum: bool) -> dict[int, str | None] | No
     try:
         with open(log, "rb") as fh:
             lines = fh.read().splitlines()
+        import json
+
         head = json.loads(lines[0])
     except (OSError, ValueError, IndexError):
         return None
@@ -457,13 +586,14 @@ class _Copier:
     both a tree of many small files and one large file (a share's per-stream throughput is low).
     """
 
-    def __init__(self, src: Path, target_root: Path, single: bool, checksum: bool, journal_fd: int,
+    def __init__(self, src: str, target_root: str, single: bool, checksum: bool, journal_fd: int,
                  result: StageResult) -> None:
-        import threading
+        import _thread  # the lock alone: threading's import is only paid by --jobs
 
         self.src, self.root, self.single, self.checksum = src, target_root, single, checksum
         self.journal_fd, self.result = journal_fd, result
-        self.lock = threading.Lock()
+        self.lock = _thread.allocate_lock()
+        self.pid = os.getpid()  # in temporary names (one getpid per file was a syscall each)
         self.stop = False
         self.fds: list[int] = []  # resume logs held open while their chunks copy
 
@@ -476,7 +606,7 @@ class _Copier:
     def paths(self, e: Entry) -> tuple[str, str]:
         """Source and target as strings: pathlib objects cost more than the copy of a small file."""
         if self.single:
-            return str(self.src), str(self.root)
+            return self.src, self.root
         return f"{self.src}/{e.path}", f"{self.root}/{e.path}"
 
     def plan(self, todo: list[Entry]) -> list[Callable[[], None]]:
@@ -492,9 +622,11 @@ class _Copier:
                     raise UserError(f"{parent} is a file in the staged copy, but the source has a "
                                     "folder there", fix=f"remove {parent} and stage again") from None
                 except OSError as exc:
-                    raise _write_error(exc, Path(parent)) from None
+                    raise _write_error(exc, parent) from None
                 made.add(parent)
             if e.link is None and e.size > RESUMABLE:
+                from pathlib import Path
+
                 tasks += self._chunk_tasks(Path(source), Path(target), e)
             else:
                 tasks.append(lambda s=source, t=target, e=e: self._small(s, t, e))
@@ -523,7 +655,7 @@ class _Copier:
             task()
 
     def _finished(self, e: Entry, nbytes: int, resumed: int = 0) -> None:
-        line = (_json_line(e) + "\n").encode()
+        line = _row(e).encode("utf-8", "surrogateescape")
         with self.lock:
             os.write(self.journal_fd, line)
             self.result.copied += 1
@@ -535,6 +667,8 @@ class _Copier:
     def _check_source(self, source: Path | str, e: Entry, part: Path | str,
                       err: OSError | None = None) -> None:
         """After a copy (or a failed one): the source must still be the version we listed."""
+        from pathlib import Path
+
         part = Path(part)
         try:
             st = os.stat(source)
@@ -553,9 +687,18 @@ class _Copier:
                             fix="check the shared storage and the node-local disk")
 
     def _small(self, source: str, target: str, e: Entry) -> None:
-        """One file whole (or one link) under a temporary name, verified, renamed into place."""
+        """One file whole (or one link), verified, then listed in the journal.
+
+        A file of a tree that is not there yet is written under its own name (``O_EXCL``: never
+        over anything, never through a link), saving a rename per file; the journal line comes
+        after it, so a kill leaves it unlisted and the rerun replaces it. Anything already there
+        (an older version, a killed writer's remains, a link) and a single-file source (a SIF)
+        are written under a temporary name and renamed over it, so a job still reading the old
+        file keeps reading it whole.
+        """
         head, _, name = target.rpartition("/")
-        tmp = f"{head}/.{name}.stage-{HOST}-{os.getpid()}.part"
+        tmp = f"{head}/.{name}.stage-{HOST}-{self.pid}.part"
+        made = tmp
         try:
             if e.link is not None:
                 _unlink(tmp)
@@ -564,25 +707,32 @@ class _Copier:
                 self._finished(e, 0)
                 return
             try:
-                digest = copy_file(source, tmp, checksum=self.checksum, size=e.size, mtime_ns=e.mtime_ns)
+                made = tmp if self.single else target
+                try:
+                    digest = copy_file(source, made, checksum=self.checksum, size=e.size, mtime_ns=e.mtime_ns,
+                                       exclusive=made == target)
+                except FileExistsError:  # raised by the exclusive open, before anything was written
+                    made = tmp
+                    digest = copy_file(source, tmp, checksum=self.checksum, size=e.size, mtime_ns=e.mtime_ns)
             except (OSError, SourceChanged) as exc:
-                self._check_source(source, e, tmp, exc if isinstance(exc, OSError) else None)
+                self._check_source(source, e, made, exc if isinstance(exc, OSError) else None)
                 raise UserError(f"{source} changed while it was being staged", where="staging source",
                                 fix="wait until it is completely written, then stage again") from None
             if self.checksum:
-                if sha256_file(tmp) != digest:
+                if sha256_file(made) != digest:
                     raise UserError(f"checksum of the staged copy of {source} differs from the source's",
                                     fix="check the node-local disk and stage again")
                 e.sha256 = digest
-            os.replace(tmp, target)
+            if made == tmp:
+                os.replace(tmp, target)
         except UserError:
-            _unlink(tmp)
+            _unlink(made)
             raise
         except OSError as exc:
-            _unlink(tmp)
-            raise _write_error(exc, Path(target)) from None
+            _unlink(made)
+            raise _write_error(exc, target) from None
         except BaseException:
-            _unlink(tmp)
+            _unlink(made)
             raise
         self._finished(e, e.size)
 
@@ -599,6 +749,8 @@ class _Copier:
                     os.ftruncate(fd, e.size)
                 finally:
                     os.close(fd)
+                import json
+
                 head = {"size": e.size, "mtime_ns": e.mtime_ns, "chunk": CHUNK, "source": str(source)}
                 with open(log, "wb") as fh:
                     fh.write((json.dumps(head) + "\n").encode())
@@ -694,101 +846,127 @@ def stage(
     sha256 (or size) even when stat says nothing changed. ``jobs`` copies with that many streams.
     """
     t0 = time.monotonic()
-    src = Path(os.path.abspath(src))
-    dst_dir = Path(os.path.abspath(dst_dir))
-    name = src.name
+    src_s, dst_s = os.path.abspath(src), os.path.abspath(dst_dir)
+    name = os.path.basename(src_s)
     if not name:
-        raise UserError(f"cannot stage {src}: it has no basename", fix="stage a file or a named folder")
+        raise UserError(f"cannot stage {src_s}: it has no basename", fix="stage a file or a named folder")
     if jobs < 1:
         raise UserError(f"--jobs {jobs} is not a number of copy streams", fix="pass --jobs 1 or more")
-    entries = scan_source(src)
-    single = len(entries) == 1 and entries[0].path == name and os.path.isfile(src)
-    target_root = dst_dir / name
-    mpath = manifest_path(dst_dir, name)
-    jpath = journal_path(dst_dir, name)
+    entries, single = _scan(src_s)
+    base = dst_s.rstrip("/")  # strings, not Paths: this runs at every job start
+    root = f"{base}/{name}"
+    mpath, jpath, lock = (f"{base}/.{name}.stage.{k}" for k in ("manifest", "journal", "lock"))
     try:
-        dst_dir.mkdir(parents=True, exist_ok=True)
+        os.makedirs(dst_s, exist_ok=True)
     except OSError as exc:
         raise UserError(
-            f"cannot create staging destination {dst_dir}: {exc.strerror}",
+            f"cannot create staging destination {dst_s}: {exc.strerror}",
             fix="set CONTAINERS_NODE_LOCAL (or paths.node_local) to a writable local disk",
         ) from None
-    if single and target_root.is_dir():
-        raise UserError(
-            f"{target_root} is a folder but {src} is a file", fix="remove the folder or pick another DST"
-        )
-    if not single and (target_root.is_file() or target_root.is_symlink()):
-        raise UserError(f"{target_root} is a file but {src} is a folder",
+    try:
+        there = os.lstat(root).st_mode
+    except FileNotFoundError:
+        there = None
+    except OSError as exc:
+        raise _write_error(exc, root) from None
+    if single and there is not None and os.path.isdir(root):
+        raise UserError(f"{root} is a folder but {src_s} is a file",
+                        fix="remove the folder or pick another DST")
+    if not single and there is not None and (stat.S_ISREG(there) or stat.S_ISLNK(there)):
+        raise UserError(f"{root} is a file but {src_s} is a folder",
                         fix="remove the file or pick another DST")
-    result = StageResult(target_root, mpath, len(entries), sum(e.size for e in entries))
-    lock = lock_path(dst_dir, name)
+    result = StageResult(root, mpath, len(entries), sum(e.size for e in entries))
     with node_lock(lock, timeout=lock_timeout, on_wait=log, announce=False) as waited:
         result.waited = waited
-        old = read_manifest(mpath)
-        known = {**(old or {}), **read_journal(jpath)}
+        rows, legacy = _load_rows(mpath)
+        journal = os.path.exists(jpath)
+        known = rows or {}
+        if journal:  # an interrupted staging: what it had put in place counts as much as the manifest
+            known = {**known, **{p: [e.path, e.size, e.mtime_ns, e.sha256, e.link]
+                                 for p, e in read_journal(jpath).items()}}
         todo = []
-        root = str(target_root)
-        for e in entries:
+        lookup = known.get
+        for e in entries:  # stat only: one lstat per staged file, no read
+            k = lookup(e.path)
             target = root if single else f"{root}/{e.path}"
-            k = known.get(e.path)
-            if _dest_matches(target, e, k) and (not verify or _verified(Path(target), k)):  # type: ignore[arg-type]
-                e.sha256 = k.sha256  # type: ignore[union-attr]
-                if checksum and e.sha256 is None and e.link is None:
-                    e.sha256 = sha256_file(Path(target))
+            if k is None or not _dest_matches(target, e, k) or (verify and not _verified(target, k)):
+                todo.append(e)
                 continue
-            todo.append(e)
-        names = {e.path for e in entries}
-        fresh = not single and not os.path.lexists(target_root)  # nothing there yet: nothing extra to remove
-        extras_possible = not single and not fresh and (old is None or set(old) != names)
-        complete = old is not None and not todo and set(old) == names and not jpath.exists()
-        if complete and not (checksum and _missing_sums(old)):  # type: ignore[arg-type]
+            e.sha256 = k[3] if type(k[3]) is str else None
+            if checksum and e.sha256 is None and e.link is None:
+                e.sha256 = sha256_file(target)
+        # every source file matched a row, so the manifest lists exactly the source when the counts agree
+        complete = rows is not None and not journal and not todo and len(rows) == len(entries)
+        if complete and not (checksum and _missing_sums(rows)):  # type: ignore[arg-type]
+            if legacy:  # the same facts in today's format, once (the JSON one is then removed)
+                _write_manifest(mpath, src_s, single, entries, result.total_bytes)
             result.seconds = time.monotonic() - t0
             return result
-        # From here on the tree changes: it must not look complete until the new manifest lands,
-        # and what is already in place is listed in the journal first, so a kill loses nothing.
-        try:
-            announce_holder(lock)
-            pending = {id(e) for e in todo}
-            _start_journal(jpath, [e for e in entries if id(e) not in pending])
-            _unlink(mpath)
-            jfd = os.open(jpath, os.O_WRONLY | os.O_APPEND)
-        except OSError as exc:
-            raise _write_error(exc, jpath) from None
-        try:
-            if not single:
-                try:
-                    target_root.mkdir(parents=True, exist_ok=True)
-                except OSError as exc:
-                    raise _write_error(exc, target_root) from None
-            copier = _Copier(src, target_root, single, checksum, jfd, result)
-            try:
-                copier.run(copier.plan(todo), jobs)
-            finally:
-                copier.close()
-        finally:
-            os.close(jfd)
-        if single:
-            _, _, cleaned = adopt_or_clean(target_root, None, checksum)
-            result.cleaned += cleaned
-        elif not fresh and (extras_possible or result.copied):
-            try:
-                result.removed = _remove_extras(target_root, names)
-            except OSError as exc:
-                raise _write_error(exc, target_root) from None
-        head = json.dumps({"version": MANIFEST_VERSION, "source": str(src), "name": name,
-                           "kind": "file" if single else "tree", "staged": time.time(),
-                           "total_bytes": result.total_bytes})[:-1]
-        rows = ",\n".join(_json_line(e) for e in entries)
-        try:  # one file per line, compact: it is parsed at every job start
-            _replace_text(mpath, f'{head}, "files": [\n{rows}\n]}}\n')
-        except OSError as exc:
-            raise _write_error(exc, mpath) from None
-        _unlink(jpath)
+        _change(src_s, root, single, entries, todo, rows, jpath, mpath, lock, checksum, jobs, result,
+                fresh=not single and there is None)
     result.seconds = time.monotonic() - t0
     return result
 
 
-def _replace_text(path: Path, text: str) -> None:
+def _change(src: str, root: str, single: bool, entries: list[Entry], todo: list[Entry],
+            rows: dict[str, list[Any]] | None, jpath: str, mpath: str, lock: str, checksum: bool,
+            jobs: int, result: StageResult, *, fresh: bool) -> None:
+    """Bring the staged copy to the source's state (under the node lock): copy, remove, manifest last.
+
+    Paths stay strings here (pathlib is imported only for large files and single-file sources).
+    """
+    names = {e.path for e in entries}
+    extras_possible = not single and not fresh and (rows is None or set(rows) != names)
+    # From here on the tree changes: it must not look complete until the new manifest lands,
+    # and what is already in place is listed in the journal first, so a kill loses nothing.
+    try:
+        announce_holder(lock)
+        pending = {id(e) for e in todo}
+        _start_journal(jpath, [e for e in entries if id(e) not in pending])
+        _unlink(mpath, f"{mpath[:-len('manifest')]}json")  # and a version-1 manifest: never trusted again
+        jfd = os.open(jpath, os.O_WRONLY | os.O_APPEND)
+    except OSError as exc:
+        raise _write_error(exc, jpath) from None
+    try:
+        if not single:
+            try:
+                os.makedirs(root, exist_ok=True)
+            except OSError as exc:
+                raise _write_error(exc, root) from None
+        copier = _Copier(src, root, single, checksum, jfd, result)
+        try:
+            copier.run(copier.plan(todo), jobs)
+        finally:
+            copier.close()
+    finally:
+        os.close(jfd)
+    if single:
+        from pathlib import Path
+
+        _, _, cleaned = adopt_or_clean(Path(root), None, checksum)
+        result.cleaned += cleaned
+    elif not fresh and (extras_possible or result.copied):
+        try:
+            result.removed = _remove_extras(root, names)
+        except OSError as exc:
+            raise _write_error(exc, root) from None
+    _write_manifest(mpath, src, single, entries, result.total_bytes)
+    _unlink(jpath)
+
+
+def _write_manifest(mpath: str, src: str, single: bool, entries: list[Entry], total: int) -> None:
+    """Header (magic and version, kind, number of files, bytes, when, source), then a line per file;
+    plain text because it is parsed at every job start. A version-1 manifest beside it goes."""
+    head = (f"{_MAGIC} {MANIFEST_VERSION}\t{'file' if single else 'tree'}\t{len(entries)}\t"
+            f"{total}\t{time.time():.3f}\t{_escape(src)}\n")
+    try:
+        _replace_text(mpath, head + "".join(_row(e) for e in entries))
+    except OSError as exc:
+        raise _write_error(exc, mpath) from None
+    _unlink(f"{mpath[:-len('manifest')]}json")
+
+
+def _replace_text(path: Path | str, text: str) -> None:
     """Temporary name, then rename: readers see the old file or the new one, never half of one.
 
     No fsync, on purpose: this is a node-local cache whose files are not fsynced either (``cp -a``
@@ -797,9 +975,10 @@ def _replace_text(path: Path, text: str) -> None:
     disk comes back short (ext4 and xfs grow the on-disk size only as data lands), which the stat
     check catches; ``--verify`` re-reads every file when in doubt.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    head, name = os.path.split(os.fspath(path))
+    tmp = os.path.join(head, f".{name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as fh:
             fh.write(text)
         os.replace(tmp, path)
     except BaseException:
@@ -807,22 +986,12 @@ def _replace_text(path: Path, text: str) -> None:
         raise
 
 
-def _json_line(e: Entry) -> str:
-    """One manifest/journal entry as compact JSON (hand-built: json.dumps per file is measurable)."""
-    line = f'{{"path":{json.dumps(e.path)},"size":{e.size},"mtime_ns":{e.mtime_ns}'
-    if e.sha256:
-        line += f',"sha256":"{e.sha256}"'
-    if e.link is not None:
-        line += f',"link":{json.dumps(e.link)}'
-    return line + "}"
-
-
-def _start_journal(path: Path, in_place: list[Entry]) -> None:
+def _start_journal(path: Path | str, in_place: list[Entry]) -> None:
     """Rewrite the journal with what is verified in place now (compacts an old one)."""
-    _replace_text(path, "".join(_json_line(e) + "\n" for e in in_place))
+    _replace_text(path, "".join(_row(e) for e in in_place))
 
 
-def _remove_extras(dst: Path, keep: set[str]) -> int:
+def _remove_extras(dst: Path | str, keep: set[str]) -> int:
     """Delete what the source no longer has (files, links, other writers' leftovers, empty folders)."""
     removed = 0
     for root, dirs, files in os.walk(dst, topdown=False):
@@ -837,32 +1006,32 @@ def _remove_extras(dst: Path, keep: set[str]) -> int:
     return removed
 
 
-def _missing_sums(old: dict[str, Entry]) -> bool:
-    return any(e.sha256 is None and e.link is None for e in old.values())
+def _missing_sums(rows: dict[str, list[Any]]) -> bool:
+    return any(not r[3] and r[4] is None for r in rows.values())
 
 
-def _verified(target: Path, e: Entry) -> bool:
-    if e.link is not None:
+def _verified(target: str, row: list[Any]) -> bool:
+    """``--verify``: the staged bytes still have the recorded sha256 (or, without one, the size)."""
+    if row[4] is not None:
         return True
-    if e.sha256:
-        return sha256_file(target) == e.sha256
-    return target.stat().st_size == e.size
+    if row[3]:
+        return sha256_file(target) == row[3]
+    return os.stat(target).st_size == row[1]
 
 
 def check(src: str | os.PathLike[str], dst_dir: str | os.PathLike[str]) -> list[str]:
     """Stat-only comparison of a staged copy with its source; returns the differences."""
-    src = Path(os.path.abspath(src))
-    dst_dir = Path(os.path.abspath(dst_dir))
-    old = read_manifest(manifest_path(dst_dir, src.name))
-    if old is None:
-        return [f"no complete staged copy of {src.name} in {dst_dir} (manifest missing)"]
-    single = src.is_file()
+    src_s, dst_s = os.path.abspath(src), os.path.abspath(dst_dir)
+    name = os.path.basename(src_s)
+    root = f"{dst_s.rstrip('/')}/{name}"
+    rows = _read_rows(f"{dst_s.rstrip('/')}/.{name}.stage.manifest")
+    if rows is None:
+        return [f"no complete staged copy of {name} in {dst_s} (manifest missing)"]
+    entries, single = _scan(src_s)
     diffs = []
-    entries = scan_source(src)
     for e in entries:
-        target = dst_dir / src.name if single else dst_dir / src.name / e.path
-        if not _dest_matches(target, e, old.get(e.path)):
+        if not _dest_matches(root if single else f"{root}/{e.path}", e, rows.get(e.path)):
             diffs.append(f"{e.path}: differs from the source")
-    for p in set(old) - {e.path for e in entries}:
+    for p in set(rows) - {e.path for e in entries}:
         diffs.append(f"{p}: no longer in the source")
     return diffs

@@ -3,12 +3,28 @@
 import-linter): errors, atomic writes, the subprocess runner, arch names, config composition,
 fingerprinted markers, run-dir locks and secret rules.
 
-Light imports only: it runs on a login node's plain Python and inside every image.
+Light imports only: it runs on a login node's plain Python and inside every image. ``REPO_ROOT``
+and ``CONF_DIR`` are made on first use: importing ``pathlib`` here (re, fnmatch, urllib.parse) was
+a quarter of the start-up of ``python -m containers stage``, which runs at every job start.
 """
 
-from pathlib import Path
+from __future__ import annotations
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONF_DIR = REPO_ROOT / "hydra_conf"
+import os
+
+if False:  # typing only (annotations are strings)
+    from pathlib import Path
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 
 __all__ = ["CONF_DIR", "REPO_ROOT"]
+
+
+def __getattr__(name: str) -> Path:
+    if name in ("REPO_ROOT", "CONF_DIR"):
+        from pathlib import Path
+
+        root = Path(_ROOT)
+        globals().update(REPO_ROOT=root, CONF_DIR=root / "hydra_conf")
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from suite_core.atomic import write_json
@@ -28,14 +28,19 @@ def _canonical(obj: Any) -> str:
 def file_facts(path: str | os.PathLike[str], *, content: bool = False) -> dict[str, Any]:
     """Size and mtime (ns) of ``path``, plus its sha256 when ``content``; missing files say so."""
     p = Path(path)
+    return {"path": str(p), **_facts(p, content)}
+
+
+def _facts(path: str | os.PathLike[str], content: bool) -> dict[str, Any]:
+    """:func:`file_facts` without the path (one ``os.stat``, no Path made: status calls it per video)."""
     try:
-        st = p.stat()
+        st = os.stat(path)
     except OSError:
-        return {"path": str(p), "missing": True}
-    facts: dict[str, Any] = {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        return {"missing": True}
+    facts: dict[str, Any] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
     if content:
         h = hashlib.sha256()
-        with open(p, "rb") as fh:
+        with open(path, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
         facts["sha256"] = h.hexdigest()
@@ -62,8 +67,8 @@ def fingerprint(settings: Mapping[str, Any] | None = None, inputs: Iterable[str 
     doc = {
         "v": MARKER_VERSION,
         "settings": settings or {},
-        "inputs": [{k: v for k, v in file_facts(p, content=hash_inputs).items() if k != "path"}
-                   | {"name": Path(p).name} for p in inputs],
+        "inputs": [_facts(q, hash_inputs) | {"name": q.name}
+                   for q in (p if isinstance(p, PurePath) else Path(p) for p in inputs)],
         "code": code,
     }
     return hashlib.sha256(_canonical(doc).encode()).hexdigest()
@@ -77,7 +82,8 @@ def write_marker(path: str | os.PathLike[str], digest: str, **facts: Any) -> Pat
 def read_marker(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The marker's content, or None when it is missing or unreadable (never trusted then)."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        with open(path, "rb") as fh:
+            data = json.loads(fh.read())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

@@ -27,6 +27,7 @@ import math
 import os
 import random
 import shutil
+import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -101,10 +102,12 @@ def check_video_name(name: str, where: str) -> str:
 
 def resolve_input(video_dir: Path, name: str) -> Path | None:
     """``<name>.mp4`` in ``video_dir``, or the same name with an upper/mixed-case suffix."""
+    base = os.fspath(video_dir)  # one Path for the hit only: status resolves every finished video
     for suffix in (".mp4", ".MP4", ".Mp4", ".mP4"):
-        p = video_dir / f"{name}{suffix}"
-        if p.is_file():
-            return p
+        p = os.path.join(base, f"{name}{suffix}")
+        with contextlib.suppress(OSError, ValueError):
+            if stat.S_ISREG(os.stat(p).st_mode):
+                return Path(p)
     return None
 
 

@@ -50,7 +50,8 @@ def summarize(
     video_dir = Path(str(man.info.get("video_dir") or ""))
     src_prompt, prompts = mf.read_prompts(man.prompts())
     chunks, durations, entries, tasks = [], [], [], []
-    done_dirs = set(os.listdir(batch_dir / "outputs")) if (batch_dir / "outputs").is_dir() else set()
+    outputs = os.fspath(batch_dir / "outputs")  # joined as strings below: once per finished video
+    done_dirs = set(os.listdir(outputs)) if os.path.isdir(outputs) else set()
     for i in range(man.num_chunks):
         rows = mf.read_manifest(man.chunk(i))
         state = load_state(state_path(batch_dir, i))
@@ -69,7 +70,7 @@ def summarize(
                     fp = st.video_fingerprint(
                         rec["digest"], r, prompts.get(str(r["prompt_id"]), ""), src_prompt, src
                     )
-                complete = wd.is_complete(batch_dir / "outputs" / name, fp)
+                complete = wd.is_complete(os.path.join(outputs, name), fp)
             if complete:
                 ok += 1
                 if s.get("status") == "OK" and s.get("seconds"):

@@ -116,21 +116,22 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def is_complete(out_dir: Path, fingerprint: str | None = None) -> bool:
+def is_complete(out_dir: Path | str, fingerprint: str | None = None) -> bool:
     """Trust the marker only if it was made with ``fingerprint`` and every file keeps its size.
 
     ``fingerprint=None`` checks the files alone (for tools that cannot know the settings).
     """
     from suite_core.markers import read_marker
 
-    info = read_marker(out_dir / MARKER)
+    base = os.fspath(out_dir)  # strings, not Paths: status runs this for every finished video
+    info = read_marker(os.path.join(base, MARKER))
     if not info or not isinstance(info.get("files"), dict):
         return False
     if fingerprint is not None and info.get("fingerprint") != fingerprint:
         return False
     for name, facts in info["files"].items():
         try:
-            if (out_dir / name).stat().st_size != facts["bytes"]:
+            if os.stat(os.path.join(base, name)).st_size != facts["bytes"]:
                 return False
         except (OSError, KeyError, TypeError):
             return False

@@ -6,7 +6,6 @@ code as tens of GB; the kill is a real SIGKILL of a real staging process.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -161,13 +160,14 @@ def test_orphaned_parts_of_dead_writers_are_removed(tmp_path):
 def test_parallel_copy_with_checksums(tmp_path, small_chunks):
     src = make_tree(tmp_path, small=40, big=2)
     res = stage(src, tmp_path / "nvme", jobs=4, checksum=True)
-    man = json.loads(manifest_path(tmp_path / "nvme", src.name).read_text())
+    man = st.read_manifest(manifest_path(tmp_path / "nvme", src.name))
     import hashlib
 
-    for f in man["files"]:
-        data = (src / f["path"]).read_bytes()
-        assert f["sha256"] == hashlib.sha256(data).hexdigest()
-        assert (tmp_path / "nvme" / src.name / f["path"]).read_bytes() == data
+    assert man is not None and len(man) == 42
+    for rel, e in man.items():
+        data = (src / rel).read_bytes()
+        assert e.sha256 == hashlib.sha256(data).hexdigest()
+        assert (tmp_path / "nvme" / src.name / rel).read_bytes() == data
     assert res.copied == 42
 
 

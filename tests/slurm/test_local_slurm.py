@@ -208,8 +208,9 @@ suite_stage {src} {dst}
     assert copied == [0, N_FILES]  # one task copied, the other found it complete
     # the other one waited on the lock, unless (a loaded machine) it reached it after the copy ended
     assert sum("waiting for" in log for log in logs) <= 1
-    man = json.loads((dst / ".official_models.stage.json").read_text())
-    assert len(man["files"]) == N_FILES
+    from containers.stage import manifest_path, read_manifest
+
+    assert len(read_manifest(manifest_path(dst, "official_models")) or {}) == N_FILES
     assert not list(dst.rglob("*.part"))
 
 
