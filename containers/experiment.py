@@ -683,7 +683,8 @@ def write_job_files(exp: Experiment, plan: Any) -> None:
         oc = OmegaConf.create({k: v for k, v in cfg.items() if k != "report_path"})
         title = (f"experiment {exp.pipeline}, stage {inst.name}: {step.app} in image {step.image} "
                  f"({'GPU' if step.gpu else 'CPU'})")
-        argv = ["python", "-m", "entrypoints", step.app, "--config-path", str(step.dir), "--config-name", "config"]
+        argv = ["python", "-m", "entrypoints", step.app, "--config-path", str(step.dir),
+                "--config-name", "config"]
         write_text(step.dir / "exec.sh", jobdir.step_script(
             oc, title=title, job_dir=job.dir, image=step.image, gpu=step.gpu, argv=argv,
             extra_ro=inst.input_files, extra_rw=[str(exp.run_dir)]))

@@ -50,12 +50,22 @@ flowportal_input_binds() {
 # allocation once inside the image (python -m containers submit app --here, the plain scripts'
 # code path) into RUN_DIR; prints the step's exec.sh, which binds what the app declares.
 flowportal_job_here() {
-  local app="$1" run_dir="$2" job
+  local app="$1" run_dir="$2" job a groups=""
+  local -a rest=()
   shift 2
+  for a in "$@"; do  # preset= picks a config group: the step composes with it (app settings get ++)
+    if [[ "$a" == preset=* ]]; then
+      [[ "${a#preset=}" =~ ^[A-Za-z0-9_-]+$ ]] || suite_die "preset '${a#preset=}' is not a plain name" \
+        "FLOWPORTAL_PRESET=dgx_fast or quality (hydra_conf/preset/)"
+      groups+="${groups:+,}'$a'"
+    else
+      rest+=("$a")
+    fi
+  done
   job="$(suite_here_exec -- python -m containers submit app \
-    "pipeline.modes.one.run.steps=[{app:$app,image:$FP_IMAGE}]" "++pipeline.modes.one.run.gpu=true" \
-    "++pipeline.modes.one.run.partition=${SLURM_JOB_PARTITION:-here}" "$@" --run-dir "$run_dir" --here)" ||
-    exit $?
+    "pipeline.modes.one.run.steps=[{app:$app,image:$FP_IMAGE,overrides:[$groups]}]" \
+    "++pipeline.modes.one.run.gpu=true" "++pipeline.modes.one.run.partition=${SLURM_JOB_PARTITION:-here}" \
+    "${rest[@]}" --run-dir "$run_dir" --here)" || exit $?
   job="${job##*$'\n'}"
   printf '%s\n' "$job/steps/01-$app/exec.sh"
 }

@@ -157,8 +157,9 @@ def test_ddp_by_hand_runs_every_step_in_apptainer(torch_world, slurm_cluster, tm
     rank inside the image (the test image has no torch: the ranks print what they were given)."""
     publish_as(test_sif_amd64, isolated_roots / "shared" / "images", "flowportal-cu130", "amd64")
     env = {**torch_world, "CONTAINERS_CLUSTER": "torch"}
-    probe = ("import os; e = os.environ; print('rank', e['RANK'], 'of', e['WORLD_SIZE'], 'local', e['LOCAL_RANK'], "
-             "'at', e['MASTER_ADDR'] + ':' + e['MASTER_PORT'], 'in', e.get('APPTAINER_CONTAINER'), flush=True)")
+    probe = ("import os; e = os.environ; print('rank', e['RANK'], 'of', e['WORLD_SIZE'], "
+             "'local', e['LOCAL_RANK'], 'at', e['MASTER_ADDR'] + ':' + e['MASTER_PORT'], "
+             "'in', e.get('APPTAINER_CONTAINER'), flush=True)")
     state, log = by_hand(slurm_cluster, env, tmp_path, [
         "--nodes=2", "--ntasks-per-node=2", "--gres=gpu:l40s:2", "slurm/ddp.sbatch", "flowportal-cu130", "--",
         "python", "-c", probe])
@@ -183,10 +184,11 @@ def test_experiment_stages_run_in_apptainer(torch_world, slurm_cluster, tmp_path
                     "  setup: {app: exp_setup, image: flowportal-cu130, per_seed: false, mem: 1G}\n"
                     "  prep: {app: exp_prep, image: flowportal-cu130, after: [setup], mem: 1G}\n")
     try:
-X
-        out = subprocess.run([sys.executable, "-m", "containers", "submit", name, "cluster=torch", "seeds=[1,2]",
-                              f"data_file={data}"], cwd=REPO, env=torch_world, capture_output=True, text=True,
-                             timeout=180)
+        (tmp_path / "data").mkdir()
+        data = make_points(tmp_path / "data" / "points.csv", n=60)  # under pytest's base, not scratch
+        out = subprocess.run([sys.executable, "-m", "containers", "submit", name, "cluster=torch",
+                              "seeds=[1,2]", f"data_file={data}"], cwd=REPO, env=torch_world,
+                             capture_output=True, text=True, timeout=180)
     finally:
         pipe.unlink()
     assert out.returncode == 0, out.stderr
@@ -196,7 +198,8 @@ X
     nvme = isolated_roots / "nvme"
     for job, app in (("setup", "exp_setup"), ("prep.s1", "exp_prep"), ("prep.s2", "exp_prep")):
         in_container(run / "jobs" / job / "steps" / f"01-{app}" / "run_report.json", nvme)
-    assert f"suite_bind {data} ro" in (run / "jobs" / "setup" / "steps" / "01-exp_setup" / "exec.sh").read_text()
+    exec_sh = run / "jobs" / "setup" / "steps" / "01-exp_setup" / "exec.sh"
+    assert f"suite_bind {data} ro" in exec_sh.read_text()
     for seed in (1, 2):
         assert (run / "outputs" / f"seed{seed}" / "prep" / "_complete.json").is_file()
 
@@ -216,7 +219,8 @@ def test_flowportal_batch_script_runs_in_apptainer(torch_world, slurm_cluster, t
     env = {**torch_world, "FLOWPORTAL_BATCH_DIR": str(batch), "FLOWPORTAL_VIDEO_DIR": str(videos),
            "FLOWPORTAL_CHECKOUT": str(CHECKOUT), "FLOWPORTAL_MODELS": str(models)}
     state, log = by_hand(slurm_cluster, env, tmp_path, [
-        "--gres=gpu:l40s:1", "--array=0", "slurm/flowportal_batch.sbatch", "video.height=24", "video.width=32"])
+        "--gres=gpu:l40s:1", "--array=0", "slurm/flowportal_batch.sbatch", "video.height=24",
+        "video.width=32"])
     assert state == "COMPLETED", log[-4000:]
     for i in range(2):
         assert (batch / "outputs" / f"v{i}" / ".complete.json").is_file(), log[-3000:]
