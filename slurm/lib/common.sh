@@ -454,9 +454,10 @@ suite_here() {
   local image="$1" cluster="${CONTAINERS_CLUSTER:-laptop}"
   suite_profile "$cluster" || suite_die "unknown cluster '$cluster'" "export CONTAINERS_CLUSTER=torch, dgx_spark or laptop"
   _suite_node_ready
-  SUITE_IMAGES_DIR="$SUITE_P_IMAGES" SUITE_STAGED_IMAGES="$SUITE_P_STAGED_IMAGES"
+  # a job folder's job.env, sourced first, wins (its images dir, node root and image facts)
+  SUITE_IMAGES_DIR="${SUITE_IMAGES_DIR:-$SUITE_P_IMAGES}" SUITE_STAGED_IMAGES="$SUITE_P_STAGED_IMAGES"
   declare -gA SUITE_IMG_POINTER SUITE_IMG_ARCHES SUITE_IMG_WHY
-  _suite_runtime auto
+  _suite_runtime "${SUITE_RUNTIME_WANTED:-auto}"
   _suite_env
   SUITE_HERE_VARS=("PYTHONPATH=$REPO" PYTHONNOUSERSITE=1 PYTHONUNBUFFERED=1 "${SUITE_P_CACHE_ENV[@]}")
   SUITE_SIF=""
