@@ -490,6 +490,7 @@ suite_here_exec() {
     shift
   done
   [[ "${1:-}" == -- ]] && shift
+  _suite_env # variables the script exported since suite_here
   if [[ "$SUITE_RUNTIME" == host ]]; then
     if [[ "$1" == python || "$1" == python3 ]]; then set -- "$SUITE_PY" "${@:2}"; fi
     (cd "$REPO" && exec env -i "${SUITE_HOST_ENV[@]}" "${SUITE_PASS[@]}" "${SUITE_HERE_VARS[@]}" "$@")

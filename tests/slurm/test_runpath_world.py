@@ -226,6 +226,8 @@ def test_flowportal_batch_script_runs_in_apptainer(torch_world, slurm_cluster, t
         assert (batch / "outputs" / f"v{i}" / ".complete.json").is_file(), log[-3000:]
     nvme = isolated_roots / "nvme"
     assert (nvme / "models" / "flowportal" / "Wan2.1-Fun-V1.1-1.3B-Control").is_dir()
-    reports = list((batch / "jobs").glob("chunk0-*/jobs/run/steps/01-flowportal_batch/run_report.json"))
+    reports = list((batch / "jobs" / "chunk0").glob("*/run_report.json"))  # where the app puts it
     assert len(reports) == 1, log[-3000:]
     in_container(reports[0], nvme)
+    tasks = json.loads((batch / "progress" / "chunk0.tasks.json").read_text())
+    assert tasks and all(t["staging_s"] is not None for t in tasks), tasks  # measured by the script
