@@ -501,6 +501,7 @@ suite_here_exec() {
   _suite_covered "$SUITE_P_MODELS" || suite_bind "$SUITE_P_MODELS" ro
   for spec in "${extra[@]}"; do
     d="${spec%%:*}"
+    [[ "$spec" != *,* ]] || suite_die "path in bind '$spec' contains ','" "Apptainer cannot bind such paths; rename or move the folder"
     if [[ -e "$d" ]] && ! _suite_covered "$d"; then SUITE_BINDS+=(--bind "$spec"); fi
   done
   suite_container_env "${SUITE_HERE_VARS[@]}"
