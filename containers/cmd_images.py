@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from suite_core.errors import UserError
 from suite_core.secrets import mask
@@ -363,7 +364,8 @@ def _build_one(args: argparse.Namespace, image: str, arch_arg: str | None) -> in
                            account=cluster.get("account"), repo=str(REPO_ROOT), log_dir=str(log_dir),
                            time=str(bcfg.get("time", "04:00:00")), cpus=int(bcfg.get("cpus", 16)),
                            mem=str(bcfg.get("mem", "64G")),
-                           extra_export={"CONTAINERS_CLUSTER": str(cluster.name)})
+                           extra_export={"CONTAINERS_CLUSTER": str(cluster.name),
+                                         **_node_build_exports(spec, overrides, args)})
         print(mask(quote(argv)))
         if args.dry_run:
             return 0
@@ -421,6 +423,30 @@ def _build_one(args: argparse.Namespace, image: str, arch_arg: str | None) -> in
                               pointer_pattern=spec.pointer)
     print(f"published {copied.dst} (sha256 {copied.sha256[:16]}...); {pointer.name} -> {copied.dst.name}")
     return 0
+
+
+def _node_build_exports(spec: Any, overrides: dict[str, str], args: argparse.Namespace) -> dict[str, str]:
+    """What slurm/build_image.sbatch needs to build what a local build would: the --build-arg values
+    (BUILD_ARGS), --userns (BUILD_FLAGS) and the image's build arguments taken from the environment
+    (BUILD_ENV_ARGS, names only: a credentialed index URL never lands on the sbatch line; --export=ALL
+    carries the variable itself)."""
+    out: dict[str, str] = {}
+    for key, value in overrides.items():
+        if any(c.isspace() for c in value):
+            raise UserError(f"--build-arg {key}={value!r} holds whitespace, which the node-side build "
+                            "cannot carry", fix="use a path or value without spaces")
+    if overrides:
+        out["BUILD_ARGS"] = " ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+    if args.userns:
+        out["BUILD_FLAGS"] = "--userns"
+    names = {k: var for k, var in sorted(spec.build_env_args.items()) if k not in overrides}
+    for key, var in names.items():
+        if not os.environ.get(var) and not args.dry_run:
+            raise UserError(f"image {spec.name} needs build argument {key} from ${var}, which is unset",
+                            fix=f"export {var}=... (see docs/images.md: {spec.name})")
+    if names:
+        out["BUILD_ENV_ARGS"] = " ".join(f"{k}={var}" for k, var in names.items())
+    return out
 
 
 def _images_dir(args: argparse.Namespace) -> Path:

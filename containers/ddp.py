@@ -233,6 +233,21 @@ def master_addr(nodelist: str, run: Callable[[Sequence[str]], str],
                     fix="add the node names to DNS or /etc/hosts, or set NodeAddr in slurm.conf")
 
 
+# slurm/ddp.sbatch looks the first node up with scontrol outside the image (Slurm's clients are
+# not in it) and passes "NAME NODEADDR" here; ddp-env, inside the image, picks what resolves.
+MASTER_CANDIDATES = "CONTAINERS_DDP_MASTER_CANDIDATES"
+
+
+def pick_master(candidates: Sequence[str], resolves: Callable[[str], bool] = _resolves) -> str:
+    """The first of (first node's name, its NodeAddr) that resolves here."""
+    for host in candidates:
+        if resolves(host):
+            return host
+    raise UserError(f"the first node '{candidates[0]}' of the allocation does not resolve and neither does "
+                    f"its Slurm address ({' '.join(candidates[1:]) or 'none'})", where="MASTER_ADDR",
+                    fix="add the node names to DNS or /etc/hosts, or set NodeAddr in slurm.conf")
+
+
 def job_env(environ: Mapping[str, str], ddp_cfg: Mapping[str, object],
             run: Callable[[Sequence[str]], str], *, launcher: str = "srun",
             resolves: Callable[[str], bool] = _resolves) -> dict[str, str]:
@@ -247,8 +262,9 @@ def job_env(environ: Mapping[str, str], ddp_cfg: Mapping[str, object],
         raise UserError("not inside a Slurm job (no SLURM_JOB_ID / SLURM_JOB_NODELIST)",
                         fix="submit with sbatch slurm/ddp.sbatch, or python -m containers submit")
     base = int(str(ddp_cfg.get("port_base", 15000)))
+    given = environ.get(MASTER_CANDIDATES, "").split()
     env: dict[str, str] = {
-        "MASTER_ADDR": master_addr(nodelist, run, resolves),
+        "MASTER_ADDR": pick_master(given, resolves) if given else master_addr(nodelist, run, resolves),
         "MASTER_PORT": str(master_port(job_id, base)),
         "TOKENIZERS_PARALLELISM": "false",
         "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",

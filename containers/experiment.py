@@ -200,7 +200,7 @@ def plan(pipeline: str, args: Sequence[str], *, run_dir: str | None = None,
     from omegaconf.errors import OmegaConfBaseException
 
     from containers.submit import route_overrides
-    from suite_core.config import compose
+    from suite_core.config import compose, node_tokens
 
     where = f"hydra_conf/pipeline/{pipeline}.yaml"
     opts, overrides = split_args(args)
@@ -218,7 +218,8 @@ def plan(pipeline: str, args: Sequence[str], *, run_dir: str | None = None,
     pipe_overrides, step_overrides = route_overrides(overrides)
     # Any schema key may be set whether or not the YAML spells it out; typos fail the schema below.
     pipe_overrides = [f"++{o}" if o.startswith("pipeline.") else o for o in pipe_overrides]
-    cfg = compose([f"+pipeline={pipeline}", *pipe_overrides])
+    with node_tokens():  # node values stay ${node:...} in the jobs' configs (docs/slurm.md "Node values")
+        cfg = compose([f"+pipeline={pipeline}", *pipe_overrides])
     try:
         spec_cfg = OmegaConf.merge(OmegaConf.structured(ExperimentSpec), cfg.pipeline)
         spec: ExperimentSpec = OmegaConf.to_object(spec_cfg)  # type: ignore[assignment]
@@ -242,7 +243,8 @@ def plan(pipeline: str, args: Sequence[str], *, run_dir: str | None = None,
     order = _check_dag(spec, where)
     _check_names(spec, where)
     warnings = _check_resources(cl, spec, where)
-    composed = _compose_apps(spec, cfg, step_overrides, where)
+    with node_tokens():
+        composed = _compose_apps(spec, cfg, step_overrides, where)
     resume = opts.get("resume")
     if resume is not None and not resume:
         raise UserError("resume= names no run directory", where="command line", fix="resume=<run dir>")
@@ -656,8 +658,15 @@ def _write(path: Path, text: str) -> None:
 
 
 def write_job_files(exp: Experiment, plan: Any) -> None:
-    """Each job's step config (resolved, plus its fingerprint inputs), steps.tsv, stage.tsv, ddp.conf."""
+    """Each job's folder as containers.submit writes one (containers.jobdir): the step's resolved
+    config (plus its fingerprint inputs), its exec.sh (the container command) and job.env, so the
+    node runs it with bash and Apptainer only (suite_run_job; slurm/ddp.sbatch for DDP stages)."""
     import yaml
+    from omegaconf import OmegaConf
+
+    from containers import jobdir
+    from suite_core.config import node_markers_to_tokens, node_token
+    from suite_core.env import cache_env
 
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
     write_text = _write
@@ -670,10 +679,23 @@ def write_job_files(exp: Experiment, plan: Any) -> None:
         if inst.spec.ddp is not None:  # one report per rank: RANK is known only when the rank starts
             cfg["report_path"] = f"{step.dir}/run_report.rank${{oc.env:RANK,0}}.json"
         write_text(step.dir / "config.yaml",
-                   yaml.dump(cfg, Dumper=dumper, sort_keys=False, allow_unicode=True))
+                   yaml.dump(node_markers_to_tokens(cfg), Dumper=dumper, sort_keys=False, allow_unicode=True))
+        oc = OmegaConf.create({k: v for k, v in cfg.items() if k != "report_path"})
+        title = (f"experiment {exp.pipeline}, stage {inst.name}: {step.app} in image {step.image} "
+                 f"({'GPU' if step.gpu else 'CPU'})")
+        argv = ["python", "-m", "entrypoints", step.app, "--config-path", str(step.dir),
+                "--config-name", "config"]
+        write_text(step.dir / "exec.sh", jobdir.step_script(
+            oc, title=title, job_dir=job.dir, image=step.image, gpu=step.gpu, argv=argv,
+            extra_ro=inst.input_files, extra_rw=[str(exp.run_dir)]))
+        node_local = str(oc.paths.node_local)
+        write_text(job.dir / "job.env", jobdir.job_env(
+            job=job, plan=plan, base=oc, images={step.image: oc.image},
+            node_fixed=None if node_local == node_token("local_root") else node_local,
+            mkdirs=[str(oc.paths.staged_images), str(oc.paths.staged_models), *cache_env(oc).values()],
+            shared=[str(oc.paths.images)], steps=[step.dir.name]))
         write_text(job.dir / "steps.tsv",
                    "\t".join(["1", step.app, step.image, "gpu" if step.gpu else "cpu", str(step.dir)]) + "\n")
-        write_text(job.dir / "stage.tsv", "")
         if inst.spec.ddp is not None:
             d = inst.spec.ddp
             lines = [f"launcher={d.launcher}", f"nproc_per_node={d.nproc_per_node or ''}"]

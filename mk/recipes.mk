@@ -1,10 +1,13 @@
 # Recipes and images (issue 3): locks, lint, builds, the images list. See docs/images.md.
 # IMAGE=<name> picks an image (hydra_conf/image/); CLUSTER_ARGS passes Hydra overrides such as
-# cluster=dgx_spark; EMULATE=1 allows a foreign-arch build under qemu binfmt emulation.
+# cluster=dgx_spark; EMULATE=1 allows a foreign-arch build under qemu binfmt emulation; BUILD_ARGS
+# ("KEY=VALUE ...") becomes --build-arg KEY=VALUE each (BOOTSTRAP, BASE, LOCK or a %arguments key),
+# also for a build that Slurm runs on a native node (slurm/build_image.sbatch reads the same list).
 .PHONY: lock lock-check lint-recipes build build-arm64 build-amd64 build-all images check-images fork-imports
 CLUSTER_ARGS ?=
 EMULATE ?=
-_BUILD_FLAGS = $(if $(filter-out 0,$(EMULATE)),--emulate) $(CLUSTER_ARGS)
+BUILD_ARGS ?=
+_BUILD_FLAGS = $(if $(filter-out 0,$(EMULATE)),--emulate) $(foreach a,$(BUILD_ARGS),--build-arg $(a)) $(CLUSTER_ARGS)
 _NEED_IMAGE = @test -n "$(IMAGE)" || { echo "error: IMAGE is not set; fix: make $@ IMAGE=<name> (see hydra_conf/image/)" >&2; exit 2; }
 
 lock: $(STAMP) ## regenerate recipes/locks/ (per arch, test world, tools) and wheel facts with uv: make lock [IMAGE=x]

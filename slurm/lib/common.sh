@@ -446,33 +446,77 @@ suite_continue() {
   fi
 }
 
+# ---- scripts that run their own steps (no job folder from submit) ----------------------------
+# suite_here IMAGE: the cluster profile's roots (CONTAINERS_CLUSTER), the node rule, the runtime
+# and this node's allowed variables; with a container runtime, IMAGE's SIF for this node's arch is
+# staged to node-local disk (SUITE_SIF). Then suite_here_exec runs each step in it.
+suite_here() {
+  local image="$1" cluster="${CONTAINERS_CLUSTER:-laptop}"
+  suite_profile "$cluster" || suite_die "unknown cluster '$cluster'" "export CONTAINERS_CLUSTER=torch, dgx_spark or laptop"
+  _suite_node_ready
+  # a job folder's job.env, sourced first, wins (its images dir, node root and image facts)
+  SUITE_IMAGES_DIR="${SUITE_IMAGES_DIR:-$SUITE_P_IMAGES}" SUITE_STAGED_IMAGES="$SUITE_P_STAGED_IMAGES"
+  declare -gA SUITE_IMG_POINTER SUITE_IMG_ARCHES SUITE_IMG_WHY
+  _suite_runtime "${SUITE_RUNTIME_WANTED:-auto}"
+  _suite_env
+  SUITE_HERE_VARS=("PYTHONPATH=$REPO" PYTHONNOUSERSITE=1 PYTHONUNBUFFERED=1 "${SUITE_P_CACHE_ENV[@]}")
+  SUITE_SIF=""
+  if [[ "$SUITE_RUNTIME" != host ]]; then SUITE_SIF="$(suite_sif "$image")"; fi
+}
+
+# _suite_covered PATH: PATH is a bind source already, or lies under one.
+_suite_covered() {
+  local i src
+  for ((i = 1; i < ${#SUITE_BINDS[@]}; i += 2)); do
+    src="${SUITE_BINDS[$i]%%:*}"
+    [[ "$1" == "$src" || "$1" == "${src%/}/"* ]] && return 0
+  done
+  return 1
+}
+
+# suite_here_exec [--gpu] [--bind SRC:DST[:ro]]... -- CMD...: run CMD in the image suite_here
+# staged, with the repository, scratch and node-local root bound (models read-only), the
+# allowed variables and PYTHONPATH=$REPO; --nv only with --gpu on a node with a GPU. With
+# runtime=host CMD runs here, a leading `python` being $SUITE_PY (checked to run on this node).
+suite_here_exec() {
+  local -a nv=() extra=()
+  local spec d
+  while [[ $# -gt 0 && "$1" != -- ]]; do
+    case "$1" in
+      --gpu) if _suite_gpu_present; then nv=(--nv); fi ;;
+      --bind) extra+=("$2") && shift ;;
+      *) suite_die "suite_here_exec: unknown option '$1'" "use --gpu, --bind SRC:DST[:ro], then -- CMD" ;;
+    esac
+    shift
+  done
+  [[ "${1:-}" == -- ]] && shift
+  _suite_env # variables the script exported since suite_here
+  if [[ "$SUITE_RUNTIME" == host ]]; then
+    if [[ "$1" == python || "$1" == python3 ]]; then set -- "$SUITE_PY" "${@:2}"; fi
+    (cd "$REPO" && exec env -i "${SUITE_HOST_ENV[@]}" "${SUITE_PASS[@]}" "${SUITE_HERE_VARS[@]}" "$@")
+    return
+  fi
+  SUITE_BINDS=()
+  for d in "$REPO" "$SUITE_P_SCRATCH" "$NODE_LOCAL"; do _suite_covered "$d" || suite_bind "$d" rw; done
+  _suite_covered "$SUITE_P_MODELS" || suite_bind "$SUITE_P_MODELS" ro
+  for spec in "${extra[@]}"; do
+    d="${spec%%:*}"
+    [[ "$spec" != *,* ]] || suite_die "path in bind '$spec' contains ','" "Apptainer cannot bind such paths; rename or move the folder"
+    if [[ -e "$d" ]] && ! _suite_covered "$d"; then SUITE_BINDS+=(--bind "$spec"); fi
+  done
+  suite_container_env "${SUITE_HERE_VARS[@]}"
+  env -i "${SUITE_RUNTIME_ENV[@]}" "${SUITE_CENV[@]}" \
+    "$SUITE_RUNTIME" exec "${nv[@]}" --cleanenv --no-home "${SUITE_BINDS[@]}" --pwd "$REPO" "$SUITE_SIF" "$@"
+}
+
 # suite_job_here IMAGE PIPELINE [submit arguments...]: what the plain sbatch scripts do. Compose the
 # pipeline's job for this allocation once, inside IMAGE (python -m containers submit --here), then
 # run it with suite_run_job. The cluster profile (CONTAINERS_CLUSTER) says where images live.
 suite_job_here() {
-  local image="$1" cluster="${CONTAINERS_CLUSTER:-laptop}" job
+  local image="$1" job
   shift
-  suite_profile "$cluster" || suite_die "unknown cluster '$cluster'" "export CONTAINERS_CLUSTER=torch, dgx_spark or laptop"
-  _suite_node_ready
-  SUITE_IMAGES_DIR="$SUITE_P_IMAGES" SUITE_STAGED_IMAGES="$SUITE_P_STAGED_IMAGES"
-  declare -gA SUITE_IMG_POINTER SUITE_IMG_ARCHES SUITE_IMG_WHY
-  _suite_runtime auto
-  _suite_env
-  local -a argv=(-m containers submit "$@" --here)
-  if [[ "$SUITE_RUNTIME" == host ]]; then
-    job="$(cd "$REPO" && env -i "${SUITE_HOST_ENV[@]}" "${SUITE_PASS[@]}" "PYTHONPATH=$REPO" "$SUITE_PY" "${argv[@]}")" ||
-      exit $?
-  else
-    local sif d
-    sif="$(suite_sif "$image")"
-    SUITE_BINDS=()
-    for d in "$REPO" "$SUITE_P_SCRATCH" "$NODE_LOCAL"; do suite_bind "$d" rw; done
-    suite_bind "$SUITE_P_MODELS" ro
-    suite_container_env "PYTHONPATH=$REPO" PYTHONNOUSERSITE=1
-    job="$(env -i "${SUITE_RUNTIME_ENV[@]}" "${SUITE_CENV[@]}" \
-      "$SUITE_RUNTIME" exec --cleanenv --no-home "${SUITE_BINDS[@]}" --pwd "$REPO" "$sif" python "${argv[@]}")" ||
-      exit $?
-  fi
+  suite_here "$image"
+  job="$(suite_here_exec -- python -m containers submit "$@" --here)" || exit $?
   job="${job##*$'\n'}"
   suite_log "job folder $job"
   suite_run_job "$job"

@@ -2,25 +2,28 @@
 # FlowPortal job preparation, shared by slurm/flowportal_cat.sbatch and flowportal_batch.sbatch.
 # Source after suite_init.
 
-# flowportal_prepare IMAGE: stage the model set (and the image's SIF, when a container runtime
-# exists) to node-local disk, then set FP_EXEC_ARGS (for suite_exec) and FP_APP_ARGS (app overrides).
-# Sets FP_STAGING_S to the seconds staging took (the batch report shows it per task).
+# flowportal_prepare IMAGE: the image's SIF for this node's arch (container runtimes) and the model
+# set staged to node-local disk, every Python step inside the image (suite_here/suite_here_exec;
+# with runtime=host in this node's Python); then FP_EXEC_ARGS (options for suite_exec, runtime=host)
+# and FP_APP_ARGS (app overrides). Sets FP_STAGING_S to the seconds staging took (the batch report
+# shows it per task).
 #   FLOWPORTAL_MODELS    the shared model set (default: <paths.models>/flowportal); a status-quo
 #                        pretrained_models/ tree works too with flowportal.layout=status_quo
 #   FLOWPORTAL_CHECKOUT  a FlowPortal checkout outside the image: bound read-only, used by the app
 flowportal_prepare() {
   local image="$1" models="${FLOWPORTAL_MODELS:-}" t0=$SECONDS
+  FP_IMAGE="$image"
+  suite_here "$image"
   if [[ -z "$models" ]]; then
-    models="$("$PY" -c 'from suite_core.config import compose; print(compose([]).paths.models)')/flowportal" ||
+    models="$(suite_here_exec -- python -c 'from suite_core.config import compose; print(compose([]).paths.models)')" ||
       suite_die "cannot compose the config to find the model set" "export FLOWPORTAL_MODELS=/shared/models/flowportal"
+    models="${models##*$'\n'}/flowportal"
   fi
   [[ -d "$models" ]] || suite_die "model set '$models' does not exist" \
     "put Wan2.1-Fun-V1.1-1.3B-Control, IC-Light/, MatAnyone/, Annotators/, hf/hub, torch/ there (docs/flowportal.md)"
   suite_log "staging $models -> $CONTAINERS_STAGED_MODELS (node-local)"
-  suite_stage "$models" "$CONTAINERS_STAGED_MODELS"
-  if [[ "${CONTAINERS_RUNTIME:-auto}" != host ]] && { command -v apptainer || command -v singularity; } >/dev/null 2>&1; then
-    suite_stage --image "$image" -q   # the SIF for this node's arch, to node-local disk
-  fi
+  suite_here_exec --bind "$models:$models:ro" -- python -m containers stage "$models" "$CONTAINERS_STAGED_MODELS" ||
+    suite_die "staging the model set $models failed (exit $?)" "read the error line above, then resubmit"
   # shellcheck disable=SC2034  # read by the sbatch scripts
   FP_STAGING_S=$((SECONDS - t0))
   FP_EXEC_ARGS=("$image" --gpu)
@@ -32,15 +35,39 @@ flowportal_prepare() {
   fi
 }
 
-# flowportal_input_binds APP OVERRIDES...: add a --bind for every input/output path the app's
-# resolved config declares (binds_ro / binds_rw) to FP_EXEC_ARGS: inputs outside scratch, the
-# repository and the models are otherwise invisible inside the container.
+# flowportal_input_binds APP OVERRIDES...: runtime=host only (suite_exec): add a --bind for every
+# input/output path the app's resolved config declares (binds_ro / binds_rw) to FP_EXEC_ARGS. In a
+# container runtime the job folder's exec.sh binds them (flowportal_job_here).
 flowportal_input_binds() {
   local out line
-  out="$("$PY" -m entrypoints.flowportal.binds "$@")" || exit 2
+  out="$(suite_here_exec -- python -m entrypoints.flowportal.binds "$@")" || exit 2
   while IFS= read -r line; do
     [[ -n "$line" ]] && FP_EXEC_ARGS+=("$line")
   done <<<"$out"
+}
+
+# flowportal_job_here APP RUN_DIR OVERRIDES...: with a container runtime, compose APP for this
+# allocation once inside the image (python -m containers submit app --here, the plain scripts'
+# code path) into RUN_DIR; prints the step's exec.sh, which binds what the app declares.
+flowportal_job_here() {
+  local app="$1" run_dir="$2" job a groups=""
+  local -a rest=()
+  shift 2
+  for a in "$@"; do  # preset= picks a config group: the step composes with it (app settings get ++)
+    if [[ "$a" == preset=* ]]; then
+      [[ "${a#preset=}" =~ ^[A-Za-z0-9_-]+$ ]] || suite_die "preset '${a#preset=}' is not a plain name" \
+        "FLOWPORTAL_PRESET=dgx_fast or quality (hydra_conf/preset/)"
+      groups+="${groups:+,}'$a'"
+    else
+      rest+=("$a")
+    fi
+  done
+  job="$(suite_here_exec -- python -m containers submit app \
+    "pipeline.modes.one.run.steps=[{app:$app,image:$FP_IMAGE,overrides:[$groups]}]" \
+    "++pipeline.modes.one.run.gpu=true" "++pipeline.modes.one.run.partition=${SLURM_JOB_PARTITION:-here}" \
+    "${rest[@]}" --run-dir "$run_dir" --here)" || exit $?
+  job="${job##*$'\n'}"
+  printf '%s\n' "$job/steps/01-$app/exec.sh"
 }
 
 # flowportal_to_seconds T: Slurm's [days-]hh:mm:ss | hh:mm:ss | mm:ss | minutes -> seconds;

@@ -145,6 +145,27 @@ def test_build_dry_run_routes_arm64_to_slurm():
     assert "slurm/build_image.sbatch" in proc.stdout
 
 
+def test_build_arguments_reach_the_node_side_build(tmp_path):
+    """make build-arm64 BUILD_ARGS=... routed to Slurm: build_image.sbatch gets the same --build-arg
+    values (BUILD_ARGS), --userns (BUILD_FLAGS) and the names of the image's env build arguments."""
+    import shutil
+
+    if not shutil.which("sbatch"):
+        pytest.skip("no sbatch on this machine")
+    base = tmp_path / "base.sif"
+    base.write_bytes(b"")
+    proc = cli("build", "flowportal-cu130", "cluster=dgx_spark", "--arch", "arm64", "--dry-run", "--userns",
+               "--build-arg", "BOOTSTRAP=localimage", "--build-arg", f"BASE={base}")
+    if proc.returncode == 0 and "native" in proc.stdout:
+        pytest.skip("this host is aarch64")
+    assert proc.returncode == 0, proc.stderr
+    line = proc.stdout.strip().splitlines()[-1]
+    assert f"BUILD_ARGS=BASE={base} BOOTSTRAP=localimage" in line and "BUILD_FLAGS=--userns" in line, line
+    spaced = cli("build", "flowportal-cu130", "cluster=dgx_spark", "--arch", "arm64", "--dry-run",
+                 "--build-arg", "BOOTSTRAP=local image")
+    assert_one_line_error(spaced, "holds whitespace")
+
+
 def test_build_without_apptainer_is_one_line(tmp_path):
     proc = cli("build", "mineru-dell-py310", "--arch", "amd64",
                env={"PATH": "/usr/bin:/bin", "CONTAINERS_NODE_LOCAL": str(tmp_path)})

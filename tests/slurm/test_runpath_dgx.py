@@ -263,3 +263,47 @@ def test_native_arm64_build_on_the_node_publishes_to_the_share(dgx, test_sif_arm
         for p in (repo / "recipes" / f"{name}.def", repo / "recipes" / "locks" / f"{name}-arm64.txt",
                   repo / "hydra_conf" / "image" / f"{name}.yaml"):
             p.unlink(missing_ok=True)
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+@pytest.mark.arm64
+@pytest.mark.apptainer
+def test_make_build_arm64_on_the_login_side_starts_the_native_build_on_the_aarch64_node(
+        spark_arm64, world_launcher_dir, test_sif_arm64, isolated_roots, tmp_path):
+    """`make build-arm64 IMAGE=flowportal-cu130 CLUSTER_ARGS=cluster=dgx_spark BUILD_ARGS=...` typed at the
+    repository root on the x86 login side: containers build lints the recipe, routes the build to the
+    spark partition, and the job on the aarch64 node starts Apptainer's native build with the same
+    build arguments. The build itself is stopped once Apptainer has started it: the product recipe's
+    %post installs its lock from the package index (torch for aarch64, hours under qemu), and a small
+    recipe does not pass the product lint that `containers build` runs first; the node-side build and
+    publish of a small recipe are test_native_arm64_build_on_the_node_publishes_to_the_share."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PY", "CONTAINERS_RUNTIME", "VIRTUAL_ENV", "CI",
+                                                              "MAKEFLAGS", "MAKELEVEL")}
+    env.update({"PATH": f"{world_launcher_dir}{os.pathsep}{env.get('PATH', '')}",
+                "SLURM_CONF": spark_arm64.env["SLURM_CONF"], "CONTAINERS_ACCOUNT": "suite_test",
+                "CONTAINERS_NODE_LOCAL": str(spark_arm64.node_local(ARM64_NODE))})
+    cluster_args = "cluster=dgx_spark cluster.build.arm64.cpus=1 cluster.build.arm64.mem=1G"
+    out = subprocess.run(["make", "build-arm64", "IMAGE=flowportal-cu130", f"CLUSTER_ARGS={cluster_args}",
+                          f"BUILD_ARGS=BOOTSTRAP=localimage BASE={test_sif_arm64}"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "build flowportal-cu130 arm64: slurm (submitting to the arm64 partition spark)" in out.stdout
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("submitted job "))
+    jid, log = line.split()[2].rstrip(";"), Path(line.split("log: ", 1)[1])
+    try:
+        deadline = time.time() + 900
+        text = ""
+        while time.time() < deadline:
+            text = log.read_text() if log.exists() else ""
+            if "Starting build" in text or spark_arm64.states(jid)[0] not in ("PENDING", "RUNNING"):
+                break
+            time.sleep(1)
+        assert "Starting build" in text, text[-3000:]
+        assert "building flowportal-cu130 for arm64 (native on aarch64)" in text, text[-3000:]
+        assert f"build arguments: BASE={test_sif_arm64} BOOTSTRAP=localimage;" in text, text[-3000:]
+        show = spark_arm64.show_job(jid)
+        assert show["Partition"] == "spark" and show["NodeList"] == ARM64_NODE, show
+    finally:
+        subprocess.run(["scancel", jid], env=spark_arm64.env, timeout=30, check=False)
+        spark_arm64.wait(jid, timeout=120)

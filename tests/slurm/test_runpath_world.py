@@ -136,3 +136,98 @@ def test_node_side_variables_arrive_verbatim(real_apptainer, test_sif_amd64, tmp
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == repr((value, value))
+
+
+# ------------------------------------------------------------------ scripts that run their own steps
+# The x86 L40S nodes (spark1 may be the aarch64 node in this session); small requests for the test nodes.
+X86 = ["--partition=l40s_public", "--account=suite_test", "--mem=1G", "--cpus-per-task=1"]
+
+
+def by_hand(cluster, env, tmp_path: Path, argv: list[str], timeout: float = 900) -> tuple[str, str]:
+    """sbatch typed at the repository root; returns (state, log)."""
+    jid = cluster.sbatch([*X86, f"--output={tmp_path}/slurm-%j.out", *argv], env=env, cwd=REPO)
+    states = cluster.wait(jid, timeout=timeout)
+    log = (tmp_path / f"slurm-{jid}.out").read_text()
+    return states[jid][0], log
+
+
+def test_ddp_by_hand_runs_every_step_in_apptainer(torch_world, slurm_cluster, tmp_path, isolated_roots,  # noqa: F811
+                                                  test_sif_amd64):
+    """slurm/ddp.sbatch IMAGE -- CMD on 2 nodes x 2 ranks: the SIF staged on each node, ddp-env and every
+    rank inside the image (the test image has no torch: the ranks print what they were given)."""
+    publish_as(test_sif_amd64, isolated_roots / "shared" / "images", "flowportal-cu130", "amd64")
+    env = {**torch_world, "CONTAINERS_CLUSTER": "torch"}
+    probe = ("import os; e = os.environ; print('rank', e['RANK'], 'of', e['WORLD_SIZE'], "
+             "'local', e['LOCAL_RANK'], 'at', e['MASTER_ADDR'] + ':' + e['MASTER_PORT'], "
+             "'in', e.get('APPTAINER_CONTAINER'), flush=True)")
+    state, log = by_hand(slurm_cluster, env, tmp_path, [
+        "--nodes=2", "--ntasks-per-node=2", "--gres=gpu:l40s:2", "slurm/ddp.sbatch", "flowportal-cu130", "--",
+        "python", "-c", probe])
+    assert state == "COMPLETED", log[-4000:]
+    assert "launcher srun, world 4, rendezvous 127.0.0.1:" in log and "runtime apptainer" in log, log[-3000:]
+    staged = isolated_roots / "nvme" / "images" / "flowportal-cu130-amd64-world.sif"
+    ranks = sorted(ln.split()[1] for ln in log.splitlines() if ln.startswith("rank "))
+    assert ranks == ["0", "1", "2", "3"], log[-3000:]
+    assert all(ln.endswith(f"in {staged}") for ln in log.splitlines() if ln.startswith("rank ")), log[-3000:]
+
+
+def test_experiment_stages_run_in_apptainer(torch_world, slurm_cluster, tmp_path, isolated_roots,  # noqa: F811
+                                            test_sif_amd64):
+    """An experiment (kind: experiment) writes the same job folders as submit: each stage runs through
+    its exec.sh inside the image, and an input file outside the default binds is bound read-only."""
+    from tests.containers.test_experiment import make_points
+
+    publish_as(test_sif_amd64, isolated_roots / "shared" / "images", "flowportal-cu130", "amd64")
+    name = f"rpexp{os.getpid()}"
+    pipe = REPO / "hydra_conf" / "pipeline" / f"{name}.yaml"
+    pipe.write_text(f"name: {name}\nkind: experiment\nseeds: [1]\nstages:\n"
+                    "  setup: {app: exp_setup, image: flowportal-cu130, per_seed: false, mem: 1G}\n"
+                    "  prep: {app: exp_prep, image: flowportal-cu130, after: [setup], mem: 1G}\n")
+    try:
+        (tmp_path / "data").mkdir()
+        data = make_points(tmp_path / "data" / "points.csv", n=60)  # under pytest's base, not scratch
+        out = subprocess.run([sys.executable, "-m", "containers", "submit", name, "cluster=torch",
+                              "seeds=[1,2]", f"data_file={data}"], cwd=REPO, env=torch_world,
+                             capture_output=True, text=True, timeout=180)
+    finally:
+        pipe.unlink()
+    assert out.returncode == 0, out.stderr
+    ids = dict(JOB_LINE.findall(out.stdout))
+    run = Path(next(ln.split(": ", 1)[1] for ln in out.stdout.splitlines() if ln.startswith("run dir: ")))
+    finished(slurm_cluster, run, ids)
+    nvme = isolated_roots / "nvme"
+    for job, app in (("setup", "exp_setup"), ("prep.s1", "exp_prep"), ("prep.s2", "exp_prep")):
+        in_container(run / "jobs" / job / "steps" / f"01-{app}" / "run_report.json", nvme)
+    exec_sh = run / "jobs" / "setup" / "steps" / "01-exp_setup" / "exec.sh"
+    assert f"suite_bind {data} ro" in exec_sh.read_text()
+    for seed in (1, 2):
+        assert (run / "outputs" / f"seed{seed}" / "prep" / "_complete.json").is_file()
+
+
+def test_flowportal_batch_script_runs_in_apptainer(torch_world, slurm_cluster, tmp_path,  # noqa: F811
+                                                   isolated_roots, test_sif_amd64):
+    """sbatch slurm/flowportal_batch.sbatch (what flowportal_status action=submit sends) on a node with
+    Apptainer and no PY: the model set staged and the chunk composed and run inside the image."""
+    from tests.entrypoints.flowportal.conftest import CHECKOUT, make_manifest, make_mp4, stage_models
+
+    publish_as(test_sif_amd64, isolated_roots / "shared" / "images", "flowportal-cu130", "amd64")
+    models = stage_models(isolated_roots / "shared" / "models")
+    videos = tmp_path / "videos"  # outside scratch and the repository: bound by exec.sh (binds_ro)
+    for i in range(2):
+        make_mp4(videos / f"v{i}.mp4", 40)
+    batch = make_manifest(videos, tmp_path / "batch", num_select=0, num_chunks=1)
+    env = {**torch_world, "FLOWPORTAL_BATCH_DIR": str(batch), "FLOWPORTAL_VIDEO_DIR": str(videos),
+           "FLOWPORTAL_CHECKOUT": str(CHECKOUT), "FLOWPORTAL_MODELS": str(models)}
+    state, log = by_hand(slurm_cluster, env, tmp_path, [
+        "--gres=gpu:l40s:1", "--array=0", "slurm/flowportal_batch.sbatch", "video.height=24",
+        "video.width=32"])
+    assert state == "COMPLETED", log[-4000:]
+    for i in range(2):
+        assert (batch / "outputs" / f"v{i}" / ".complete.json").is_file(), log[-3000:]
+    nvme = isolated_roots / "nvme"
+    assert (nvme / "models" / "flowportal" / "Wan2.1-Fun-V1.1-1.3B-Control").is_dir()
+    reports = list((batch / "jobs" / "chunk0").glob("*/run_report.json"))  # where the app puts it
+    assert len(reports) == 1, log[-3000:]
+    in_container(reports[0], nvme)
+    tasks = json.loads((batch / "progress" / "chunk0.tasks.json").read_text())
+    assert tasks and all(t["staging_s"] is not None for t in tasks), tasks  # measured by the script

@@ -26,6 +26,8 @@ vars=(
   XDG_CACHE_HOME="$NODE_LOCAL"/cache
 )
 cmd=(python -m entrypoints dell --config-path <RUN>/jobs/infer/steps/03-dell --config-name config "$@")
+# slurm/lib/ddp_task.sh (torchrun) puts its launcher's words between python and the module
+if [[ -n "${SUITE_LAUNCHER:-}" ]]; then read -r -a launch <<<"$SUITE_LAUNCHER" && cmd=("${cmd[0]}" "${launch[@]}" "${cmd[@]:1}"); fi
 if [[ "$SUITE_RUNTIME" == host ]]; then
   cd <REPO>
   exec env -i "${SUITE_HOST_ENV[@]}" "${SUITE_PASS[@]}" "${vars[@]}" "$SUITE_PY" "${cmd[@]:1}"
