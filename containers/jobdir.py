@@ -61,8 +61,9 @@ def _array(name: str, values: Iterable[Any], indent: str = "") -> str:
 
 
 def _check_path(value: str, what: str) -> None:
-    if any(c in TOKEN.sub("", value) for c in ":,\n"):
-        raise UserError(f"{what} '{value}' contains ':', ',' or a newline",
+    # ',' and ':' are fine: suite_bind passes such a path with --mount (quoted CSV fields)
+    if "\n" in TOKEN.sub("", value):
+        raise UserError(f"{what} {value!r} contains a newline",
                         fix="Apptainer cannot bind such paths; rename or move the folder")
 
 

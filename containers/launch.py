@@ -41,12 +41,21 @@ class Bind:
     dst: str
     ro: bool = False
 
-    def spec(self) -> str:
+    def args(self) -> list[str]:
+        """``--bind SRC:DST[:ro]``; a path with ',' or ':' (which --bind splits at) goes through
+        ``--mount``, whose fields are CSV: quoted, with '"' doubled (checked with Apptainer 1.4.5)."""
         for p in (self.src, self.dst):
-            if ":" in p or "," in p:
-                raise UserError(f"bind path '{p}' contains ':' or ','",
+            if "\n" in p:
+                raise UserError(f"bind path {p!r} contains a newline",
                                 fix="Apptainer cannot bind such paths; rename or move the folder")
-        return f"{self.src}:{self.dst}" + (":ro" if self.ro else "")
+        if any(c in self.src + self.dst for c in ",:"):
+            fields = ["type=bind", _csv(f"source={self.src}"), _csv(f"destination={self.dst}")]
+            return ["--mount", ",".join(fields + (["ro"] if self.ro else []))]
+        return ["--bind", f"{self.src}:{self.dst}" + (":ro" if self.ro else "")]
+
+
+def _csv(field: str) -> str:
+    return '"' + field.replace('"', '""') + '"'
 
 
 @dataclass
@@ -173,7 +182,7 @@ def plan_exec(cfg: Any, *, command: Sequence[str], runtime: str, sif: Path | Non
         warnings.append("GPU stage but no NVIDIA GPU on this node: not adding --nv")
     argv += ["--cleanenv", "--no-home"]
     for b in default_binds(cfg, extra_binds):
-        argv += ["--bind", b.spec()]
+        argv += b.args()
     argv += ["--cwd" if runtime == "apptainer" else "--pwd", cwd]
     verbatim: dict[str, str] = {}
     for k, v in sorted(cenv.items()):

@@ -277,9 +277,17 @@ suite_node() {
 
 # suite_bind PATH rw|ro: bind PATH at the same path, when it exists on this node (Apptainer
 # refuses missing sources; a declared input that is absent here is the app's error to report).
+# A path with ',' or ':' (which --bind splits at) goes through --mount, whose fields are CSV.
 suite_bind() {
   [[ -e "$1" ]] || return 0
-  local spec="$1:$1"
+  local spec="$1:$1" q
+  if [[ "$1" == *[,:]* ]]; then
+    q="${1//\"/\"\"}"
+    spec="type=bind,\"source=$q\",\"destination=$q\""
+    [[ "${2:-rw}" == ro ]] && spec+=",ro"
+    SUITE_BINDS+=(--mount "$spec")
+    return 0
+  fi
   [[ "${2:-rw}" == ro ]] && spec+=":ro"
   SUITE_BINDS+=(--bind "$spec")
 }

@@ -133,9 +133,13 @@ def test_paths_with_spaces_and_quotes(tmp_path, monkeypatch):
     assert f"{odd}:{odd}" in plan.argv
 
 
-def test_bind_paths_apptainer_cannot_express_are_refused():
-    with pytest.raises(UserError, match="contains ':' or ','"):
-        Bind("/a:b", "/a:b").spec()
+def test_bind_paths_with_commas_or_colons_go_through_mount_and_newlines_are_refused():
+    assert Bind("/a b", "/a b", ro=True).args() == ["--bind", "/a b:/a b:ro"]
+    assert Bind('/x, "y":z', '/x, "y":z').args() == [
+        "--mount", 'type=bind,"source=/x, ""y"":z","destination=/x, ""y"":z"']
+    assert Bind("/a,b", "/a,b", ro=True).args()[1].endswith('"destination=/a,b",ro')
+    with pytest.raises(UserError, match="contains a newline"):
+        Bind("/a\nb", "/a\nb").args()
 
 
 def test_runtime_detection(tmp_path):

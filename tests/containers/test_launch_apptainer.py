@@ -138,6 +138,30 @@ def test_binds_with_spaces_and_a_read_only_model_bind(roots, test_sif_amd64):
     assert seen["exists"][str(hidden)] is False  # nothing beyond the plan's binds
 
 
+
+def test_folders_with_commas_and_colons_bind_through_mount(roots, real_apptainer, test_sif_amd64):
+    """--bind splits at ',' and ':'; Bind.args() (the launcher) and suite_bind (exec.sh) pass such
+    a folder with --mount and quoted CSV fields, read-only or writable as asked."""
+    from containers.launch import Bind
+
+    odd = roots / "shared" / 'scans, 2026: "late"'
+    odd.mkdir()
+    (odd / "page.txt").write_text("page\n")
+    probe = 'cat "$1/page.txt"; if touch "$1/inside" 2>/dev/null; then echo writable; else echo read-only; fi'
+    argv = [str(real_apptainer), "exec", "--cleanenv", "--no-home", *Bind(str(odd), str(odd), ro=True).args(),
+            str(test_sif_amd64), "sh", "-c", probe, "sh", str(odd)]
+    assert argv[4] == "--mount"
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.split() == ["page", "read-only"], out.stderr
+    code = (f"source {REPO}/slurm/lib/common.sh; SUITE_BINDS=(); suite_bind \"$ODD\" rw; "
+            f"{real_apptainer} exec --cleanenv --no-home \"${{SUITE_BINDS[@]}}\" {test_sif_amd64} "
+            f"sh -c '{probe}' sh \"$ODD\"")
+    out = subprocess.run(["bash", "-c", code], env={**os.environ, "ODD": str(odd)}, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.split() == ["page", "writable"], out.stderr
+    assert (odd / "inside").exists()
+
+
 ENV_VALUES = {
     "COMMAS": "a,b,c",
     "QUOTES": 'say "hi"',
