@@ -10,7 +10,9 @@ An image is only published when this passes (Apptainer runs ``%test`` before wri
    script's directory (the script itself is not run: it parses arguments and loads weights);
 4. the doctor, with the capabilities the image config asks for (GPU ones only where a GPU is
    visible), which also stops on a node driver older than the image's CUDA needs;
-5. image-specific production checks named with ``--check``.
+5. image-specific production checks named with ``--check``;
+6. byte code: every module of ours under /opt/suite, and all but a few of the venv's, has its
+   ``.pyc``: a SIF is read-only, so a module without one is compiled again at every job start.
 
 A test-world build installs a lock that leaves some CUDA-only packages out and says so in its
 header (``# omitted: torch (why)``): anything that fails *only* because an omitted package is
@@ -208,7 +210,33 @@ def check(image: str, *, lock_path: Path = LOCK, checks: list[str] | None = None
             continue
         ok, msg = fn()
         r.ok(name) if ok else r.fail(f"{name}: {msg}")
+
+    # 6. byte code (inside an image: /opt/suite and the venv)
+    if LOCK.parent.is_dir():
+        import sysconfig
+
+        for root, allowed in ((str(LOCK.parent), 0.0), (sysconfig.get_paths()["purelib"], 0.01)):
+            total, missing = _missing_bytecode(root)
+            what = f"byte code under {root}: {total - len(missing)} of {total} modules compiled"
+            if len(missing) <= allowed * total:
+                r.ok(what)
+            else:
+                r.fail(f"{what}; e.g. {', '.join(missing[:3])} (compileall / UV_COMPILE_BYTECODE in %post)")
     return r
+
+
+def _missing_bytecode(root: str) -> tuple[int, list[str]]:
+    """.py files under ``root`` and those without a current-interpreter .pyc beside them."""
+    total, missing = 0, []
+    for dirpath, dirnames, files in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        for f in files:
+            if f.endswith(".py"):
+                total += 1
+                src = os.path.join(dirpath, f)
+                if not os.path.exists(importlib.util.cache_from_source(src)):
+                    missing.append(src)
+    return total, missing
 
 
 def _cap_package(cap: str) -> str | None:
