@@ -358,6 +358,10 @@ suite_run_job() {
   # kills the step; the continuation resumes what has no completion marker.
   _SUITE_CHAINED=""
   trap 'suite_log "time limit near (USR1)"; suite_continue "$job"' USR1
+  if [[ -n "${_SUITE_EARLY_USR1:-}" ]]; then  # it came before this handler (the sbatch script noted it)
+    suite_log "time limit near (USR1, before the job's handler was set)"
+    suite_continue "$job"
+  fi
   suite_mark job_start "node $(_suite_node_name) runtime $SUITE_RUNTIME"
   if [[ "$SUITE_RUNTIME" != host ]]; then
     for img in "${!SUITE_IMG_ARCHES[@]}"; do suite_sif "$img" >/dev/null; done
