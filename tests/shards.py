@@ -45,14 +45,14 @@ def main(argv: list[str]) -> int:
                     cwd=REPO,
                     stdout=out,
                     stderr=subprocess.STDOUT,
-                    start_new_session=True,  # a Ctrl-C is passed on below, once
+                    start_new_session=True,  # a Ctrl-C is passed on below, once, as SIGTERM
                 )
             procs.append((name, proc, log))
         codes = [proc.wait() for _, proc, _ in procs]
     except KeyboardInterrupt:
         for _, proc, _ in procs:
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGINT)
+                os.killpg(proc.pid, signal.SIGTERM)  # what their plugins turn into Ctrl-C
         for _, proc, _ in procs:
             proc.wait()
         print("make test: interrupted", file=sys.stderr)
