@@ -4,7 +4,8 @@ An image is only published when this passes (Apptainer runs ``%test`` before wri
 
 1. every third-party module the image's code imports (the same closure lint checks against the
    lock: the apps the image serves, the toolkit, and the imports extracted from checkouts the
-   image clones) is installed, found without importing it;
+   image clones) is installed, found without importing it; those that load system libraries
+   (cv2, PIL, onnxruntime, ...) are imported too, in a fresh interpreter;
 2. every app module the image serves imports, in a fresh interpreter;
 3. for each cloned checkout, each stage script's own imports run in a fresh interpreter from the
    script's directory (the script itself is not run: it parses arguments and loads weights);
@@ -33,6 +34,8 @@ from suite_core.errors import UserError, guard
 
 SUITE = Path(__file__).resolve().parent.parent
 LOCK = Path("/opt/suite/lock.txt")
+# third-party modules whose import loads system libraries the base image must provide
+NATIVE = ("cv2", "PIL", "onnxruntime", "decord", "av", "soundfile")
 _CACHE_VARS = ("HF_HOME", "TORCH_HOME", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR",
                "PADDLE_PDX_CACHE_HOME", "XDG_CACHE_HOME")
 
@@ -152,6 +155,13 @@ def check(image: str, *, lock_path: Path = LOCK, checks: list[str] | None = None
             r.fail(f"module {top} is not installed; {refs[0].where} imports it")
     r.ok(f"{len(closure.required)} imported third-party modules checked "
          f"({len(closure.optional)} optional ones not required)")
+    # 1b. modules that load system libraries when imported (found is not enough: opencv-python
+    # wheels need libGL.so.1, which a minimal base lacks; the apps and the libraries they drive
+    # import them lazily, at run time): every one the image installs
+    native = [m for m in NATIVE if m not in gone and importlib.util.find_spec(m) is not None]
+    for module, (err, missing) in _python_import(native).items():
+        what = f"import {module} (loads system libraries)"
+        r.ok(what) if err is None else explain(what, err, missing)
 
     # 2. every app module the image serves
     from suite_core.apps import discover
