@@ -76,12 +76,18 @@ def test_run_stage_runs_an_app_under_plain_bash(tmp_path):
     assert (step / "config.yaml").is_file() and (step / "exec.sh").is_file()
 
 
-def test_run_stage_runs_a_submitted_job_folder_under_plain_bash(tmp_path):
+
+def _post_job(tmp_path: Path) -> Path:
+    """A run dir with selftest's 'post' job folder written by submit (--dry-run: nothing submitted)."""
     rd = tmp_path / "run"
     sub = subprocess.run([sys.executable, "-m", "containers", "submit", "selftest", "cluster=torch",
                           "--dry-run", "--run-dir", str(rd), "--only", "post"],
                          cwd=REPO, capture_output=True, text=True)
     assert sub.returncode == 0, sub.stderr
+    return rd
+
+def test_run_stage_runs_a_submitted_job_folder_under_plain_bash(tmp_path):
+    rd = _post_job(tmp_path)
     out = bash(str(REPO / "slurm" / "run_stage.sbatch"), str(rd / "jobs" / "post"), cwd=tmp_path,
                OMP_NUM_THREADS="", SLURM_CPUS_PER_TASK="3")
     assert out.returncode == 0, out.stderr
@@ -101,11 +107,7 @@ def test_a_usr1_before_the_jobs_handler_is_acted_on(tmp_path):
         lines = (REPO / "slurm" / name).read_text().splitlines()
         first = next(i for i, ln in enumerate(lines) if ln and not ln.startswith("#"))
         assert lines[first] == "trap '_SUITE_EARLY_USR1=1' USR1", name
-    rd = tmp_path / "run"
-    sub = subprocess.run([sys.executable, "-m", "containers", "submit", "selftest", "cluster=torch",
-                          "--dry-run", "--run-dir", str(rd), "--only", "post"],
-                         cwd=REPO, capture_output=True, text=True)
-    assert sub.returncode == 0, sub.stderr
+    rd = _post_job(tmp_path)
     out = bash(str(REPO / "slurm" / "run_stage.sbatch"), str(rd / "jobs" / "post"), cwd=tmp_path,
                _SUITE_EARLY_USR1="1")
     assert out.returncode == 0, out.stderr
