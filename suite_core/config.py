@@ -214,11 +214,9 @@ def compose(overrides: Sequence[str] = (), *, config_dir: Path | None = None,
             raise UserError(f"config value '{key}' is mandatory (???) and unset",
                             fix=f"pass {key}=... or set it in hydra_conf/local/default.yaml") from None
         except OmegaConfBaseException as exc:
-            cause = exc.__cause__ or exc.__context__
-            if isinstance(cause, UserError):
-                raise cause from None
-            raise UserError(f"config does not resolve: {str(exc).splitlines()[0]}",
-                            fix="check the interpolations and environment variables named") from None
+            raise (_nested_user_error(exc)
+                   or UserError(f"config does not resolve: {str(exc).splitlines()[0]}",
+                                fix="check the interpolations and environment variables named")) from None
     restore_literals(cfg)
     return cfg
 
@@ -269,9 +267,9 @@ def _load_resolved_config(path: Path, overrides: Sequence[str], resolve: bool) -
             OmegaConf.resolve(cfg)
             _check_missing(cfg)
         except OmegaConfBaseException as exc:
-            cause = exc.__cause__ or exc.__context__
-            if isinstance(cause, UserError):
-                raise cause from None
+            nested = _nested_user_error(exc)
+            if nested is not None:
+                raise nested from None
             key = getattr(exc, "full_key", "?")
             if "Missing mandatory value" in str(exc):
                 raise UserError(f"config value '{key}' is mandatory (???) and unset",
@@ -294,11 +292,15 @@ def load_resolved(path: Path) -> Any:
         raise UserError(f"cannot read {path}: {exc.strerror}",
                         fix="pass the job folder submit wrote") from None
     except OmegaConfBaseException as exc:
-        cause = exc.__cause__ or exc.__context__
-        if isinstance(cause, UserError):
-            raise cause from None
-        raise UserError(f"{path} does not resolve: {str(exc).splitlines()[0]}",
-                        fix="resubmit to rewrite the job folder") from None
+        raise (_nested_user_error(exc)
+               or UserError(f"{path} does not resolve: {str(exc).splitlines()[0]}",
+                            fix="resubmit to rewrite the job folder")) from None
+
+
+def _nested_user_error(exc: BaseException) -> UserError | None:
+    """The UserError one of our resolvers raised inside OmegaConf, which wraps it: its own line wins."""
+    cause = exc.__cause__ or exc.__context__
+    return cause if isinstance(cause, UserError) else None
 
 
 def _first_malformed(overrides: Sequence[str]) -> str:
