@@ -78,6 +78,13 @@ def competition_ranks(keys: list[tuple[float, ...] | None]) -> list[int | None]:
     return [None if k is None else 1 + sum(1 for o in rounded if o is not None and o > k) for k in rounded]
 
 
+
+def _rank(rows: list[dict[str, Any]], name: str) -> None:
+    """Give each row its competition rank by ``rank_key``; order by rank (unranked last), then ``name``."""
+    for r, rank in zip(rows, competition_ranks([r["rank_key"] for r in rows]), strict=True):
+        r["rank"] = rank
+    rows.sort(key=lambda r: (r["rank"] is None, r["rank"] or 0, r[name]))
+
 def basis(agg: Aggregate, n_pages: int, n_sources: int) -> tuple[str | None, str]:
     if agg.gt_pages:
         return "gt_f1", (
@@ -118,9 +125,7 @@ def build(agg: Aggregate, s: Any, *, n_pages: int, n_sources: int) -> tuple[dict
         rows.append(
             {"key": key, "t": t, "g": g, "am": am, "gm": gm, "rank_key": rk, "note": "; ".join(notes) or "-"}
         )
-    for r, rank in zip(rows, competition_ranks([r["rank_key"] for r in rows]), strict=True):
-        r["rank"] = rank
-    rows.sort(key=lambda r: (r["rank"] is None, r["rank"] or 0, r["key"]))
+    _rank(rows, "key")
     header = (
         f"# newsbag variant leaderboard. Ranking basis: {why}.\n"
         "# gt_*: against ground truth on the pages that have it; agree_*: against the consensus of the\n"
@@ -201,9 +206,7 @@ def build(agg: Aggregate, s: Any, *, n_pages: int, n_sources: int) -> tuple[dict
                 "partial": any(r["note"] != "-" for r in items),
             }
         )
-    for r, rank in zip(srows, competition_ranks([r["rank_key"] for r in srows]), strict=True):
-        r["rank"] = rank
-    srows.sort(key=lambda r: (r["rank"] is None, r["rank"] or 0, r["src"]))
+    _rank(srows, "src")
     sheader = (
         f"# newsbag source leaderboard. Ranking basis: {why}.\n"
         "# best_variant: its best variant on that basis; gt_f1/agree_f1: pooled over all its variants.\n"
