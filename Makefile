@@ -24,6 +24,11 @@ help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
 	  awk 'BEGIN {FS = ":.*## "}; {printf "  \033[1m%-22s\033[0m %s\n", $$1, $$2}'
 
+# install_extras,EXTRAS: the project's dependencies with EXTRAS; in the checkout a compat editable
+# install, elsewhere (SMB) from a copy of pyproject.toml (the checkout goes on the path by a .pth).
+install_extras = if [ "$(VENV)" = .venv ]; then $(PY) -m pip install -q -e '.[$(1)]' --config-settings editable_mode=compat; \
+  else tmp=$$(mktemp -d) && cp pyproject.toml "$$tmp/" && $(PY) -m pip install -q "$$tmp[$(1)]" && rm -rf "$$tmp"; fi
+
 # editable_mode=compat: the checkout goes on sys.path as a plain .pth entry instead of an import
 # hook that every Python start runs (jobs run `containers stage` at each start; see bench/stage.py).
 $(STAMP): pyproject.toml
@@ -35,8 +40,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	@# Outside the checkout (SMB: setuptools cannot write its egg-info there), the dependencies come
 	@# from a copy of pyproject.toml and a .pth file puts the checkout itself on the venv's path.
-	@if [ "$(VENV)" = .venv ]; then $(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=compat; else \
-	  tmp=$$(mktemp -d) && cp pyproject.toml "$$tmp/" && $(PY) -m pip install -q "$$tmp[dev]" && rm -rf "$$tmp" && \
+	@$(call install_extras,dev)
+	@if [ "$(VENV)" != .venv ]; then \
 	  $(PY) -c 'import site, sys; open(site.getsitepackages()[0] + "/gpu-image-suite-checkout.pth", "w").write(sys.argv[1] + "\n")' "$$PWD" && \
 	  echo "$(PY) -m pip install '.[dev]' done outside the checkout; $$PWD is on its path (gpu-image-suite-checkout.pth)"; fi
 	@# paddlex as source files only (its numpy<2.4 pin would downgrade the venv): the Paddle

@@ -2,11 +2,10 @@
 # The tests' tiny trainings need torch (CPU build): the `ddp` extra, installed for make test.
 DDP_STAMP := $(VENV)/.ddp-installed
 
-# installed as the venv's own install is (Makefile: compat editable in the checkout, else from a copy
-# of pyproject.toml), so a plain editable finder never slows every Python start of `containers stage`
+# installed as the venv's own install is (Makefile's install_extras), so a plain editable finder
+# never slows every Python start of `containers stage`
 $(DDP_STAMP): $(STAMP)
-	@if [ "$(VENV)" = .venv ]; then $(PY) -m pip install -q -e '.[ddp]' --config-settings editable_mode=compat; \
-	  else tmp=$$(mktemp -d) && cp pyproject.toml "$$tmp/" && $(PY) -m pip install -q "$$tmp[ddp]" && rm -rf "$$tmp"; fi
+	@$(call install_extras,ddp)
 	@touch $@
 
 test test-slurm: $(DDP_STAMP)
