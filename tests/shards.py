@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
         return subprocess.call([*pytest, *argv], cwd=REPO)
     work = Path(tempfile.mkdtemp(prefix="suite-test-shards-"))
     started = time.monotonic()
-    procs: list[tuple[str, subprocess.Popen, Path]] = []
+    procs: list[tuple[str, str, subprocess.Popen, Path]] = []
     print(f"make test: {len(SHARDS)} pytest shards side by side; logs in {work}", flush=True)
     try:
         for i, (name, expr) in enumerate(SHARDS):
@@ -47,18 +47,18 @@ def main(argv: list[str]) -> int:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # a Ctrl-C is passed on below, once, as SIGTERM
                 )
-            procs.append((name, proc, log))
-        codes = [proc.wait() for _, proc, _ in procs]
+            procs.append((name, expr, proc, log))
+        codes = [proc.wait() for _, _, proc, _ in procs]
     except KeyboardInterrupt:
-        for _, proc, _ in procs:
+        for _, _, proc, _ in procs:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)  # what their plugins turn into Ctrl-C
-        for _, proc, _ in procs:
+        for _, _, proc, _ in procs:
             proc.wait()
         print("make test: interrupted", file=sys.stderr)
         return 130
-    for (name, _, log), code in zip(procs, codes, strict=True):
-        print(f"\n===== shard: {name} (pytest -m '{dict(SHARDS)[name]}'), exit {code} =====", flush=True)
+    for (name, expr, _, log), code in zip(procs, codes, strict=True):
+        print(f"\n===== shard: {name} (pytest -m '{expr}'), exit {code} =====", flush=True)
         sys.stdout.write(log.read_text(errors="replace"))
     # the first failing shard's status (a shard killed by a signal counts as 128 + its number)
     worst = next((c if c > 0 else 128 - c for c in codes if c != 0), 0)
