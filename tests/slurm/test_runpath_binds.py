@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from containers.jobdir import shell_word
 from entrypoints.newsbag.samples import SAMPLES_DIR
 from tests.slurm.test_runpath_world import OFF, publish_as
 from tests.world import rootfs
@@ -27,11 +28,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.apptainer
 @pytest.mark.slow
+# --bind splits at ',' and ':': such a folder goes through --mount (suite_bind)
+@pytest.mark.parametrize("folder", ["scans", 'scans, 2026: "late"'])
 def test_newsbag_input_outside_the_default_binds_is_read(real_apptainer, test_sif_amd64, isolated_roots,
-                                                         tmp_path):
+                                                         tmp_path, folder):
     publish_as(test_sif_amd64, isolated_roots / "shared" / "images", "mineru-dell-py310", "amd64")
     work = rootfs.cache_dir() / "work" / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    scans = work / "scans"
+    scans = work / folder
     scans.mkdir(parents=True)
     try:
         for f in ("chronicle_p01.png", "chronicle_p01.gt.json"):
@@ -45,7 +48,7 @@ def test_newsbag_input_outside_the_default_binds_is_read(real_apptainer, test_si
                              text=True, timeout=180)
         assert out.returncode == 0, out.stderr
         step = Path(out.stdout.strip().splitlines()[-1]) / "steps" / "01-newsbag_embedded"
-        assert f"suite_bind {scans} ro" in (step / "exec.sh").read_text()
+        assert f"suite_bind {shell_word(str(scans))} ro" in (step / "exec.sh").read_text()
         res = subprocess.run(["bash", str(step / "exec.sh")], cwd=tmp_path, env=env, capture_output=True,
                              text=True, timeout=900)
         assert res.returncode == 0, res.stderr[-3000:]
