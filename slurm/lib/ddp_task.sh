@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One srun task of slurm/ddp.sbatch. Every Python step runs inside the image (runtime=host: in this
 # node's Python), so the node needs only bash and Apptainer:
-#   bash slurm/lib/ddp_task.sh stage IMAGE                           one per node: the SIF to node-local disk
+#   bash slurm/lib/ddp_task.sh stage IMAGE [JOB_ENV]                 one per node: the SIF to node-local disk
 #   bash slurm/lib/ddp_task.sh LAUNCHER job EXEC_SH                  a job folder's step (its exec.sh)
 #   bash slurm/lib/ddp_task.sh LAUNCHER image IMAGE gpu|cpu -- CMD...  a command by hand
 # LAUNCHER srun: this task is one rank; torchrun: this task starts the node's ranks (c10d
@@ -11,6 +11,10 @@ set -euo pipefail
 source "${CONTAINERS_REPO:?slurm/ddp.sbatch exports CONTAINERS_REPO}/slurm/lib/common.sh"
 REPO="$CONTAINERS_REPO"
 if [[ "$1" == stage ]]; then
+  if [[ -n "${3:-}" ]]; then
+    # shellcheck source=/dev/null
+    source "$3" # the job folder's job.env: its images dir and node rule, as on the batch node
+  fi
   suite_here "$2"
   exit 0
 fi

@@ -231,3 +231,29 @@ def test_flowportal_batch_script_runs_in_apptainer(torch_world, slurm_cluster, t
     in_container(reports[0], nvme)
     tasks = json.loads((batch / "progress" / "chunk0.tasks.json").read_text())
     assert tasks and all(t["staging_s"] is not None for t in tasks), tasks  # measured by the script
+
+
+def test_ddp_submit_finds_the_image_in_the_submit_time_images_dir(torch_world, slurm_cluster, tmp_path,  # noqa: F811
+                                                                   isolated_roots, test_sif_amd64):
+    """`submit ddp_demo paths.images=DIR` with the SIF published only in DIR: the DDP job's own steps on
+    the batch node (staging, ddp-env) read DIR from the job folder, as the ranks do. The test image has no
+    torch, so the training itself stops in the ranks; everything before it is what is checked here."""
+    from tests.containers.test_experiment import make_points
+
+    images = tmp_path / "other-images"
+    publish_as(test_sif_amd64, images, "flowportal-cu130", "amd64")
+    (tmp_path / "data").mkdir()
+    data = make_points(tmp_path / "data" / "points.csv", n=60)
+    out = subprocess.run([sys.executable, "-m", "containers", "submit", "ddp_demo", "cluster=torch",
+                          f"paths.images={images}", f"data_file={data}"],
+                         cwd=REPO, env=torch_world, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert not list((isolated_roots / "shared" / "images").glob("flowportal-cu130*"))  # not in the profile's
+    ids = dict(JOB_LINE.findall(out.stdout))
+    run = Path(next(ln.split(": ", 1)[1] for ln in out.stdout.splitlines() if ln.startswith("run dir: ")))
+    states = slurm_cluster.wait(list(ids.values()), timeout=900)
+    log = (run / "jobs" / "train.s1" / f"slurm-{ids['train.s1']}.out").read_text()
+    assert states[ids["setup"]] == ["COMPLETED"] and states[ids["prep.s1"]] == ["COMPLETED"], (states, log)
+    assert "launcher srun, world 4, rendezvous 127.0.0.1:" in log and "runtime apptainer" in log, log[-3000:]
+    assert (isolated_roots / "nvme" / "images" / "flowportal-cu130-amd64-world.sif").is_file()
+    assert "torch" in log, log[-3000:]  # the ranks ran in the image, which lacks it
