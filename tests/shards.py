@@ -8,12 +8,14 @@ they share nothing but the read-only world cache. With arguments (``make test AR
 is one plain pytest run.
 
 Exit status: the worst of the shards'. Ctrl-C or SIGTERM reaches both shards, whose fixtures
-stop their clusters and unmount their shares.
+stop their clusters and unmount their shares. A passing shard's temporary files (several GB of
+SIF copies and shares) are removed; a failing shard's are kept and named.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,9 +59,15 @@ def main(argv: list[str]) -> int:
             proc.wait()
         print("make test: interrupted", file=sys.stderr)
         return 130
-    for (name, expr, _, log), code in zip(procs, codes, strict=True):
+    for i, ((name, expr, _, log), code) in enumerate(zip(procs, codes, strict=True)):
         print(f"\n===== shard: {name} (pytest -m '{expr}'), exit {code} =====", flush=True)
         sys.stdout.write(log.read_text(errors="replace"))
+        if code == 0:  # a passing shard's files (SIF copies, shares, clusters: GBs) go; a failing one's stay
+            shutil.rmtree(work / f"tmp{i}", ignore_errors=True)
+    if not any(codes):
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        print(f"make test: the failing shards' files are kept in {work}", flush=True)
     # the first failing shard's status (a shard killed by a signal counts as 128 + its number)
     worst = next((c if c > 0 else 128 - c for c in codes if c != 0), 0)
     print(f"\nmake test: {len(SHARDS)} shards, exit codes {codes}, {time.monotonic() - started:.0f} s wall")
