@@ -1,13 +1,14 @@
-"""``make test``: the whole suite as two pytest processes side by side, then both reports.
+"""``make test``: the whole suite as three pytest processes side by side, then their reports.
 
 Why: most of the suite's wall time is waiting (Slurm time limits and continuations, emulated
 aarch64 start-up, container starts), not CPU. The tests of the aarch64 node and the SMB-like
-share form one shard (their session owns the aarch64 spark1 and the share), everything else the
-other; each shard has its own pytest session, private Slurm cluster and temporary folder, so
-they share nothing but the read-only world cache. With arguments (``make test ARGS=...``) this
-is one plain pytest run.
+share form one shard (their session owns the aarch64 spark1 and the share), the other jobs on
+the local Slurm a second, everything else (CPU-bound) the third; each shard has its own pytest
+session, private Slurm cluster and temporary folder, so they share nothing but the read-only
+world cache. Measured per file (``--durations``), the second and third take about as long.
+With arguments (``make test ARGS=...``) this is one plain pytest run.
 
-Exit status: the worst of the shards'. Ctrl-C or SIGTERM reaches both shards, whose fixtures
+Exit status: the worst of the shards'. Ctrl-C or SIGTERM reaches every shard, whose fixtures
 stop their clusters and unmount their shares. A passing shard's temporary files (several GB of
 SIF copies and shares) are removed; a failing shard's are kept and named.
 """
@@ -26,7 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SHARDS = (
     ("aarch64 node and SMB share", "arm64 or smb"),
-    ("everything else", "not arm64 and not smb"),
+    ("x86 Slurm jobs", "slurm and not arm64 and not smb"),
+    ("everything else", "not slurm and not arm64 and not smb"),
 )
 
 
