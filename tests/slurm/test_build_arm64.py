@@ -137,6 +137,9 @@ def tiny_checkout(tmp_path_factory) -> Path:
     """A copy of the checkout with the tiny recipe, locked by `make lock IMAGE=tiny` in the copy."""
     if not shutil.which("rsync"):
         pytest.skip("rsync is not installed (apt-get install rsync)")
+    if not (Path(sys.prefix) / ".installed").is_file():  # else make would try to create a venv there
+        pytest.fail(f"{sys.executable} is not a venv made by `make venv`; run the tests with the checkout's "
+                    ".venv (make test)")
     base = tmp_path_factory.mktemp("buildarm")
     repo = copy_checkout(base)
     (repo / "recipes" / "tiny.def").write_text(TINY_DEF)
