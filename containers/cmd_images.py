@@ -351,6 +351,15 @@ def _build_one(args: argparse.Namespace, image: str, arch_arg: str | None) -> in
         raise UserError(f"{spec.name} does not lint: {problems[0].render()}"
                         + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
                         fix=f"python -m containers lint {spec.name}; make lock for stale locks")
+    lock = overrides.get("LOCK", str(spec.lock_path(arch).relative_to(REPO_ROOT)))
+    lock_file = Path(lock) if Path(lock).is_absolute() else REPO_ROOT / lock
+    from containers.locks import read_lock
+
+    # on every route (the Slurm job publishes too): a test lock's image is never published as NAME
+    variant = read_lock(lock_file).header.get("variant", "production")
+    if variant != "production" and not args.no_publish and not args.dry_run:
+        raise UserError(f"LOCK={lock} is a {variant} lock: its image must not be published as {spec.name}",
+                        fix="add --no-publish")
     cfg = compose(list(args.overrides))
     cluster = cfg.cluster
     bcfg = (cluster.get("build") or {}).get(arch) or {}
@@ -373,14 +382,6 @@ def _build_one(args: argparse.Namespace, image: str, arch_arg: str | None) -> in
         job = run(argv, what="sbatch").stdout.strip()
         print(f"submitted job {job}; log: {log_dir}/build-{spec.name}-{arch}_{job}.out")
         return 0
-    lock = overrides.get("LOCK", str(spec.lock_path(arch).relative_to(REPO_ROOT)))
-    lock_file = Path(lock) if Path(lock).is_absolute() else REPO_ROOT / lock
-    from containers.locks import read_lock
-
-    variant = read_lock(lock_file).header.get("variant", "production")
-    if variant != "production" and not args.no_publish and not args.dry_run:
-        raise UserError(f"LOCK={lock} is a {variant} lock: its image must not be published as {spec.name}",
-                        fix="add --no-publish")
     build_args = {**overrides, "ARCH": arch, "LOCK": lock, "LOCK_HASH": lock_hash(lock_file),
                   "GIT_REV": _git_rev()}
     for key, var in spec.build_env_args.items():
@@ -427,9 +428,9 @@ def _build_one(args: argparse.Namespace, image: str, arch_arg: str | None) -> in
 
 def _node_build_exports(spec: Any, overrides: dict[str, str], args: argparse.Namespace) -> dict[str, str]:
     """What slurm/build_image.sbatch needs to build what a local build would: the --build-arg values
-    (BUILD_ARGS), --userns (BUILD_FLAGS) and the image's build arguments taken from the environment
-    (BUILD_ENV_ARGS, names only: a credentialed index URL never lands on the sbatch line; --export=ALL
-    carries the variable itself)."""
+    (BUILD_ARGS), --userns (BUILD_FLAGS), --no-publish (BUILD_PUBLISH=0) and the image's build
+    arguments taken from the environment (BUILD_ENV_ARGS, names only: a credentialed index URL never
+    lands on the sbatch line; --export=ALL carries the variable itself)."""
     out: dict[str, str] = {}
     for key, value in overrides.items():
         if any(c.isspace() for c in value):
@@ -439,6 +440,8 @@ def _node_build_exports(spec: Any, overrides: dict[str, str], args: argparse.Nam
         out["BUILD_ARGS"] = " ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
     if args.userns:
         out["BUILD_FLAGS"] = "--userns"
+    if args.no_publish:
+        out["BUILD_PUBLISH"] = "0"  # the job builds and says where the SIF is, and publishes nothing
     names = {k: var for k, var in sorted(spec.build_env_args.items()) if k not in overrides}
     for key, var in names.items():
         if not os.environ.get(var) and not args.dry_run:

@@ -320,13 +320,24 @@ def lint_definition(path: Path, spec: ImageSpec | None, *, repo: Path = REPO_ROO
         if sec not in d.sections:
             err(1, f"no %{sec} section")
     labels_body = d.sections.get("labels", ("", 0))[0]
-    label_keys = {ln.split()[0].lower() for ln in labels_body.splitlines() if ln.strip()
-                  and not ln.strip().startswith("#")}
+    labels = {ln.split()[0].lower(): " ".join(ln.split()[1:]) for ln in labels_body.splitlines()
+              if ln.strip() and not ln.strip().startswith("#")}
+    label_keys = set(labels)
+    labels_line = d.sections.get("labels", ("", 1))[1]
     for key in REQUIRED_LABELS:
         if key not in label_keys:
-            err(d.sections.get("labels", ("", 1))[1], f"%labels lacks '{key}'")
-    if not label_keys & {"torch", "paddle"}:
-        err(d.sections.get("labels", ("", 1))[1], "%labels names neither a torch nor a paddle version")
+            err(labels_line, f"%labels lacks '{key}'")
+    # a GPU image names its framework and CUDA; only an image whose yaml says `gpu: false` may
+    # say `cuda none` and name neither torch nor paddle (and it must say `cuda none`)
+    gpu = spec.gpu if spec is not None else True
+    if gpu and not label_keys & {"torch", "paddle"}:
+        err(labels_line, "%labels names neither a torch nor a paddle version (a CPU-only image says "
+                         "gpu: false in its hydra_conf/image yaml and cuda none here)")
+    if gpu and labels.get("cuda") == "none":
+        err(labels_line, "%labels says cuda none but the image yaml says gpu: true")
+    if not gpu and "cuda" in labels and labels["cuda"] != "none":
+        err(labels_line, f"%labels says cuda {labels['cuda']} but the image yaml says gpu: false "
+                         "(say cuda none, or gpu: true)")
     env_body, env_line = d.sections.get("environment", ("", 1))
     env_code = _strip_comments(env_body)
     if "PYTHONNOUSERSITE" not in env_code:
@@ -417,6 +428,9 @@ def _check_against_spec(d: Definition, spec: ImageSpec, rel: str, repo: Path, re
             if m and (int(m[1]), int(m[2])) > glibc:
                 f.append(Finding(rel, ref_line, f"{arch} lock targets glibc {m[1]}.{m[2]} but "
                                                 f"{osname} has {glibc[0]}.{glibc[1]}"))
+    if not spec.gpu and spec.cuda:
+        f.append(Finding(rel, 1, f"image {spec.name} says gpu: false and cuda: {spec.cuda} in its yaml; "
+                                 "a CPU-only image has no CUDA (drop cuda:, or gpu: true)"))
     m = re.search(r"cuda:(\d+)\.(\d+)", ref)
     if m and spec.cuda and m[1] != spec.cuda.split(".")[0]:
         f.append(Finding(rel, ref_line, f"base image is CUDA {m[1]}.{m[2]} but the image config "

@@ -78,6 +78,7 @@ class ImageSpec:
     unlocked_wheel: dict[str, str] = field(default_factory=dict)      # name, version, requires
     driver_min: str | None = None
     doctor: dict[str, list[str]] = field(default_factory=dict)        # gpu/cpu -> capabilities
+    gpu: bool = True                 # false: a CPU-only image (labels say cuda none, no torch/paddle)
 
     def lock_path(self, arch: str, repo: Path = REPO_ROOT) -> Path:
         return repo / "recipes" / "locks" / f"{self.name}-{normalize(arch)}.txt"
@@ -115,6 +116,7 @@ def load_images(repo: Path = REPO_ROOT) -> dict[str, ImageSpec]:
                 unlocked_wheel={str(k): str(v) for k, v in (lock.get("unlocked_wheel") or {}).items()},
                 driver_min=str(data["driver_min"]) if data.get("driver_min") else None,
                 doctor={str(k): [str(c) for c in v] for k, v in (data.get("doctor") or {}).items()},
+                gpu=bool(data.get("gpu", True)),
                 **{k: str(data[k]) for k in ("sif", "pointer") if data.get(k)})
         except KeyError as exc:
             raise UserError(f"image config lacks key {exc}", where=str(path),

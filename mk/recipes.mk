@@ -11,10 +11,10 @@ _BUILD_FLAGS = $(if $(filter-out 0,$(EMULATE)),--emulate) $(foreach a,$(BUILD_AR
 _NEED_IMAGE = @test -n "$(IMAGE)" || { echo "error: IMAGE is not set; fix: make $@ IMAGE=<name> (see hydra_conf/image/)" >&2; exit 2; }
 
 lock: $(STAMP) ## regenerate recipes/locks/ (per arch, test world, tools) and wheel facts with uv: make lock [IMAGE=x]
-	UV_PYTHON_DOWNLOADS=never PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m containers lock $(IMAGE)
+	UV_PYTHON_DOWNLOADS=never PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m containers lock $(IMAGE)
 
 lock-check: $(STAMP) ## fail if inputs changed since locking; report (not fail) newer releases (network)
-	UV_PYTHON_DOWNLOADS=never PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m containers lock --check $(IMAGE)
+	UV_PYTHON_DOWNLOADS=never PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m containers lock --check $(IMAGE)
 
 # FLOWPORTAL_GIT / MATANYONE_GIT: git repositories (bare or not) holding the pinned revisions
 fork-imports: $(STAMP) ## re-extract recipes/flowportal-cu130.imports.json: make fork-imports FLOWPORTAL_GIT=DIR MATANYONE_GIT=DIR

@@ -210,3 +210,38 @@ def test_a_test_lock_swaps_only_base_and_lock():
     assert "--build-arg BASE=debian:bookworm" in line
     assert "--build-arg LOCK=recipes/locks/test/mineru-dell-py310-amd64-py311.txt" in line
     assert line.endswith("recipes/mineru-dell-py310.def")
+
+
+def test_a_test_lock_is_not_published_on_the_slurm_route_either(tmp_path):
+    """build_image.sbatch publishes what it builds: `containers build` refuses a test lock there as on
+    the local route, before anything is submitted; --no-publish reaches the job as BUILD_PUBLISH=0."""
+    import re
+    import shutil
+
+    from containers.locks import body_sha256, parse_lock
+    from tests.helpers import REPO
+
+    # an arm64 test lock of flowportal (there is none in the repo): the amd64 one without decord
+    # (no aarch64 wheel), its header counting and hashing what is left, so that it lints
+    text = (REPO / "recipes/locks/test/flowportal-cu130-amd64-py311.txt").read_text()
+    text = re.sub(r"^decord==.*?\n(?:    .*\n)+", "", text.replace("# arch: amd64\n", "# arch: arm64\n", 1),
+                  count=1, flags=re.M)
+    parsed = parse_lock(text)
+    text = re.sub(r"^# packages: \d+$", f"# packages: {len(parsed.requirements)}", text, count=1, flags=re.M)
+    text = re.sub(r"^# body-sha256: \w+$", f"# body-sha256: {body_sha256(parsed.body)}", text, count=1,
+                  flags=re.M)
+    lock = tmp_path / "flowportal-cu130-arm64-py311.txt"
+    lock.write_text(text)
+    argv = ["build", "flowportal-cu130", "cluster=dgx_spark", "--arch", "arm64",
+            "--build-arg", f"LOCK={lock}"]
+    assert_one_line_error(cli(*argv), f"LOCK={lock} is a test lock: its image must not be published as "
+                                      "flowportal-cu130", "add --no-publish")
+    if not shutil.which("sbatch"):
+        pytest.skip("no sbatch on this machine")
+    proc = cli(*argv, "--no-publish", "--dry-run")
+    if proc.returncode == 0 and "native" in proc.stdout:
+        pytest.skip("this host is aarch64")
+    assert proc.returncode == 0, proc.stderr
+    line = proc.stdout.strip().splitlines()[-1]
+    assert "slurm/build_image.sbatch" in line and "BUILD_PUBLISH=0" in line, line
+    assert "BUILD_PUBLISH" not in cli(*argv[:-2], "--dry-run").stdout  # production lock: publishes

@@ -448,3 +448,23 @@ def test_the_unlocked_wheel_version_must_be_the_one_whose_requirements_are_check
     proc = cli("lint", "paddle-py312", cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
     assert proc.returncode == 1
     assert "installs paddlepaddle-gpu==3.3.0 but lock.unlocked_wheel declares version 3.2.1" in proc.stderr
+
+
+def test_a_cpu_only_image_says_gpu_false_and_cuda_none(tmp_path):
+    """`gpu: false` in the image yaml is the one way to drop the torch/paddle label, and it must say
+    `cuda none`; a GPU image still must name its framework and may not say `cuda none`."""
+    good = (DATA / "good.def").read_text()
+    cpu = good.replace("    cuda 12.8\n    torch 2.10.0\n", "    cuda none\n")
+    (tmp_path / "cpu.def").write_text(cpu)
+    cpu_spec = dataclasses.replace(SPEC, cuda=None, gpu=False)
+    labels = [m for m in errors(lint_definition(tmp_path / "cpu.def", cpu_spec, repo=DATA)) if "label" in m]
+    assert labels == [], labels
+    found = errors(lint_definition(tmp_path / "cpu.def", SPEC, repo=DATA))
+    assert any("names neither a torch nor a paddle version" in m for m in found), found
+    assert any("says cuda none but the image yaml says gpu: true" in m for m in found), found
+    (tmp_path / "cuda.def").write_text(good.replace("    torch 2.10.0\n", ""))
+    found = errors(lint_definition(tmp_path / "cuda.def", cpu_spec, repo=DATA))
+    assert any("says cuda 12.8 but the image yaml says gpu: false" in m for m in found), found
+    both = dataclasses.replace(SPEC, gpu=False)
+    found = errors(lint_definition(tmp_path / "cpu.def", both, repo=DATA))
+    assert any("says gpu: false and cuda: 12.8" in m for m in found), found
