@@ -1,11 +1,11 @@
 """``make test``: the whole suite as three pytest processes side by side, then their reports.
 
 Why: most of the suite's wall time is waiting (Slurm time limits and continuations, emulated
-aarch64 start-up, container starts), not CPU. The tests of the aarch64 node and the SMB-like
-share form one shard (their session owns the aarch64 spark1 and the share), the other jobs on
-the local Slurm a second, everything else (CPU-bound) the third; each shard has its own pytest
-session, private Slurm cluster and temporary folder, so they share nothing but the read-only
-world cache. Measured per file (``--durations``), the second and third take about as long.
+aarch64 start-up, container starts), not CPU. The tests of the aarch64 node and arm64 builds
+form one shard (their session owns the aarch64 spark1 and its SMB-like share), the other jobs
+on the local Slurm and the share's own tests a second, everything else (CPU-bound) the third;
+each shard has its own pytest session, private Slurm cluster, share and temporary folder, so
+they share nothing but the read-only world cache. The split follows per-file ``--durations``.
 With arguments (``make test ARGS=...``) this is one plain pytest run.
 
 Exit status: the worst of the shards'. Ctrl-C or SIGTERM reaches every shard, whose fixtures
@@ -26,9 +26,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SHARDS = (
-    ("aarch64 node and SMB share", "arm64 or smb"),
-    ("x86 Slurm jobs", "slurm and not arm64 and not smb"),
-    ("everything else", "not slurm and not arm64 and not smb"),
+    ("aarch64 node and builds", "arm64"),
+    ("x86 Slurm jobs and SMB share", "(slurm or smb) and not arm64"),
+    ("everything else", "not slurm and not smb and not arm64"),
 )
 
 
