@@ -36,6 +36,14 @@ def roots(monkeypatch, real_apptainer):
     """Scratch, node-local and shared roots outside /tmp (under the world cache, which the
     launcher binds), so only the command's own binds can make them visible inside."""
     work = rootfs.cache_dir() / "work"
+    for bound in ("/tmp", "/var/tmp", str(Path.home())):  # what Apptainer binds into every container
+        if work.is_relative_to(bound):
+            msg = (f"the test world's cache {rootfs.cache_dir()} lies under {bound}, which Apptainer binds "
+                   "into every container, so these tests cannot hide a folder; fix: set CONTAINERS_WORLD "
+                   "to a folder outside /tmp, /var/tmp and $HOME (the default for root is /var/cache/...)")
+            if os.environ.get("CI"):
+                pytest.fail(msg)
+            pytest.skip(msg)
     for old in work.glob("*-*"):  # left by a run that was killed before its teardown
         pid = old.name.split("-")[0]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
