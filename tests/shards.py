@@ -3,7 +3,8 @@
 Why: most of the suite's wall time is waiting (Slurm time limits and continuations, emulated
 aarch64 start-up, container starts), not CPU. The tests of the aarch64 node and arm64 builds
 form one shard (their session owns the aarch64 spark1 and its SMB-like share), the other jobs
-on the local Slurm and the share's own tests a second, everything else (CPU-bound) the third;
+on the local Slurm, the share's own tests and the product recipes' builds (minutes each on a
+fresh machine) a second, everything else (CPU-bound) the third;
 each shard has its own pytest session, private Slurm cluster, share and temporary folder, so
 they share nothing but the read-only world cache. The split follows per-file ``--durations``.
 With arguments (``make test ARGS=...``) this is one plain pytest run.
@@ -27,8 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SHARDS = (
     ("aarch64 node and builds", "arm64"),
-    ("x86 Slurm jobs and SMB share", "(slurm or smb) and not arm64"),
-    ("everything else", "not slurm and not smb and not arm64"),
+    ("x86 Slurm jobs, SMB share, recipe builds", "(slurm or smb or recipe_build) and not arm64"),
+    ("everything else", "not slurm and not smb and not recipe_build and not arm64"),
 )
 
 

@@ -24,7 +24,7 @@ from tests.containers.recipe_world import (
     world_unavailable,
 )
 
-pytestmark = [pytest.mark.apptainer, pytest.mark.slow]
+pytestmark = [pytest.mark.apptainer, pytest.mark.slow, pytest.mark.recipe_build]
 IMAGES = ("mineru-dell-py310", "paddle-py312", pytest.param("flowportal-cu130", marks=pytest.mark.upstream))
 
 
