@@ -1,8 +1,10 @@
 """Staging benchmark: ``containers stage`` against ``cp -a`` and ``rsync -a``, side by side.
 
 The tree is the issue's: 2,000 files (1.2 GB in 4 folders) plus two 400 MB files, 2 GB in all
-(``--scale 0.1`` for a quick look). Each repeat runs every method once, interleaved, so page
-cache and writeback fall on all of them alike (``sync`` before each timed copy); the table holds
+(``--scale 0.1`` for a quick look). Each repeat runs every method once, interleaved (the order
+rotates, so each method takes each place in turn), so page cache and writeback fall on all of
+them alike: before each timed copy the source is read into the page cache and ``sync`` writes
+back what is dirty; the table holds
 medians of ``--repeat`` (9) repeats, and a ratio is the median of the per-repeat ratios. A copy
 is emptied right after it is timed (letting a repeat's 8 GB pile up taxed whichever method came
 last with page-cache reclaim), by truncating its files, not deleting them: ext4 without a
@@ -113,6 +115,18 @@ def _sync() -> None:
     os.sync()
 
 
+def warm(src: Path) -> None:
+    """Read the source into the page cache before each timed copy, so every method starts from the
+    same state: other work on the machine evicts some of it between copies, and whichever method
+    came first after that paid for reading it from disk."""
+    buf = bytearray(8 << 20)
+    for root, _, files in os.walk(src):
+        for name in files:
+            with open(os.path.join(root, name), "rb", buffering=0) as fh:
+                while fh.readinto(buf):
+                    pass
+
+
 def present_bytes(dst: Path, src: Path) -> int:
     """Bytes already in the destination: complete files, plus the written blocks of partial ones."""
     have = 0
@@ -160,11 +174,11 @@ def bench(work: Path, src: Path, total: int, repeat: int, jobs: int) -> dict[str
         run(rechecks[name](dst), env=env)
     for r in range(repeat):
         order = list(firsts.items())
-        if r % 2:
-            order.reverse()  # no method always runs first
+        order = order[r % len(order):] + order[:r % len(order)]  # each method takes each place in turn
         for name, argv in order:
             dst = work / f"dst-{r}-{name.replace(' ', '')}"
             dst.mkdir()
+            warm(src)
             _sync()
             out[f"first {name}"].append(_timed(argv(dst), env, f"first {name}"))
             discard(dst)
@@ -226,7 +240,8 @@ def main(out_dir: str | os.PathLike[str] = REPO / "bench" / "results", argv: lis
         lines.append(f"tree: {nfiles} files, {total / 2**30:.2f} GiB (2,000 files + two "
                      f"{400 * a.scale:.0f} MB files; made in {time.perf_counter() - t0:.1f} s on the "
                      f"filesystem of {work.parent}, {placed}); median of {a.repeat}, methods "
-                     "interleaved, each copy truncated (not deleted) after it is timed")
+                     "interleaved in rotating order, source read into the page cache before each timed "
+                     "copy, each copy truncated (not deleted) after it is timed")
         res = bench(work, src, total, a.repeat, a.jobs)
         lines[0] += f", {os.getloadavg()[0]:.1f} at the end"
     finally:
