@@ -18,7 +18,8 @@ gets ``chattr +T`` where the filesystem has it: ext4 then places each copy's fol
 used block group instead of the one of ``/tmp``, where other processes' deleted files would tax
 the copy the same way (``perf`` showed it with and without). CPU seconds (user + system, from
 ``getrusage`` of the child) are shown beside the wall times: on a shared machine they move
-less than wall time, which also holds the time spent waiting for a CPU:
+less than wall time, which also holds the time spent waiting for a CPU; the ratio of the fastest
+run of each method (the least disturbed one) is shown beside the median for the same reason:
 
 - first copy to a fresh destination: ``stage`` (one stream), ``stage --jobs N``, ``cp -a``,
   ``rsync -a``;
