@@ -603,17 +603,21 @@ class _Copier:
                 os.close(fd)
         self.fds.clear()
 
-    def paths(self, e: Entry) -> tuple[str, str]:
-        """Source and target as strings: pathlib objects cost more than the copy of a small file."""
-        if self.single:
-            return self.src, self.root
-        return f"{self.src}/{e.path}", f"{self.root}/{e.path}"
-
     def plan(self, todo: list[Entry]) -> list[Callable[[], None]]:
+        """A task per small file (``partial``: no Python frame of its own) and per missing chunk.
+
+        Paths are strings: pathlib objects cost more than the copy of a small file.
+        """
+        from functools import partial  # already imported by the command line
+
         tasks: list[Callable[[], None]] = []
         made: set[str] = set()
+        small, single, src, root = self._small, self.single, self.src, self.root
         for e in todo:
-            source, target = self.paths(e)
+            if single:
+                source, target = src, root
+            else:
+                source, target = f"{src}/{e.path}", f"{root}/{e.path}"
             parent = os.path.dirname(target)
             if parent not in made:
                 try:
@@ -629,7 +633,7 @@ class _Copier:
 
                 tasks += self._chunk_tasks(Path(source), Path(target), e)
             else:
-                tasks.append(lambda s=source, t=target, e=e: self._small(s, t, e))
+                tasks.append(partial(small, source, target, e))
         return tasks
 
     def run(self, tasks: list[Callable[[], None]], jobs: int) -> None:
@@ -696,24 +700,27 @@ class _Copier:
         are written under a temporary name and renamed over it, so a job still reading the old
         file keeps reading it whole.
         """
-        head, _, name = target.rpartition("/")
-        tmp = f"{head}/.{name}.stage-{HOST}-{self.pid}.part"
-        made = tmp
+        made = target
         try:
             if e.link is not None:
-                _unlink(tmp)
-                os.symlink(e.link, tmp)
-                os.replace(tmp, target)
+                made = self._tmp(target)
+                _unlink(made)
+                os.symlink(e.link, made)
+                os.replace(made, target)
                 self._finished(e, 0)
                 return
             try:
-                made = tmp if self.single else target
-                try:
-                    digest = copy_file(source, made, checksum=self.checksum, size=e.size, mtime_ns=e.mtime_ns,
-                                       exclusive=made == target)
-                except FileExistsError:  # raised by the exclusive open, before anything was written
-                    made = tmp
-                    digest = copy_file(source, tmp, checksum=self.checksum, size=e.size, mtime_ns=e.mtime_ns)
+                if self.single:
+                    made = self._tmp(target)
+                    digest = copy_file(source, made, checksum=self.checksum, size=e.size, mtime_ns=e.mtime_ns)
+                else:
+                    try:
+                        digest = copy_file(source, target, checksum=self.checksum, size=e.size,
+                                           mtime_ns=e.mtime_ns, exclusive=True)
+                    except FileExistsError:  # raised by the exclusive open, before anything was written
+                        made = self._tmp(target)
+                        digest = copy_file(source, made, checksum=self.checksum, size=e.size,
+                                           mtime_ns=e.mtime_ns)
             except (OSError, SourceChanged) as exc:
                 self._check_source(source, e, made, exc if isinstance(exc, OSError) else None)
                 raise UserError(f"{source} changed while it was being staged", where="staging source",
@@ -723,8 +730,8 @@ class _Copier:
                     raise UserError(f"checksum of the staged copy of {source} differs from the source's",
                                     fix="check the node-local disk and stage again")
                 e.sha256 = digest
-            if made == tmp:
-                os.replace(tmp, target)
+            if made is not target:
+                os.replace(made, target)
         except UserError:
             _unlink(made)
             raise
@@ -735,6 +742,11 @@ class _Copier:
             _unlink(made)
             raise
         self._finished(e, e.size)
+
+    def _tmp(self, target: str) -> str:
+        """The temporary name of a small file or link that replaces what is there."""
+        head, _, name = target.rpartition("/")
+        return f"{head}/.{name}.stage-{HOST}-{self.pid}.part"
 
     def _chunk_tasks(self, source: Path, target: Path, e: Entry) -> list[Callable[[], None]]:
         """Tasks for the chunks a large file still lacks; the last one to finish renames it."""
