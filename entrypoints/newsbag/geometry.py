@@ -38,6 +38,7 @@ _LABEL_OF = _LabelIndex(LABEL_INDEX)
 _XYXYS = itemgetter("x0", "y0", "x1", "y1", "score")
 _LABEL = itemgetter("label")
 _SCORED = methodcaller("get", "scored", True)
+_INT64_MAX = int(np.iinfo(np.int64).max)
 
 
 @dataclass
@@ -99,14 +100,15 @@ def concat(parts: list[Boxes]) -> Boxes:
 
 
 def areas(xyxy: np.ndarray) -> np.ndarray:
-    return np.clip(xyxy[:, 2] - xyxy[:, 0], 0, None) * np.clip(xyxy[:, 3] - xyxy[:, 1], 0, None)
+    # np.maximum(x, 0) is what np.clip(x, 0, None) computes, without its Python-level dispatch
+    return np.maximum(xyxy[:, 2] - xyxy[:, 0], 0.0) * np.maximum(xyxy[:, 3] - xyxy[:, 1], 0.0)
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Dense pairwise IoU (len(a), len(b)); for small sets and tests, never per page in fusion."""
     w = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
     h = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
-    inter = np.clip(w, 0, None) * np.clip(h, 0, None)
+    inter = np.maximum(w, 0.0) * np.maximum(h, 0.0)
     union = areas(a)[:, None] + areas(b)[None, :] - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
@@ -116,7 +118,7 @@ def pair_iou(xyxy: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     a, b = xyxy[i], xyxy[j]
     w = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0])
     h = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1])
-    inter = np.clip(w, 0, None) * np.clip(h, 0, None)
+    inter = np.maximum(w, 0.0) * np.maximum(h, 0.0)
     union = areas(a) + areas(b) - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
@@ -154,7 +156,7 @@ def best_of_each(key: np.ndarray, n_keys: int, value: np.ndarray, tie: np.ndarra
     top = np.full(n_keys, -np.inf)
     np.maximum.at(top, key, value)
     cand = value == top[key]
-    low = np.full(n_keys, np.iinfo(np.int64).max)
+    low = np.full(n_keys, _INT64_MAX)
     np.minimum.at(low, key[cand], tie[cand])
     return cand & (tie == low[key])
 
@@ -325,7 +327,7 @@ def cross_iou_pairs(
     i, j = window_candidates(ax, ay, rx, ry, bx, by, agroup, bgroup)
     w = np.minimum(a[i, 2], b[j, 2]) - np.maximum(a[i, 0], b[j, 0])
     h = np.minimum(a[i, 3], b[j, 3]) - np.maximum(a[i, 1], b[j, 1])
-    inter = np.clip(w, 0, None) * np.clip(h, 0, None)
+    inter = np.maximum(w, 0.0) * np.maximum(h, 0.0)
     union = areas(a)[i] + areas(b)[j] - inter
     iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
     ok = iou >= thr
@@ -345,11 +347,13 @@ def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
             np.minimum.at(new, i, lab[j])
             np.minimum.at(new, j, lab[i])
             new = new[new]
-            if np.array_equal(new, lab):
+            if not (new != lab).any():
                 break
             lab = new
-    _, inv = np.unique(lab, return_inverse=True)
-    return inv.reshape(-1)
+    # every node now holds its component's lowest node, which holds itself: number those roots
+    # in order (what np.unique's inverse gives, without its sort)
+    root = lab == np.arange(n)
+    return (np.cumsum(root) - 1)[lab]
 
 
 def lines_to_blocks(
