@@ -77,9 +77,9 @@ def _covered(boxes: np.ndarray, cover: np.ndarray) -> np.ndarray:
     i, j = i - len(cover), j
     ok = (i >= 0) & (j < len(cover))
     i, j = i[ok], j[ok]
-    a, b = boxes[i], cover[j]
-    w = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
-    h = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
+    a, b = boxes.take(i, axis=0), cover.take(j, axis=0)
+    w = np.maximum(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0.0)
+    h = np.maximum(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0.0)
     inter = np.bincount(i, weights=w * h, minlength=len(boxes))
     return np.clip(inter / np.maximum(areas(boxes), 1e-9), 0.0, 1.0)
 
@@ -220,7 +220,8 @@ def consensus_many(
     rows, ks = np.nonzero(keep)  # by row, then cluster
     if not len(rows):
         return Boxes.empty(), rows
-    kept = feat[rows, ks]
+    at = rows * cl.k + ks  # flat (row, cluster); take, not feat[rows, ks]: a row gather ~10x cheaper
+    kept = feat.reshape(-1, feat.shape[2]).take(at, axis=0)
     xyxy = kept[:, 1:5] / kept[:, :1]
     votes = kept[:, 5:]
     fallback = votes.sum(axis=1) <= 0
@@ -228,7 +229,7 @@ def consensus_many(
         votes = votes.copy()
         votes[fallback] = _over_voters(cl.votes_all, a)[rows[fallback], ks[fallback]]
     label = votes.argmax(axis=1) if cl.labels is None else cl.labels[votes.argmax(axis=1)]
-    return Boxes(xyxy, label, np.clip(conf[rows, ks], 0.0, 1.0)), rows
+    return Boxes(xyxy, label, np.clip(conf.reshape(-1).take(at), 0.0, 1.0)), rows
 
 
 def _over_voters(x: np.ndarray, a: np.ndarray) -> np.ndarray:

@@ -77,7 +77,8 @@ class Boxes:
         return len(self.label)
 
     def take(self, idx: np.ndarray) -> Boxes:
-        return Boxes(self.xyxy[idx], self.label[idx], self.score[idx])
+        """The boxes at integer positions ``idx``."""
+        return Boxes(self.xyxy.take(idx, axis=0), self.label.take(idx), self.score.take(idx))
 
     def to_json(self, score: np.ndarray | None = None) -> list[dict[str, Any]]:
         s = np.clip(self.score if score is None else score, 0.0, 1.0).round(5).tolist()
@@ -115,11 +116,12 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def pair_iou(xyxy: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """IoU of the listed pairs (i[k], j[k])."""
-    a, b = xyxy[i], xyxy[j]
+    a, b = xyxy.take(i, axis=0), xyxy.take(j, axis=0)
     w = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0])
     h = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1])
     inter = np.maximum(w, 0.0) * np.maximum(h, 0.0)
-    union = areas(a) + areas(b) - inter
+    ar = areas(xyxy)
+    union = ar.take(i) + ar.take(j) - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
@@ -325,10 +327,11 @@ def cross_iou_pairs(
     ax, ay, rx, ry = _iou_window(a, thr)
     bx, by, _, _ = _iou_window(b, thr)
     i, j = window_candidates(ax, ay, rx, ry, bx, by, agroup, bgroup)
-    w = np.minimum(a[i, 2], b[j, 2]) - np.maximum(a[i, 0], b[j, 0])
-    h = np.minimum(a[i, 3], b[j, 3]) - np.maximum(a[i, 1], b[j, 1])
+    ai, bj = a.take(i, axis=0), b.take(j, axis=0)
+    w = np.minimum(ai[:, 2], bj[:, 2]) - np.maximum(ai[:, 0], bj[:, 0])
+    h = np.minimum(ai[:, 3], bj[:, 3]) - np.maximum(ai[:, 1], bj[:, 1])
     inter = np.maximum(w, 0.0) * np.maximum(h, 0.0)
-    union = areas(a)[i] + areas(b)[j] - inter
+    union = areas(a).take(i) + areas(b).take(j) - inter
     iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
     ok = iou >= thr
     return i[ok], j[ok], iou[ok]
@@ -386,11 +389,12 @@ def lines_to_blocks(
     i, j = np.concatenate([i, j]), np.concatenate([j, i])
     hmin = np.minimum(h[i], h[j])
     hmax = np.maximum(h[i], h[j])
-    wmin = np.minimum(b[i, 2] - b[i, 0], b[j, 2] - b[j, 0])
-    xov = np.minimum(b[i, 2], b[j, 2]) - np.maximum(b[i, 0], b[j, 0])
-    yov = np.minimum(b[i, 3], b[j, 3]) - np.maximum(b[i, 1], b[j, 1])
+    bi, bj = b.take(i, axis=0), b.take(j, axis=0)  # take: a row gather ~10x cheaper than b[i]
+    wmin = np.minimum(bi[:, 2] - bi[:, 0], bj[:, 2] - bj[:, 0])
+    xov = np.minimum(bi[:, 2], bj[:, 2]) - np.maximum(bi[:, 0], bj[:, 0])
+    yov = np.minimum(bi[:, 3], bj[:, 3]) - np.maximum(bi[:, 1], bj[:, 1])
     gap = -yov / hmin  # vertical gap in line heights
-    below = (xov >= 0.3 * wmin) & (b[j, 1] > b[i, 1] + 0.3 * h[i])  # j under i
+    below = (xov >= 0.3 * wmin) & (bj[:, 1] > bi[:, 1] + 0.3 * h[i])  # j under i
     nearest = np.full(n, np.inf)
     np.minimum.at(nearest, i[below], gap[below])
     finite = nearest[np.isfinite(nearest)]

@@ -209,7 +209,7 @@ def compare_sets(
         height,
         grid,
     )
-    mine, theirs = masks[:n_sets], masks[n_sets:][ref_of]
+    mine, theirs = masks[:n_sets], masks[n_sets:].take(ref_of, axis=0)
     # set bits of (mine & theirs, mine, theirs) per prediction set, in one count
     bits = _popcount(np.concatenate([mine & theirs, mine, theirs]), 1)
     inter, n_mine, n_theirs = bits[:n_sets], bits[n_sets : 2 * n_sets], bits[2 * n_sets :]
