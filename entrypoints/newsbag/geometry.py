@@ -145,9 +145,12 @@ def _window_pairs(key: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.n
 
 def _expand(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For counts c_k: (owner k, offset 0..c_k-1) of every one of the sum(c) items."""
-    total = int(counts.sum())
+    if not len(counts):
+        z = np.zeros(0, dtype=np.int64)
+        return z, z
+    ends = np.cumsum(counts)
     owner = np.repeat(np.arange(len(counts)), counts)
-    offset = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    offset = np.arange(int(ends[-1])) - (ends - counts).take(owner)
     return owner, offset
 
 
@@ -193,18 +196,24 @@ def window_candidates(
     if not len(qx) or not len(px):
         return z, z
     lo_y, hi_y = qy - ry, qy + ry
-    y0 = min(float(py.min()), float(lo_y.min()))
-    y_span = max(float(py.max()), float(hi_y.max())) - y0
-    two_ry = 2.0 * ry
+    lo_x, hi_x = qx - rx, qx + rx
+    # the page's extent (ufunc reductions: the ndarray methods add a Python-level call each)
+    lo, hi = np.minimum.reduce, np.maximum.reduce
+    y0 = min(float(lo(py)), float(lo(lo_y)))
+    y_span = max(float(hi(py)), float(hi(hi_y))) - y0
+    x0 = min(float(lo(px)), float(lo(lo_x)))
+    x_span = max(float(hi(px)), float(hi(hi_x))) - x0
     # the band: the median window height, but never so thin that windows span many bands (mean / 4
-    # caps the band visits at ~6 per window) or that band numbers lose precision
-    mid = len(two_ry) // 2
-    gy = max(float(np.partition(two_ry, mid)[mid]), 0.25 * float(two_ry.mean()), 1e-6 * y_span, 1e-9)
+    # caps the band visits at ~6 per window) or that band numbers lose precision; the column
+    # width likewise from the window widths (both medians in one partition)
+    mid = len(ry) // 2
+    two_r = np.stack([ry, rx]) * 2.0
+    med = np.partition(two_r, mid, axis=1)[:, mid]
+    mean = np.add.reduce(two_r, axis=1) / len(ry)
+    gy = max(float(med[0]), 0.25 * float(mean[0]), 1e-6 * y_span, 1e-9)
+    gx = max(float(med[1]), 0.25 * float(mean[1]), 1e-6 * x_span, 1e-9)
     inv = 1.0 / gy
     n_bands = int(y_span * inv) + 2
-    lo_x, hi_x = qx - rx, qx + rx
-    x0 = min(float(px.min()), float(lo_x.min()))
-    x_span = max(float(px.max()), float(hi_x.max())) - x0
     pband = ((py - y0) * inv).astype(np.int64)  # >= 0: truncation is floor
     n_rows = n_bands
     if pgroup is not None:
@@ -220,8 +229,6 @@ def window_candidates(
     # cells of (band, x column), column width = the median window width: when the cells fit in a
     # small table, each (window, band) reads its run of points by two table look-ups; else by
     # binary search on (band, x) keys
-    two_rx = 2.0 * rx
-    gx = max(float(np.partition(two_rx, mid)[mid]), 0.25 * float(two_rx.mean()), 1e-6 * x_span, 1e-9)
     n_cols = int(x_span / gx) + 2
     if n_rows * n_cols <= 8 * (len(px) + len(qx)) + 4096:
         invx = 1.0 / gx
