@@ -93,9 +93,9 @@ def prepare(
 ) -> tuple[list[str], list[Boxes], list[tuple[str, str]]]:
     """Variant keys (sorted), their boxes on the first record's page size, and size warnings."""
     keys = sorted(records)
-    per_variant, skipped = [], []
-    for k in keys:
-        r = records[k]
+    recs = [records[k] for k in keys]
+    skipped = []
+    for k, r in zip(keys, recs, strict=True):
         if abs(r["width"] - width) > 1 or abs(r["height"] - height) > 1:
             skipped.append(
                 (
@@ -104,10 +104,12 @@ def prepare(
                     f"{int(width)}x{int(height)}; boxes rescaled, not dropped",
                 )
             )
-        b = Boxes.from_record(r, (width / r["width"], height / r["height"]), unscored=s.unscored_score)
+    per_variant = Boxes.from_records(
+        recs, [(width / r["width"], height / r["height"]) for r in recs], unscored=s.unscored_score
+    )
+    for v, r in enumerate(recs):
         if r["granularity"] == "line":
-            b = lines_to_blocks(b, vgap=s.line_vgap, hgap=s.line_hgap)
-        per_variant.append(b)
+            per_variant[v] = lines_to_blocks(per_variant[v], vgap=s.line_vgap, hgap=s.line_hgap)
     return keys, per_variant, skipped
 
 

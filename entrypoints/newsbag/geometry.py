@@ -58,20 +58,43 @@ class Boxes:
         cls, record: dict[str, Any], scale: tuple[float, float] = (1.0, 1.0), unscored: float | None = None
     ) -> Boxes:
         """Boxes of a page record; boxes flagged ``"scored": false`` take ``unscored`` as score."""
-        bs = record["boxes"]
-        if not bs:
-            return cls.empty()
-        n = len(bs)
-        # one C-level pass per column group: the boxes are dicts, and this is fusion's per-box input cost
-        cols = np.fromiter(chain.from_iterable(map(_XYXYS, bs)), dtype=np.float64, count=5 * n).reshape(n, 5)
+        return cls.from_records([record], [scale], unscored)[0]
+
+    @classmethod
+    def from_records(
+        cls,
+        records: list[dict[str, Any]],
+        scales: list[tuple[float, float]],
+        unscored: float | None = None,
+    ) -> list[Boxes]:
+        """``from_record`` of each record (with its scale), in one pass over all their boxes: the
+        boxes are dicts, and this is fusion's per-box input cost, so it runs once per page, not
+        once per record. Each record's arrays are a slice of the page's."""
+        lists = [r["boxes"] for r in records]
+        sizes = [len(b) for b in lists]
+        n = sum(sizes)
+        if not n:
+            return [cls.empty() for _ in records]
+        every = list(chain.from_iterable(lists)) if len(lists) > 1 else lists[0]
+        # one C-level pass per column group
+        cols = np.fromiter(chain.from_iterable(map(_XYXYS, every)), dtype=np.float64, count=5 * n).reshape(n, 5)
         xyxy = cols[:, :4].copy()
-        if scale != (1.0, 1.0):
-            xyxy *= np.array([scale[0], scale[1], scale[0], scale[1]])
-        label = np.fromiter(map(_LABEL_OF.__getitem__, map(_LABEL, bs)), dtype=np.int64, count=n)
+        label = np.fromiter(map(_LABEL_OF.__getitem__, map(_LABEL, every)), dtype=np.int64, count=n)
         score = cols[:, 4].copy()
-        if unscored is not None and False in map(_SCORED, bs):
-            score[[k for k, b in enumerate(bs) if b.get("scored", True) is False]] = unscored
-        return cls(xyxy, label, score)
+        if unscored is not None and False in map(_SCORED, every):
+            score[[k for k, b in enumerate(every) if b.get("scored", True) is False]] = unscored
+        out, start = [], 0
+        for size, scale in zip(sizes, scales, strict=True):
+            if not size:
+                out.append(cls.empty())
+                continue
+            end = start + size
+            xy = xyxy[start:end]
+            if scale != (1.0, 1.0):
+                xy *= np.array([scale[0], scale[1], scale[0], scale[1]])
+            out.append(cls(xy, label[start:end], score[start:end]))
+            start = end
+        return out
 
     def __len__(self) -> int:
         return len(self.label)
