@@ -264,7 +264,8 @@ def fuse_page(
     disagreement = None
     if scores:
         agree = [0.5 * f1(v["tp"], v["pred"], v["ref"]) + 0.5 * v["coverage"] for v in scores.values()]
-        disagreement = round(1.0 - float(np.mean(agree)), 6)
+        # np.mean's arithmetic (its pairwise sum, then / n) without its Python-level wrapper
+        disagreement = round(1.0 - float(np.add.reduce(np.array(agree)) / len(agree)), 6)
     return PageResult(page_id, consensus, scores, gt_scores, condition, disagreement, skipped)
 
 

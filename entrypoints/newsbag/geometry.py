@@ -105,11 +105,11 @@ class Boxes:
 
     def to_json(self, score: np.ndarray | None = None) -> list[dict[str, Any]]:
         s = np.clip(self.score if score is None else score, 0.0, 1.0).round(5).tolist()
-        xy = self.xyxy.round(2).tolist()
+        x0, y0, x1, y1 = self.xyxy.round(2).T.tolist()
         names = [TAXONOMY[i] for i in self.label.tolist()]
         return [
-            {"x0": b[0], "y0": b[1], "x1": b[2], "y1": b[3], "label": n, "raw_label": n, "score": v}
-            for b, n, v in zip(xy, names, s, strict=True)
+            {"x0": a, "y0": b, "x1": c, "y1": d, "label": n, "raw_label": n, "score": v}
+            for a, b, c, d, n, v in zip(x0, y0, x1, y1, names, s, strict=True)
         ]
 
 
