@@ -108,7 +108,8 @@ def cluster(
     n, nv = int(sizes.sum()), len(per_variant)
     g_count = n_voters
     if n == 0:
-        return Clusters(0, g_count, np.zeros((g_count, 3, 0)), np.zeros((g_count, 0, 5)), np.zeros((g_count, 0, 0)))
+        z = np.zeros((g_count, 0, 0))
+        return Clusters(0, g_count, np.zeros((g_count, 3, 0)), np.zeros((g_count, 0, 5)), z)
     if nv == 1:
         xyxy, label, score = per_variant[0].xyxy, per_variant[0].label, per_variant[0].score
     else:

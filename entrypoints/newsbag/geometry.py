@@ -77,7 +77,8 @@ class Boxes:
             return [cls.empty() for _ in records]
         every = list(chain.from_iterable(lists)) if len(lists) > 1 else lists[0]
         # one C-level pass per column group
-        cols = np.fromiter(chain.from_iterable(map(_XYXYS, every)), dtype=np.float64, count=5 * n).reshape(n, 5)
+        flat = chain.from_iterable(map(_XYXYS, every))
+        cols = np.fromiter(flat, dtype=np.float64, count=5 * n).reshape(n, 5)
         xyxy = cols[:, :4].copy()
         label = np.fromiter(map(_LABEL_OF.__getitem__, map(_LABEL, every)), dtype=np.int64, count=n)
         score = cols[:, 4].copy()

@@ -195,7 +195,8 @@ def compare_sets(
     n_pred = np.bincount(pred_set, minlength=n_sets)
     n_ref = np.bincount(ref_set, minlength=n_refs)
     p, r, iou = cross_iou_pairs(pred.xyxy, ref.xyxy, iou_thr, ref_of[pred_set], ref_set)
-    tp, loc_tp = _distinct_best(p, r, iou, pred.label[p] == ref.label[r], pred_set, len(pred), len(ref), n_sets)
+    same = pred.label[p] == ref.label[r]
+    tp, loc_tp = _distinct_best(p, r, iou, same, pred_set, len(pred), len(ref), n_sets)
     # labels present on either side, and each label's raster among them (np.unique without a sort)
     present = np.bincount(pred.label, minlength=N_LABELS) + np.bincount(ref.label, minlength=N_LABELS) > 0
     col_of_label = np.cumsum(present) - 1
