@@ -160,7 +160,8 @@ class Fuser:
         return self.fuse_many([left_out])[0]
 
     def fuse_many(self, left_outs: list[int | None]) -> tuple[Boxes, np.ndarray]:
-        """``fuse`` for each entry of ``left_outs`` at once: all boxes, and the entry each belongs to."""
+        """``fuse`` for each entry of ``left_outs`` at once: all boxes, entry by entry, and the entry
+        each belongs to."""
         active = np.ones((len(left_outs), len(self.voters)), bool)
         for r, g in enumerate(left_outs):
             if g is not None:
@@ -198,7 +199,9 @@ def fuse_page(
     n_voters = len(fuser.voters)
     # the consensus and every voter's leave-one-out reference in one aggregation
     fused, fused_of = fuser.fuse_many([None, *range(n_voters)] if n_voters >= 2 else [None])
-    cons = fused.take(np.flatnonzero(fused_of == 0))
+    # boxes come by entry (consensus first), so the consensus and the references are two slices
+    n_cons = int(np.count_nonzero(fused_of == 0))
+    cons = Boxes(fused.xyxy[:n_cons], fused.label[:n_cons], fused.score[:n_cons])
     consensus = page_record(
         page_id=page_id,
         image=first["image"],
@@ -215,13 +218,12 @@ def fuse_page(
     scores: dict[str, dict[str, float]] = {}
     if n_voters >= 2:
         # each variant against the consensus of the other voters (leave-one-out), all in one pass
-        refs = np.flatnonzero(fused_of > 0)
         res = compare_sets(
             every,
             variant_of_box,
             len(keys),
-            fused.take(refs),
-            fused_of[refs] - 1,
+            Boxes(fused.xyxy[n_cons:], fused.label[n_cons:], fused.score[n_cons:]),
+            fused_of[n_cons:] - 1,
             n_voters,
             fuser.voter_of_variant,
             width,

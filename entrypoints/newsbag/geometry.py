@@ -182,15 +182,17 @@ def best_of_each(key: np.ndarray, n_keys: int, value: np.ndarray, tie: np.ndarra
     """Mask of the entry with the highest ``value`` for each ``key`` (< ``n_keys``), the lowest ``tie``
     among equals, so the choice never depends on the order the entries come in. Two scatter
     passes, no sort."""
-    top = np.full(n_keys, -np.inf)
+    top = np.empty(n_keys)  # empty + fill: np.full's Python-level wrapper costs more at this size
+    top.fill(-np.inf)
     np.maximum.at(top, key, value)
     cand = value == top[key]
-    low = np.full(n_keys, _INT64_MAX)
+    low = np.empty(n_keys, dtype=np.int64)
+    low.fill(_INT64_MAX)
     np.minimum.at(low, key[cand], tie[cand])
     return cand & (tie == low[key])
 
 
-def window_candidates(
+def _candidates(
     qx: np.ndarray,
     qy: np.ndarray,
     rx: np.ndarray,
@@ -201,7 +203,8 @@ def window_candidates(
     pgroup: np.ndarray | None = None,
     *,
     mutual: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
+    n_groups: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """A superset of every (q, p) with point p inside q's window ``|px - qx| <= rx_q, |py - qy| <= ry_q``
     (and, when groups are given, ``qgroup[q] == pgroup[p]``), in no particular order.
 
@@ -213,12 +216,13 @@ def window_candidates(
     against its own reference. Bounds carry a small slack; callers filter exactly.
 
     ``mutual=True`` (the points are the queries, and only pairs whose centres lie in EACH
-    other's window are wanted): each pair once as (i < j), found from the box in the lower band
-    (or either, in one band), so a query reads only its own band and those below it.
+    other's window are wanted): a query reads only its own band and those below it, and the
+    third result marks each pair's one find (from the box in the lower band, or the lower index
+    in one band); else the third result is None. ``n_groups`` (when known) saves two scans.
     """
-    z = np.zeros(0, dtype=np.int64)
     if not len(qx) or not len(px):
-        return z, z
+        z = np.zeros(0, dtype=np.int64)
+        return z, z, (z > 0 if mutual else None)
     lo_y, hi_y = qy - ry, qy + ry
     lo_x, hi_x = qx - rx, qx + rx
     # the page's extent (ufunc reductions: the ndarray methods add a Python-level call each)
@@ -242,7 +246,9 @@ def window_candidates(
     n_rows = n_bands
     if pgroup is not None:
         pband += pgroup * n_bands
-        n_rows *= int(max(pgroup.max(), qgroup.max() if qgroup is not None else 0)) + 1
+        if n_groups is None:
+            n_groups = int(max(pgroup.max(), qgroup.max() if qgroup is not None else 0)) + 1
+        n_rows *= n_groups
     b0 = pband if mutual else ((lo_y - y0) * inv - 1e-6).astype(np.int64)
     b1 = ((hi_y - y0) * inv + 1e-6).astype(np.int64)
     if qgroup is not None:
@@ -275,8 +281,27 @@ def window_candidates(
     owner, off = _expand(stop - start)
     iq, ip = q[owner], order[start[owner] + off]
     if not mutual:
+        return iq, ip, None
+    return iq, ip, (pband[ip] != pband[iq]) | (iq < ip)  # a pair within one band is found from both ends
+
+
+def window_candidates(
+    qx: np.ndarray,
+    qy: np.ndarray,
+    rx: np.ndarray,
+    ry: np.ndarray,
+    px: np.ndarray,
+    py: np.ndarray,
+    qgroup: np.ndarray | None = None,
+    pgroup: np.ndarray | None = None,
+    *,
+    mutual: bool = False,
+    n_groups: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``_candidates``, with ``mutual`` pairs kept once each as (i < j)."""
+    iq, ip, once = _candidates(qx, qy, rx, ry, px, py, qgroup, pgroup, mutual=mutual, n_groups=n_groups)
+    if once is None:
         return iq, ip
-    once = (pband[ip] != pband[iq]) | (iq < ip)  # a pair within one band is found from both ends
     iq, ip = iq[once], ip[once]
     return np.minimum(iq, ip), np.maximum(iq, ip)
 
@@ -330,8 +355,8 @@ def iou_pairs(
     the box in the lower band finds it; the exact IoU is computed for the candidates only. Pairs
     come in no particular order.
     """
-    z = np.zeros(0, dtype=np.int64)
     if len(xyxy) < 2:
+        z = np.zeros(0, dtype=np.int64)
         return z, z, np.zeros(0)
     cx, cy, rx, ry = _iou_window(xyxy, thr)
     i, j = window_candidates(cx, cy, rx, ry, cx, cy, mutual=True)
@@ -349,15 +374,16 @@ def cross_iou_pairs(
     thr: float,
     agroup: np.ndarray | None = None,
     bgroup: np.ndarray | None = None,
+    n_groups: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every (i in a, j in b) with IoU >= ``thr`` (and ``agroup[i] == bgroup[j]`` when given), with the
     IoU; windows from a, points from b, in no particular order."""
-    z = np.zeros(0, dtype=np.int64)
     if not len(a) or not len(b):
+        z = np.zeros(0, dtype=np.int64)
         return z, z, np.zeros(0)
     ax, ay, rx, ry = _iou_window(a, thr)
-    bx, by, _, _ = _iou_window(b, thr)
-    i, j = window_candidates(ax, ay, rx, ry, bx, by, agroup, bgroup)
+    bx, by = (b[:, 0] + b[:, 2]) * 0.5, (b[:, 1] + b[:, 3]) * 0.5  # the centres (as _iou_window)
+    i, j, _ = _candidates(ax, ay, rx, ry, bx, by, agroup, bgroup, n_groups=n_groups)
     ai, bj = a.take(i, axis=0), b.take(j, axis=0)
     w = np.minimum(ai[:, 2], bj[:, 2]) - np.maximum(ai[:, 0], bj[:, 0])
     h = np.minimum(ai[:, 3], bj[:, 3]) - np.maximum(ai[:, 1], bj[:, 1])

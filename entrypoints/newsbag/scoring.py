@@ -194,7 +194,7 @@ def compare_sets(
     """
     n_pred = np.bincount(pred_set, minlength=n_sets)
     n_ref = np.bincount(ref_set, minlength=n_refs)
-    p, r, iou = cross_iou_pairs(pred.xyxy, ref.xyxy, iou_thr, ref_of[pred_set], ref_set)
+    p, r, iou = cross_iou_pairs(pred.xyxy, ref.xyxy, iou_thr, ref_of[pred_set], ref_set, n_refs)
     same = pred.label[p] == ref.label[r]
     tp, loc_tp = _distinct_best(p, r, iou, same, pred_set, len(pred), len(ref), n_sets)
     # labels present on either side, and each label's raster among them (np.unique without a sort)
