@@ -93,9 +93,9 @@ def prepare(
 ) -> tuple[list[str], list[Boxes], list[tuple[str, str]]]:
     """Variant keys (sorted), their boxes on the first record's page size, and size warnings."""
     keys = sorted(records)
-    per_variant, skipped = [], []
-    for k in keys:
-        r = records[k]
+    recs = [records[k] for k in keys]
+    skipped = []
+    for k, r in zip(keys, recs, strict=True):
         if abs(r["width"] - width) > 1 or abs(r["height"] - height) > 1:
             skipped.append(
                 (
@@ -104,10 +104,12 @@ def prepare(
                     f"{int(width)}x{int(height)}; boxes rescaled, not dropped",
                 )
             )
-        b = Boxes.from_record(r, (width / r["width"], height / r["height"]), unscored=s.unscored_score)
+    per_variant = Boxes.from_records(
+        recs, [(width / r["width"], height / r["height"]) for r in recs], unscored=s.unscored_score
+    )
+    for v, r in enumerate(recs):
         if r["granularity"] == "line":
-            b = lines_to_blocks(b, vgap=s.line_vgap, hgap=s.line_hgap)
-        per_variant.append(b)
+            per_variant[v] = lines_to_blocks(per_variant[v], vgap=s.line_vgap, hgap=s.line_hgap)
     return keys, per_variant, skipped
 
 
@@ -158,7 +160,8 @@ class Fuser:
         return self.fuse_many([left_out])[0]
 
     def fuse_many(self, left_outs: list[int | None]) -> tuple[Boxes, np.ndarray]:
-        """``fuse`` for each entry of ``left_outs`` at once: all boxes, and the entry each belongs to."""
+        """``fuse`` for each entry of ``left_outs`` at once: all boxes, entry by entry, and the entry
+        each belongs to."""
         active = np.ones((len(left_outs), len(self.voters)), bool)
         for r, g in enumerate(left_outs):
             if g is not None:
@@ -196,7 +199,9 @@ def fuse_page(
     n_voters = len(fuser.voters)
     # the consensus and every voter's leave-one-out reference in one aggregation
     fused, fused_of = fuser.fuse_many([None, *range(n_voters)] if n_voters >= 2 else [None])
-    cons = fused.take(np.flatnonzero(fused_of == 0))
+    # boxes come by entry (consensus first), so the consensus and the references are two slices
+    n_cons = int(np.count_nonzero(fused_of == 0))
+    cons = Boxes(fused.xyxy[:n_cons], fused.label[:n_cons], fused.score[:n_cons])
     consensus = page_record(
         page_id=page_id,
         image=first["image"],
@@ -213,13 +218,12 @@ def fuse_page(
     scores: dict[str, dict[str, float]] = {}
     if n_voters >= 2:
         # each variant against the consensus of the other voters (leave-one-out), all in one pass
-        refs = np.flatnonzero(fused_of > 0)
         res = compare_sets(
             every,
             variant_of_box,
             len(keys),
-            fused.take(refs),
-            fused_of[refs] - 1,
+            Boxes(fused.xyxy[n_cons:], fused.label[n_cons:], fused.score[n_cons:]),
+            fused_of[n_cons:] - 1,
             n_voters,
             fuser.voter_of_variant,
             width,
@@ -262,7 +266,8 @@ def fuse_page(
     disagreement = None
     if scores:
         agree = [0.5 * f1(v["tp"], v["pred"], v["ref"]) + 0.5 * v["coverage"] for v in scores.values()]
-        disagreement = round(1.0 - float(np.mean(agree)), 6)
+        # np.mean's arithmetic (its pairwise sum, then / n) without its Python-level wrapper
+        disagreement = round(1.0 - float(np.add.reduce(np.array(agree)) / len(agree)), 6)
     return PageResult(page_id, consensus, scores, gt_scores, condition, disagreement, skipped)
 
 

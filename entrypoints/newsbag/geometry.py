@@ -38,6 +38,7 @@ _LABEL_OF = _LabelIndex(LABEL_INDEX)
 _XYXYS = itemgetter("x0", "y0", "x1", "y1", "score")
 _LABEL = itemgetter("label")
 _SCORED = methodcaller("get", "scored", True)
+_INT64_MAX = int(np.iinfo(np.int64).max)
 
 
 @dataclass
@@ -57,34 +58,59 @@ class Boxes:
         cls, record: dict[str, Any], scale: tuple[float, float] = (1.0, 1.0), unscored: float | None = None
     ) -> Boxes:
         """Boxes of a page record; boxes flagged ``"scored": false`` take ``unscored`` as score."""
-        bs = record["boxes"]
-        if not bs:
-            return cls.empty()
-        n = len(bs)
-        # one C-level pass per column group: the boxes are dicts, and this is fusion's per-box input cost
-        cols = np.fromiter(chain.from_iterable(map(_XYXYS, bs)), dtype=np.float64, count=5 * n).reshape(n, 5)
+        return cls.from_records([record], [scale], unscored)[0]
+
+    @classmethod
+    def from_records(
+        cls,
+        records: list[dict[str, Any]],
+        scales: list[tuple[float, float]],
+        unscored: float | None = None,
+    ) -> list[Boxes]:
+        """``from_record`` of each record (with its scale), in one pass over all their boxes: the
+        boxes are dicts, and this is fusion's per-box input cost, so it runs once per page, not
+        once per record. Each record's arrays are a slice of the page's."""
+        lists = [r["boxes"] for r in records]
+        sizes = [len(b) for b in lists]
+        n = sum(sizes)
+        if not n:
+            return [cls.empty() for _ in records]
+        every = list(chain.from_iterable(lists)) if len(lists) > 1 else lists[0]
+        # one C-level pass per column group
+        flat = chain.from_iterable(map(_XYXYS, every))
+        cols = np.fromiter(flat, dtype=np.float64, count=5 * n).reshape(n, 5)
         xyxy = cols[:, :4].copy()
-        if scale != (1.0, 1.0):
-            xyxy *= np.array([scale[0], scale[1], scale[0], scale[1]])
-        label = np.fromiter(map(_LABEL_OF.__getitem__, map(_LABEL, bs)), dtype=np.int64, count=n)
+        label = np.fromiter(map(_LABEL_OF.__getitem__, map(_LABEL, every)), dtype=np.int64, count=n)
         score = cols[:, 4].copy()
-        if unscored is not None and False in map(_SCORED, bs):
-            score[[k for k, b in enumerate(bs) if b.get("scored", True) is False]] = unscored
-        return cls(xyxy, label, score)
+        if unscored is not None and False in map(_SCORED, every):
+            score[[k for k, b in enumerate(every) if b.get("scored", True) is False]] = unscored
+        out, start = [], 0
+        for size, scale in zip(sizes, scales, strict=True):
+            if not size:
+                out.append(cls.empty())
+                continue
+            end = start + size
+            xy = xyxy[start:end]
+            if scale != (1.0, 1.0):
+                xy *= np.array([scale[0], scale[1], scale[0], scale[1]])
+            out.append(cls(xy, label[start:end], score[start:end]))
+            start = end
+        return out
 
     def __len__(self) -> int:
         return len(self.label)
 
     def take(self, idx: np.ndarray) -> Boxes:
-        return Boxes(self.xyxy[idx], self.label[idx], self.score[idx])
+        """The boxes at integer positions ``idx``."""
+        return Boxes(self.xyxy.take(idx, axis=0), self.label.take(idx), self.score.take(idx))
 
     def to_json(self, score: np.ndarray | None = None) -> list[dict[str, Any]]:
         s = np.clip(self.score if score is None else score, 0.0, 1.0).round(5).tolist()
-        xy = self.xyxy.round(2).tolist()
+        x0, y0, x1, y1 = self.xyxy.round(2).T.tolist()
         names = [TAXONOMY[i] for i in self.label.tolist()]
         return [
-            {"x0": b[0], "y0": b[1], "x1": b[2], "y1": b[3], "label": n, "raw_label": n, "score": v}
-            for b, n, v in zip(xy, names, s, strict=True)
+            {"x0": a, "y0": b, "x1": c, "y1": d, "label": n, "raw_label": n, "score": v}
+            for a, b, c, d, n, v in zip(x0, y0, x1, y1, names, s, strict=True)
         ]
 
 
@@ -99,25 +125,27 @@ def concat(parts: list[Boxes]) -> Boxes:
 
 
 def areas(xyxy: np.ndarray) -> np.ndarray:
-    return np.clip(xyxy[:, 2] - xyxy[:, 0], 0, None) * np.clip(xyxy[:, 3] - xyxy[:, 1], 0, None)
+    # np.maximum(x, 0) is what np.clip(x, 0, None) computes, without its Python-level dispatch
+    return np.maximum(xyxy[:, 2] - xyxy[:, 0], 0.0) * np.maximum(xyxy[:, 3] - xyxy[:, 1], 0.0)
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Dense pairwise IoU (len(a), len(b)); for small sets and tests, never per page in fusion."""
     w = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
     h = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
-    inter = np.clip(w, 0, None) * np.clip(h, 0, None)
+    inter = np.maximum(w, 0.0) * np.maximum(h, 0.0)
     union = areas(a)[:, None] + areas(b)[None, :] - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def pair_iou(xyxy: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """IoU of the listed pairs (i[k], j[k])."""
-    a, b = xyxy[i], xyxy[j]
+    a, b = xyxy.take(i, axis=0), xyxy.take(j, axis=0)
     w = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0])
     h = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1])
-    inter = np.clip(w, 0, None) * np.clip(h, 0, None)
-    union = areas(a) + areas(b) - inter
+    inter = np.maximum(w, 0.0) * np.maximum(h, 0.0)
+    ar = areas(xyxy)
+    union = ar.take(i) + ar.take(j) - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
@@ -141,9 +169,12 @@ def _window_pairs(key: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.n
 
 def _expand(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For counts c_k: (owner k, offset 0..c_k-1) of every one of the sum(c) items."""
-    total = int(counts.sum())
+    if not len(counts):
+        z = np.zeros(0, dtype=np.int64)
+        return z, z
+    ends = np.cumsum(counts)
     owner = np.repeat(np.arange(len(counts)), counts)
-    offset = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    offset = np.arange(int(ends[-1])) - (ends - counts).take(owner)
     return owner, offset
 
 
@@ -151,15 +182,17 @@ def best_of_each(key: np.ndarray, n_keys: int, value: np.ndarray, tie: np.ndarra
     """Mask of the entry with the highest ``value`` for each ``key`` (< ``n_keys``), the lowest ``tie``
     among equals, so the choice never depends on the order the entries come in. Two scatter
     passes, no sort."""
-    top = np.full(n_keys, -np.inf)
+    top = np.empty(n_keys)  # empty + fill: np.full's Python-level wrapper costs more at this size
+    top.fill(-np.inf)
     np.maximum.at(top, key, value)
     cand = value == top[key]
-    low = np.full(n_keys, np.iinfo(np.int64).max)
+    low = np.empty(n_keys, dtype=np.int64)
+    low.fill(_INT64_MAX)
     np.minimum.at(low, key[cand], tie[cand])
     return cand & (tie == low[key])
 
 
-def window_candidates(
+def _candidates(
     qx: np.ndarray,
     qy: np.ndarray,
     rx: np.ndarray,
@@ -170,7 +203,8 @@ def window_candidates(
     pgroup: np.ndarray | None = None,
     *,
     mutual: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
+    n_groups: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """A superset of every (q, p) with point p inside q's window ``|px - qx| <= rx_q, |py - qy| <= ry_q``
     (and, when groups are given, ``qgroup[q] == pgroup[p]``), in no particular order.
 
@@ -182,30 +216,39 @@ def window_candidates(
     against its own reference. Bounds carry a small slack; callers filter exactly.
 
     ``mutual=True`` (the points are the queries, and only pairs whose centres lie in EACH
-    other's window are wanted): each pair once as (i < j), found from the box in the lower band
-    (or either, in one band), so a query reads only its own band and those below it.
+    other's window are wanted): a query reads only its own band and those below it, and the
+    third result marks each pair's one find (from the box in the lower band, or the lower index
+    in one band); else the third result is None. ``n_groups`` (when known) saves two scans.
     """
-    z = np.zeros(0, dtype=np.int64)
     if not len(qx) or not len(px):
-        return z, z
+        z = np.zeros(0, dtype=np.int64)
+        return z, z, (z > 0 if mutual else None)
     lo_y, hi_y = qy - ry, qy + ry
-    y0 = min(float(py.min()), float(lo_y.min()))
-    y_span = max(float(py.max()), float(hi_y.max())) - y0
-    two_ry = 2.0 * ry
+    lo_x, hi_x = qx - rx, qx + rx
+    # the page's extent (ufunc reductions: the ndarray methods add a Python-level call each)
+    lo, hi = np.minimum.reduce, np.maximum.reduce
+    y0 = min(float(lo(py)), float(lo(lo_y)))
+    y_span = max(float(hi(py)), float(hi(hi_y))) - y0
+    x0 = min(float(lo(px)), float(lo(lo_x)))
+    x_span = max(float(hi(px)), float(hi(hi_x))) - x0
     # the band: the median window height, but never so thin that windows span many bands (mean / 4
-    # caps the band visits at ~6 per window) or that band numbers lose precision
-    mid = len(two_ry) // 2
-    gy = max(float(np.partition(two_ry, mid)[mid]), 0.25 * float(two_ry.mean()), 1e-6 * y_span, 1e-9)
+    # caps the band visits at ~6 per window) or that band numbers lose precision; the column
+    # width likewise from the window widths (both medians in one partition)
+    mid = len(ry) // 2
+    two_r = np.stack([ry, rx]) * 2.0
+    med = np.partition(two_r, mid, axis=1)[:, mid]
+    mean = np.add.reduce(two_r, axis=1) / len(ry)
+    gy = max(float(med[0]), 0.25 * float(mean[0]), 1e-6 * y_span, 1e-9)
+    gx = max(float(med[1]), 0.25 * float(mean[1]), 1e-6 * x_span, 1e-9)
     inv = 1.0 / gy
     n_bands = int(y_span * inv) + 2
-    lo_x, hi_x = qx - rx, qx + rx
-    x0 = min(float(px.min()), float(lo_x.min()))
-    x_span = max(float(px.max()), float(hi_x.max())) - x0
     pband = ((py - y0) * inv).astype(np.int64)  # >= 0: truncation is floor
     n_rows = n_bands
     if pgroup is not None:
         pband += pgroup * n_bands
-        n_rows *= int(max(pgroup.max(), qgroup.max() if qgroup is not None else 0)) + 1
+        if n_groups is None:
+            n_groups = int(max(pgroup.max(), qgroup.max() if qgroup is not None else 0)) + 1
+        n_rows *= n_groups
     b0 = pband if mutual else ((lo_y - y0) * inv - 1e-6).astype(np.int64)
     b1 = ((hi_y - y0) * inv + 1e-6).astype(np.int64)
     if qgroup is not None:
@@ -216,8 +259,6 @@ def window_candidates(
     # cells of (band, x column), column width = the median window width: when the cells fit in a
     # small table, each (window, band) reads its run of points by two table look-ups; else by
     # binary search on (band, x) keys
-    two_rx = 2.0 * rx
-    gx = max(float(np.partition(two_rx, mid)[mid]), 0.25 * float(two_rx.mean()), 1e-6 * x_span, 1e-9)
     n_cols = int(x_span / gx) + 2
     if n_rows * n_cols <= 8 * (len(px) + len(qx)) + 4096:
         invx = 1.0 / gx
@@ -240,8 +281,27 @@ def window_candidates(
     owner, off = _expand(stop - start)
     iq, ip = q[owner], order[start[owner] + off]
     if not mutual:
+        return iq, ip, None
+    return iq, ip, (pband[ip] != pband[iq]) | (iq < ip)  # a pair within one band is found from both ends
+
+
+def window_candidates(
+    qx: np.ndarray,
+    qy: np.ndarray,
+    rx: np.ndarray,
+    ry: np.ndarray,
+    px: np.ndarray,
+    py: np.ndarray,
+    qgroup: np.ndarray | None = None,
+    pgroup: np.ndarray | None = None,
+    *,
+    mutual: bool = False,
+    n_groups: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``_candidates``, with ``mutual`` pairs kept once each as (i < j)."""
+    iq, ip, once = _candidates(qx, qy, rx, ry, px, py, qgroup, pgroup, mutual=mutual, n_groups=n_groups)
+    if once is None:
         return iq, ip
-    once = (pband[ip] != pband[iq]) | (iq < ip)  # a pair within one band is found from both ends
     iq, ip = iq[once], ip[once]
     return np.minimum(iq, ip), np.maximum(iq, ip)
 
@@ -295,8 +355,8 @@ def iou_pairs(
     the box in the lower band finds it; the exact IoU is computed for the candidates only. Pairs
     come in no particular order.
     """
-    z = np.zeros(0, dtype=np.int64)
     if len(xyxy) < 2:
+        z = np.zeros(0, dtype=np.int64)
         return z, z, np.zeros(0)
     cx, cy, rx, ry = _iou_window(xyxy, thr)
     i, j = window_candidates(cx, cy, rx, ry, cx, cy, mutual=True)
@@ -314,19 +374,21 @@ def cross_iou_pairs(
     thr: float,
     agroup: np.ndarray | None = None,
     bgroup: np.ndarray | None = None,
+    n_groups: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every (i in a, j in b) with IoU >= ``thr`` (and ``agroup[i] == bgroup[j]`` when given), with the
     IoU; windows from a, points from b, in no particular order."""
-    z = np.zeros(0, dtype=np.int64)
     if not len(a) or not len(b):
+        z = np.zeros(0, dtype=np.int64)
         return z, z, np.zeros(0)
     ax, ay, rx, ry = _iou_window(a, thr)
-    bx, by, _, _ = _iou_window(b, thr)
-    i, j = window_candidates(ax, ay, rx, ry, bx, by, agroup, bgroup)
-    w = np.minimum(a[i, 2], b[j, 2]) - np.maximum(a[i, 0], b[j, 0])
-    h = np.minimum(a[i, 3], b[j, 3]) - np.maximum(a[i, 1], b[j, 1])
-    inter = np.clip(w, 0, None) * np.clip(h, 0, None)
-    union = areas(a)[i] + areas(b)[j] - inter
+    bx, by = (b[:, 0] + b[:, 2]) * 0.5, (b[:, 1] + b[:, 3]) * 0.5  # the centres (as _iou_window)
+    i, j, _ = _candidates(ax, ay, rx, ry, bx, by, agroup, bgroup, n_groups=n_groups)
+    ai, bj = a.take(i, axis=0), b.take(j, axis=0)
+    w = np.minimum(ai[:, 2], bj[:, 2]) - np.maximum(ai[:, 0], bj[:, 0])
+    h = np.minimum(ai[:, 3], bj[:, 3]) - np.maximum(ai[:, 1], bj[:, 1])
+    inter = np.maximum(w, 0.0) * np.maximum(h, 0.0)
+    union = areas(a).take(i) + areas(b).take(j) - inter
     iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
     ok = iou >= thr
     return i[ok], j[ok], iou[ok]
@@ -345,11 +407,13 @@ def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
             np.minimum.at(new, i, lab[j])
             np.minimum.at(new, j, lab[i])
             new = new[new]
-            if np.array_equal(new, lab):
+            if not (new != lab).any():
                 break
             lab = new
-    _, inv = np.unique(lab, return_inverse=True)
-    return inv.reshape(-1)
+    # every node now holds its component's lowest node, which holds itself: number those roots
+    # in order (what np.unique's inverse gives, without its sort)
+    root = lab == np.arange(n)
+    return (np.cumsum(root) - 1)[lab]
 
 
 def lines_to_blocks(
@@ -382,11 +446,12 @@ def lines_to_blocks(
     i, j = np.concatenate([i, j]), np.concatenate([j, i])
     hmin = np.minimum(h[i], h[j])
     hmax = np.maximum(h[i], h[j])
-    wmin = np.minimum(b[i, 2] - b[i, 0], b[j, 2] - b[j, 0])
-    xov = np.minimum(b[i, 2], b[j, 2]) - np.maximum(b[i, 0], b[j, 0])
-    yov = np.minimum(b[i, 3], b[j, 3]) - np.maximum(b[i, 1], b[j, 1])
+    bi, bj = b.take(i, axis=0), b.take(j, axis=0)  # take: a row gather ~10x cheaper than b[i]
+    wmin = np.minimum(bi[:, 2] - bi[:, 0], bj[:, 2] - bj[:, 0])
+    xov = np.minimum(bi[:, 2], bj[:, 2]) - np.maximum(bi[:, 0], bj[:, 0])
+    yov = np.minimum(bi[:, 3], bj[:, 3]) - np.maximum(bi[:, 1], bj[:, 1])
     gap = -yov / hmin  # vertical gap in line heights
-    below = (xov >= 0.3 * wmin) & (b[j, 1] > b[i, 1] + 0.3 * h[i])  # j under i
+    below = (xov >= 0.3 * wmin) & (bj[:, 1] > bi[:, 1] + 0.3 * h[i])  # j under i
     nearest = np.full(n, np.inf)
     np.minimum.at(nearest, i[below], gap[below])
     finite = nearest[np.isfinite(nearest)]

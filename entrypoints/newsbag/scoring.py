@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from entrypoints.newsbag.geometry import Boxes, _expand, best_of_each, concat, cross_iou_pairs
+from entrypoints.newsbag.geometry import N_LABELS, Boxes, _expand, best_of_each, concat, cross_iou_pairs
 
 
 def match_counts(pred: Boxes, ref: Boxes, iou_thr: float) -> tuple[int, int]:
@@ -100,16 +100,31 @@ def compare(
 
 
 def _distinct_best(
-    p: np.ndarray, r: np.ndarray, iou: np.ndarray, pred_set: np.ndarray, n_pred: int, n_ref: int, n_sets: int
-) -> np.ndarray:
+    p: np.ndarray,
+    r: np.ndarray,
+    iou: np.ndarray,
+    same: np.ndarray,
+    pred_set: np.ndarray,
+    n_pred: int,
+    n_ref: int,
+    n_sets: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """Per prediction set: how many distinct references are some prediction's best match (the
-    highest IoU, the lowest reference among equals)."""
+    highest IoU, the lowest reference among equals), among the pairs whose labels agree (``same``)
+    and among all pairs: (tp, loc_tp). Both in one pass: the label-aware keys follow the others."""
     if not len(p):
-        return np.zeros(n_sets, dtype=np.int64)
-    best = best_of_each(p, n_pred, iou, r)
-    hit = np.zeros(n_sets * n_ref, bool)
-    hit[pred_set[p[best]] * n_ref + r[best]] = True
-    return np.count_nonzero(hit.reshape(n_sets, n_ref), axis=1)
+        z = np.zeros(n_sets, dtype=np.int64)
+        return z, z
+    ps = p[same]
+    keys = np.concatenate([ps + n_pred, p])
+    refs = np.concatenate([r[same], r])
+    best = best_of_each(keys, 2 * n_pred, np.concatenate([iou[same], iou]), refs)
+    kb = keys[best]
+    kind = kb < n_pred  # False: labels agree, True: any label
+    hit = np.zeros(2 * n_sets * n_ref, bool)
+    hit[(kind * n_sets + pred_set[kb % n_pred]) * n_ref + refs[best]] = True
+    counts = np.count_nonzero(hit.reshape(2 * n_sets, n_ref), axis=1)
+    return counts[:n_sets], counts[n_sets:]
 
 
 _PREFIX = np.array([(1 << k) - 1 for k in range(65)], dtype=np.uint64)  # bits 0..k-1 set
@@ -123,28 +138,39 @@ def _popcount(a: np.ndarray, axis: int) -> np.ndarray:
 
 
 def _row_masks(
-    boxes: Boxes, set_id: np.ndarray, n_sets: int, labels: np.ndarray, width: float, height: float, grid: int
+    boxes: Boxes,
+    set_id: np.ndarray,
+    n_sets: int,
+    col_of_label: np.ndarray,
+    n_labels: int,
+    width: float,
+    height: float,
+    grid: int,
 ) -> np.ndarray:
-    """``label_rasters`` of many box sets at once, one bit per cell: (n_sets, labels, grid, words) uint64.
+    """``label_rasters`` of many box sets at once, one bit per cell: (n_sets, n_labels, grid, words)
+    uint64, label L in raster ``col_of_label[L]``.
 
     Bit c of word w in row r is set when a box of that set and label covers cell (r, 64 w + c)
     (same cells as ``label_rasters``: cell centre inside the box). One OR per box and covered row,
     instead of a (labels, grid, grid) cumulative sum per set.
     """
     words = (grid + 63) // 64
-    out = np.zeros((n_sets * len(labels) * grid, words), dtype=np.uint64)
+    out = np.zeros((n_sets * n_labels * grid, words), dtype=np.uint64)
     if len(boxes):
-        b = boxes.xyxy
-        ix = np.clip(np.ceil(b[:, 0::2] * (grid / width) - 0.5), 0, grid).astype(np.int64)
-        iy = np.clip(np.ceil(b[:, 1::2] * (grid / height) - 0.5), 0, grid).astype(np.int64)
-        first_row = (set_id * len(labels) + np.searchsorted(labels, boxes.label)) * grid + iy[:, 0]
-        owner, off = _expand(np.maximum(iy[:, 1] - iy[:, 0], 0))
+        # first cell whose centre (c + 0.5) * step is >= the edge, for x0 y0 x1 y1 at once
+        step = np.array([grid / width, grid / height, grid / width, grid / height])
+        ixy = np.ceil(boxes.xyxy * step - 0.5)
+        ixy = np.minimum(np.maximum(ixy, 0.0, out=ixy), grid, out=ixy).astype(np.int64)
+        first_row = (set_id * n_labels + col_of_label[boxes.label]) * grid + ixy[:, 1]
+        owner, off = _expand(np.maximum(ixy[:, 3] - ixy[:, 1], 0))
         rows = first_row[owner] + off
         for w in range(words):
-            lo = np.clip(ix[:, 0] - 64 * w, 0, 64)
-            hi = np.clip(ix[:, 1] - 64 * w, 0, 64)
+            lo, hi = ixy[:, 0], ixy[:, 2]
+            if w or grid > 64:
+                lo = np.minimum(np.maximum(lo - 64 * w, 0), 64)
+                hi = np.minimum(np.maximum(hi - 64 * w, 0), 64)
             np.bitwise_or.at(out[:, w], rows, (_PREFIX[hi] & ~_PREFIX[lo])[owner])
-    return out.reshape(n_sets, len(labels), grid, words)
+    return out.reshape(n_sets, n_labels, grid, words)
 
 
 def compare_sets(
@@ -168,24 +194,27 @@ def compare_sets(
     """
     n_pred = np.bincount(pred_set, minlength=n_sets)
     n_ref = np.bincount(ref_set, minlength=n_refs)
-    p, r, iou = cross_iou_pairs(pred.xyxy, ref.xyxy, iou_thr, ref_of[pred_set], ref_set)
-    loc_tp = _distinct_best(p, r, iou, pred_set, len(pred), len(ref), n_sets)
+    p, r, iou = cross_iou_pairs(pred.xyxy, ref.xyxy, iou_thr, ref_of[pred_set], ref_set, n_refs)
     same = pred.label[p] == ref.label[r]
-    tp = _distinct_best(p[same], r[same], iou[same], pred_set, len(pred), len(ref), n_sets)
-    labels = np.unique(np.concatenate([pred.label, ref.label]))
+    tp, loc_tp = _distinct_best(p, r, iou, same, pred_set, len(pred), len(ref), n_sets)
+    # labels present on either side, and each label's raster among them (np.unique without a sort)
+    present = np.bincount(pred.label, minlength=N_LABELS) + np.bincount(ref.label, minlength=N_LABELS) > 0
+    col_of_label = np.cumsum(present) - 1
     masks = _row_masks(
         concat([pred, ref]),
         np.concatenate([pred_set, ref_set + n_sets]),
         n_sets + n_refs,
-        labels,
+        col_of_label,
+        int(col_of_label[-1]) + 1,
         width,
         height,
         grid,
     )
-    mine, theirs = masks[:n_sets], masks[n_sets:]
-    count_theirs = _popcount(theirs, 1)[ref_of]
-    inter = _popcount(mine & theirs[ref_of], 1)
-    union = _popcount(mine, 1) + count_theirs - inter
+    mine, theirs = masks[:n_sets], masks[n_sets:].take(ref_of, axis=0)
+    # set bits of (mine & theirs, mine, theirs) per prediction set, in one count
+    bits = _popcount(np.concatenate([mine & theirs, mine, theirs]), 1)
+    inter, n_mine, n_theirs = bits[:n_sets], bits[n_sets : 2 * n_sets], bits[2 * n_sets :]
+    union = n_mine + n_theirs - inter
     cov = np.where(union == 0, 1.0, inter / np.maximum(union, 1))
     return [
         {"pred": a, "ref": b, "tp": c, "loc_tp": d, "coverage": e}
