@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -206,15 +207,21 @@ def test_flowportal_batch_array_with_a_time_limit_continuation_on_the_aarch64_no
     cluster = dgx["cluster"]
     first = job / f"slurm-{ids['infer']}_0.out"
     deadline = time.time() + 1500
-    while time.time() < deadline:  # USR1 150 s before the limit, the hang begun: end it as the limit would
-        if hung.exists() and first.exists() and "continues in job" in first.read_text():
+    cont = ""
+    # USR1 comes 150 s before the limit; once the hang has begun, end the task as the limit would
+    while time.time() < deadline and not cont:
+        found = re.search(r"continues in job (\d+)", first.read_text() if first.exists() else "")
+        if hung.exists() and found:
+            cont = found.group(1)
             subprocess.run(["scancel", f"{ids['infer']}_0"], env=cluster.env, check=True, timeout=30)
-            break
+        time.sleep(1)
+    assert cont, first.read_text() if first.exists() else "no log"
+    # the continuation writes its progress lines after the outputs' markers: wait for it to end,
+    # and for any continuation it chained
+    cluster.wait([ids["infer"], cont], timeout=max(60.0, deadline - time.time()))
+    while cluster._queued() and time.time() < deadline:
         time.sleep(1)
     names = [f"w{i}" for i in range(4)]
-    while time.time() < deadline and not all((batch / "outputs" / n / ".complete.json").exists()
-                                             for n in names):
-        time.sleep(1)
     logs = {p.name: p.read_text() for p in job.glob("slurm-*.out")}
     assert all((batch / "outputs" / n / ".complete.json").exists() for n in names), {
         k: v[-2000:] for k, v in logs.items()}
