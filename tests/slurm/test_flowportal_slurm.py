@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -150,14 +151,19 @@ def test_time_limit_chains_a_continuation_that_finishes_the_chunk(slurm_cluster,
     )
     first_log = tmp_path / f"c-{jid}_0.out"
     deadline = time.time() + 150
-    while time.time() < deadline:  # USR1 comes <= 50 s before the limit; then end it as the limit would
-        if first_log.exists() and "continues in job" in first_log.read_text():
+    cont = ""
+    # USR1 comes <= 50 s before the limit; then end the task as the limit would
+    while time.time() < deadline and not cont:
+        found = re.search(r"continues in job (\d+)", first_log.read_text() if first_log.exists() else "")
+        if found:
+            cont = found.group(1)
             subprocess.run(["scancel", f"{jid}_0"], env=slurm_cluster.env, check=True, timeout=30)
-            break
         time.sleep(0.5)
-    while time.time() < deadline:
-        if all((batch / "outputs" / f"w{i}" / ".complete.json").exists() for i in range(3)):
-            break
+    assert cont, first_log.read_text() if first_log.exists() else "no log"
+    # the continuation writes its progress line after the outputs' markers: wait for it (and any
+    # continuation it chained) to end
+    slurm_cluster.wait([jid, cont], timeout=max(60.0, deadline - time.time()))
+    while slurm_cluster._queued() and time.time() < deadline:
         time.sleep(0.5)
     logs = {p.name: p.read_text() for p in tmp_path.glob("*.out")}
     assert all((batch / "outputs" / f"w{i}" / ".complete.json").exists() for i in range(3)), logs
