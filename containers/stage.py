@@ -730,7 +730,7 @@ class _Copier:
                     raise UserError(f"checksum of the staged copy of {source} differs from the source's",
                                     fix="check the node-local disk and stage again")
                 e.sha256 = digest
-            if made is not target:
+            if made != target:  # written under a temporary name
                 os.replace(made, target)
         except UserError:
             _unlink(made)
