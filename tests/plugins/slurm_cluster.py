@@ -347,6 +347,11 @@ class LocalSlurm:
         return run(["squeue", "-h", "-o", "%A"], env=self.env, check=False, timeout=10).stdout.split()
 
     # ---------------------------------------------------------------- helpers for tests
+    def wait_drained(self, deadline: float) -> None:
+        """Until no job is queued or running (a continuation may chain another), or ``deadline``."""
+        while self._queued() and time.time() < deadline:
+            time.sleep(0.5)
+
     def sbatch(
         self, argv: list[str], env: dict[str, str] | None = None, cwd: Path | str | None = None
     ) -> str:

@@ -163,8 +163,7 @@ def test_time_limit_chains_a_continuation_that_finishes_the_chunk(slurm_cluster,
     # the continuation writes its progress line after the outputs' markers: wait for it (and any
     # continuation it chained) to end
     slurm_cluster.wait([jid, cont], timeout=max(60.0, deadline - time.time()))
-    while slurm_cluster._queued() and time.time() < deadline:
-        time.sleep(0.5)
+    slurm_cluster.wait_drained(deadline)
     logs = {p.name: p.read_text() for p in tmp_path.glob("*.out")}
     assert all((batch / "outputs" / f"w{i}" / ".complete.json").exists() for i in range(3)), logs
     assert any("continues in job" in t for t in logs.values()), logs

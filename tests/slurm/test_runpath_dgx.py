@@ -221,8 +221,7 @@ def test_flowportal_batch_array_with_a_time_limit_continuation_on_the_aarch64_no
     # the continuation writes its progress lines after the outputs' markers: wait for it to end,
     # and for any continuation it chained
     cluster.wait([ids["infer"], cont], timeout=max(60.0, deadline - time.time()))
-    while cluster._queued() and time.time() < deadline:
-        time.sleep(1)
+    cluster.wait_drained(deadline)
     names = [f"w{i}" for i in range(4)]
     logs = {p.name: p.read_text() for p in job.glob("slurm-*.out")}
     assert all((batch / "outputs" / n / ".complete.json").exists() for n in names), {
